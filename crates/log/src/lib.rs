@@ -1,1 +1,27 @@
-//! placeholder
+//! Holdfast's durable partition log.
+//!
+//! One [`Log`] per partition directory: segments of Kafka v2 record batches stored exactly as
+//! produced, a sparse offset and time index per segment (a cache, rebuilt from the segment
+//! when missing or damaged), a leader-epoch cache, producer (idempotence) state, and a
+//! checkpoint of the log start offset and recovery point. Appends are made durable by the
+//! broker-wide group-commit [`Flusher`]; callers wait on [`DurableWatch`].
+//!
+//! Architecture invariant: this crate does no network I/O and knows nothing of the Kafka
+//! wire protocol beyond the record batch format. Time is always passed in (`now_ms`).
+
+pub mod batch;
+pub mod config;
+pub mod epoch;
+pub mod error;
+pub mod flush;
+mod fsutil;
+mod index;
+mod log;
+pub mod producer;
+mod segment;
+
+pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
+pub use epoch::EpochEntry;
+pub use error::{InvalidBatch, LogError, ProducerError, Result};
+pub use flush::{DurableWait, DurableWatch, FlushStats, Flusher};
+pub use log::{AppendOutcome, Corruption, Log, ReadSlice, RecoveryReport, RetentionReport};

@@ -1,0 +1,293 @@
+//! Group commit: one flusher thread per broker fsyncs every file with pending appends, then
+//! advances each partition's [`DurableWatch`]. Appends that arrive while a round of fsyncs is
+//! running are collected into the next round, so concurrent appends on all partitions share
+//! rounds instead of each paying for its own fsync.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use crate::error::LogError;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding these locks leaves plain data behind: keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// "Every offset below `durable_end` is on stable storage", per partition. Callers wait on it
+/// with [`DurableWatch::wait_for`] (async) or [`DurableWatch::wait_blocking`].
+#[derive(Debug)]
+pub struct DurableWatch {
+    state: Mutex<WatchState>,
+    cond: Condvar,
+    next_waiter_id: AtomicU64,
+}
+
+#[derive(Debug)]
+struct WatchState {
+    durable_end: i64,
+    failed: Option<String>,
+    wakers: HashMap<u64, (i64, Waker)>,
+}
+
+/// Bound on registered async waiters per partition; the broker bounds in-flight produce
+/// requests far below this. Past it, a waiter falls back to being woken on every advance.
+const MAX_WAKERS: usize = 65_536;
+
+impl DurableWatch {
+    pub fn new(durable_end: i64) -> Arc<DurableWatch> {
+        Arc::new(DurableWatch {
+            state: Mutex::new(WatchState {
+                durable_end,
+                failed: None,
+                wakers: HashMap::new(),
+            }),
+            cond: Condvar::new(),
+            next_waiter_id: AtomicU64::new(0),
+        })
+    }
+
+    pub fn durable_end(&self) -> i64 {
+        lock(&self.state).durable_end
+    }
+
+    /// The error that took this partition's durability down, if any.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.state).failed.clone()
+    }
+
+    /// Moves the durable end forward (never back: see [`DurableWatch::reset_after_truncation`]).
+    pub(crate) fn advance(&self, end: i64) {
+        let mut s = lock(&self.state);
+        if end <= s.durable_end {
+            return;
+        }
+        s.durable_end = end;
+        let ready: Vec<u64> = s
+            .wakers
+            .iter()
+            .filter(|(_, (t, _))| *t <= end)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ready {
+            if let Some((_, w)) = s.wakers.remove(&id) {
+                w.wake();
+            }
+        }
+        drop(s);
+        self.cond.notify_all();
+    }
+
+    /// After an explicit truncation the durable end may move back to the new log end.
+    pub(crate) fn reset_after_truncation(&self, end: i64) {
+        let mut s = lock(&self.state);
+        if end < s.durable_end {
+            s.durable_end = end;
+        }
+    }
+
+    pub(crate) fn fail(&self, why: String) {
+        let mut s = lock(&self.state);
+        if s.failed.is_none() {
+            s.failed = Some(why);
+        }
+        for (_, (_, w)) in s.wakers.drain() {
+            w.wake();
+        }
+        drop(s);
+        self.cond.notify_all();
+    }
+
+    /// Resolves once every offset below `end` is durable, or with the fsync error.
+    pub fn wait_for(self: &Arc<Self>, end: i64) -> DurableWait {
+        DurableWait {
+            watch: Arc::clone(self),
+            end,
+            id: self.next_waiter_id.fetch_add(1, Ordering::Relaxed),
+        }
+    }
+
+    /// Blocks the calling thread until every offset below `end` is durable.
+    pub fn wait_blocking(&self, end: i64) -> Result<(), LogError> {
+        let mut s = lock(&self.state);
+        loop {
+            if let Some(f) = &s.failed {
+                return Err(LogError::Offline(f.clone()));
+            }
+            if s.durable_end >= end {
+                return Ok(());
+            }
+            s = self.cond.wait(s).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+/// Future returned by [`DurableWatch::wait_for`]; runtime-agnostic.
+#[derive(Debug)]
+pub struct DurableWait {
+    watch: Arc<DurableWatch>,
+    end: i64,
+    id: u64,
+}
+
+impl Future for DurableWait {
+    type Output = Result<(), LogError>;
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut s = lock(&self.watch.state);
+        if let Some(f) = &s.failed {
+            return Poll::Ready(Err(LogError::Offline(f.clone())));
+        }
+        if s.durable_end >= self.end {
+            s.wakers.remove(&self.id);
+            return Poll::Ready(Ok(()));
+        }
+        if s.wakers.len() < MAX_WAKERS || s.wakers.contains_key(&self.id) {
+            s.wakers.insert(self.id, (self.end, cx.waker().clone()));
+        } else {
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    }
+}
+
+impl Drop for DurableWait {
+    fn drop(&mut self) {
+        lock(&self.watch.state).wakers.remove(&self.id);
+    }
+}
+
+/// A file with appends not yet fsynced, and the durable end its fsync establishes.
+struct FlushRequest {
+    file: Arc<File>,
+    watch: Arc<DurableWatch>,
+    end: i64,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: Vec<FlushRequest>,
+    shutdown: bool,
+}
+
+struct Shared {
+    queue: Mutex<Queue>,
+    cond: Condvar,
+    stats: FlushStats,
+}
+
+/// Counters of the flusher, for metrics and the benchmark.
+#[derive(Debug, Default)]
+pub struct FlushStats {
+    pub rounds: AtomicU64,
+    pub fsyncs: AtomicU64,
+    pub requests: AtomicU64,
+}
+
+/// Handle to the group-commit thread; cloning shares it.
+#[derive(Clone)]
+pub struct Flusher {
+    shared: Arc<Shared>,
+    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+}
+
+impl std::fmt::Debug for Flusher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Flusher").finish_non_exhaustive()
+    }
+}
+
+/// Most requests in the queue before appenders wait for a round to drain it (backpressure).
+const MAX_QUEUED_REQUESTS: usize = 1 << 16;
+
+impl Flusher {
+    /// Starts the flusher thread.
+    pub fn start() -> std::io::Result<Flusher> {
+        let shared = Arc::new(Shared {
+            queue: Mutex::new(Queue::default()),
+            cond: Condvar::new(),
+            stats: FlushStats::default(),
+        });
+        let s2 = Arc::clone(&shared);
+        let handle = std::thread::Builder::new()
+            .name("holdfast-flusher".into())
+            .spawn(move || run(s2))?;
+        Ok(Flusher {
+            shared,
+            thread: Arc::new(Mutex::new(Some(handle))),
+        })
+    }
+
+    pub fn stats(&self) -> &FlushStats {
+        &self.shared.stats
+    }
+
+    /// Asks for `file` to be fsynced; `watch` advances to `end` after it is.
+    pub(crate) fn request(&self, file: Arc<File>, watch: Arc<DurableWatch>, end: i64) {
+        let mut q = lock(&self.shared.queue);
+        while q.requests.len() >= MAX_QUEUED_REQUESTS && !q.shutdown {
+            q = self.shared.cond.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+        q.requests.push(FlushRequest { file, watch, end });
+        drop(q);
+        self.shared.cond.notify_all();
+    }
+
+    /// Finishes queued work and stops the thread.
+    pub fn shutdown(&self) {
+        lock(&self.shared.queue).shutdown = true;
+        self.shared.cond.notify_all();
+        if let Some(h) = lock(&self.thread).take() {
+            if h.join().is_err() {
+                tracing::error!("flusher thread panicked");
+            }
+        }
+    }
+}
+
+fn run(shared: Arc<Shared>) {
+    loop {
+        let batch = {
+            let mut q = lock(&shared.queue);
+            while q.requests.is_empty() && !q.shutdown {
+                q = shared.cond.wait(q).unwrap_or_else(|p| p.into_inner());
+            }
+            if q.requests.is_empty() && q.shutdown {
+                return;
+            }
+            std::mem::take(&mut q.requests)
+        };
+        shared.cond.notify_all();
+        shared.stats.rounds.fetch_add(1, Ordering::Relaxed);
+        shared
+            .stats
+            .requests
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        // One fsync per distinct file in this round.
+        let mut synced: HashMap<*const File, Result<(), String>> = HashMap::new();
+        for r in &batch {
+            let key = Arc::as_ptr(&r.file);
+            if let std::collections::hash_map::Entry::Vacant(e) = synced.entry(key) {
+                shared.stats.fsyncs.fetch_add(1, Ordering::Relaxed);
+                e.insert(r.file.sync_data().map_err(|e| e.to_string()));
+            }
+        }
+        // Files of one partition are synced in the same or an earlier round than any later
+        // file of it, so advancing after the whole round keeps "durable" a prefix.
+        for r in batch {
+            match &synced[&Arc::as_ptr(&r.file)] {
+                Ok(()) => r.watch.advance(r.end),
+                Err(e) => {
+                    // After a failed fsync the page cache can no longer be trusted (the kernel may
+                    // have dropped the dirty pages): the partition goes offline, never retries.
+                    tracing::error!(error = %e, "fsync failed; partition taken offline");
+                    r.watch.fail(format!("fsync failed: {e}"));
+                }
+            }
+        }
+    }
+}
