@@ -1,1 +1,17 @@
-//! placeholder
+//! The Holdfast broker: a Kafka-protocol server over the durable log.
+//!
+//! * [`state`]: topics and partitions (log, leader epoch, high watermark), persisted metadata.
+//! * [`handlers`]: one handler per API; appends happen in request order, durability waits and
+//!   fetch long polls complete asynchronously while the connection keeps reading.
+//! * [`server`]: TCP accept loop and per-connection pipelining with bounded in-flight requests.
+
+pub mod config;
+pub mod errors;
+pub mod handlers;
+pub mod meta;
+pub mod server;
+pub mod state;
+
+pub use config::{BrokerConfig, ConfigError};
+pub use server::serve;
+pub use state::{Broker, BrokerError};

@@ -21,16 +21,16 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
 /// The APIs and version ranges this broker implements, as advertised in ApiVersions.
-/// Produce v0-v2 stay advertised (as Kafka 4.0 does, KAFKA-18659) because old librdkafka
-/// clients need them; only magic v2 record batches are accepted whatever the version.
+/// Minimum versions follow Kafka 4.0's (the protocol baseline of KIP-896), which is also
+/// what `kafka-protocol` 0.18 can decode. Only magic v2 record batches are accepted.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 0, 11),
+    (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 16),
-    (ApiKey::ListOffsets, 0, 8),
+    (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::ApiVersions, 0, 3),
-    (ApiKey::CreateTopics, 0, 7),
-    (ApiKey::DeleteTopics, 0, 6),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
 ];
 
@@ -96,7 +96,9 @@ impl FrameDecoder {
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
         let Some(len) = self.peek_len(buf)? else { return Ok(None) };
         if buf.len() < 4 + len {
-            buf.reserve(4 + len - buf.len());
+            // Grow towards the frame size in bounded steps: a length prefix alone never
+            // makes us allocate the whole frame.
+            buf.reserve((4 + len - buf.len()).min(1 << 20));
             return Ok(None);
         }
         buf.advance(4);

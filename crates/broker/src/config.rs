@@ -1,0 +1,279 @@
+//! Broker configuration (Kafka's broker property names) and per-topic configuration
+//! (Kafka's topic config names), validated and turned into a [`LogConfig`].
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use holdfast_log::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
+
+/// A configuration key or value was refused.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum ConfigError {
+    #[error("unknown configuration key `{0}`")]
+    UnknownKey(String),
+    #[error("invalid value `{value}` for `{key}`: {reason}")]
+    InvalidValue { key: String, value: String, reason: String },
+}
+
+fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
+    ConfigError::InvalidValue { key: key.into(), value: value.into(), reason: reason.into() }
+}
+
+fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64, ConfigError> {
+    let v: i64 = value.trim().parse().map_err(|_| invalid(key, value, "not an integer"))?;
+    if v < min {
+        return Err(invalid(key, value, format!("must be at least {min}")));
+    }
+    Ok(v)
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool, ConfigError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(invalid(key, value, "expected true or false")),
+    }
+}
+
+/// Topic configs we understand, with how each is validated. The ones that change the log are
+/// applied to its [`LogConfig`]; the others are stored and reported but have no effect on a
+/// single-node broker (e.g. `min.insync.replicas`).
+pub const TOPIC_CONFIG_KEYS: &[&str] = &[
+    "cleanup.policy",
+    "compression.type",
+    "delete.retention.ms",
+    "file.delete.delay.ms",
+    "flush.messages",
+    "flush.ms",
+    "holdfast.flush.policy",
+    "index.interval.bytes",
+    "max.compaction.lag.ms",
+    "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
+    "message.timestamp.type",
+    "min.compaction.lag.ms",
+    "min.insync.replicas",
+    "preallocate",
+    "retention.bytes",
+    "retention.ms",
+    "segment.bytes",
+    "segment.index.bytes",
+    "segment.jitter.ms",
+    "segment.ms",
+    "unclean.leader.election.enable",
+];
+
+/// Builds the effective log config of a topic: `defaults` with `overrides` applied.
+pub fn build_log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig, ConfigError> {
+    let mut c = defaults.clone();
+    let mut flush_messages: Option<u64> = None;
+    let mut flush_ms: Option<i64> = None;
+    let mut policy: Option<String> = None;
+    for (key, value) in overrides {
+        let k = key.as_str();
+        let v = value.as_str();
+        match k {
+            "cleanup.policy" => {
+                let mut p = CleanupPolicy { delete: false, compact: false };
+                for part in v.split(',').map(str::trim) {
+                    match part {
+                        "delete" => p.delete = true,
+                        "compact" => p.compact = true,
+                        _ => return Err(invalid(k, v, "expected delete and/or compact")),
+                    }
+                }
+                c.cleanup_policy = p;
+            }
+            "compression.type" => {
+                // The broker stores batches as produced: it never recompresses.
+                if v != "producer" {
+                    return Err(invalid(k, v, "only `producer` is supported (batches are stored as produced)"));
+                }
+            }
+            "delete.retention.ms" => c.delete_retention_ms = parse_i64(k, v, 0)?,
+            "file.delete.delay.ms" | "segment.jitter.ms" => {
+                parse_i64(k, v, 0)?;
+            }
+            "segment.index.bytes" => {
+                parse_i64(k, v, 4)?;
+            }
+            "flush.messages" => flush_messages = Some(parse_i64(k, v, 1)? as u64),
+            "flush.ms" => flush_ms = Some(parse_i64(k, v, 0)?),
+            "holdfast.flush.policy" => match v {
+                "fsync" | "interval" | "pagecache" => policy = Some(v.to_string()),
+                _ => return Err(invalid(k, v, "expected fsync, interval or pagecache")),
+            },
+            "index.interval.bytes" => c.index_interval_bytes = parse_i64(k, v, 0)? as u64,
+            "max.compaction.lag.ms" => c.max_compaction_lag_ms = parse_i64(k, v, 1)?,
+            "min.compaction.lag.ms" => c.min_compaction_lag_ms = parse_i64(k, v, 0)?,
+            "max.message.bytes" => c.max_message_bytes = parse_i64(k, v, 0)? as usize,
+            "message.timestamp.after.max.ms" => c.timestamp_after_max_ms = parse_i64(k, v, 0)?,
+            "message.timestamp.before.max.ms" => c.timestamp_before_max_ms = parse_i64(k, v, 0)?,
+            "message.timestamp.type" => {
+                c.timestamp_type = match v {
+                    "CreateTime" => TimestampType::CreateTime,
+                    "LogAppendTime" => TimestampType::LogAppendTime,
+                    _ => return Err(invalid(k, v, "expected CreateTime or LogAppendTime")),
+                }
+            }
+            "min.insync.replicas" => {
+                parse_i64(k, v, 1)?;
+            }
+            "preallocate" | "unclean.leader.election.enable" => {
+                parse_bool(k, v)?;
+            }
+            "retention.bytes" => c.retention_bytes = parse_i64(k, v, -1)?,
+            "retention.ms" => c.retention_ms = parse_i64(k, v, -1)?,
+            "segment.bytes" => c.segment_bytes = parse_i64(k, v, 14)? as u64,
+            "segment.ms" => c.segment_ms = parse_i64(k, v, 1)?,
+            _ => return Err(ConfigError::UnknownKey(key.clone())),
+        }
+    }
+    let interval = || FlushPolicy::Interval {
+        messages: flush_messages.unwrap_or(u64::MAX),
+        interval_ms: flush_ms.unwrap_or(i64::MAX),
+    };
+    match policy.as_deref() {
+        Some("fsync") => c.flush_policy = FlushPolicy::EveryAppend,
+        Some("pagecache") => c.flush_policy = FlushPolicy::PageCache,
+        Some(_) => c.flush_policy = interval(),
+        None if flush_messages == Some(1) && flush_ms.is_none() => c.flush_policy = FlushPolicy::EveryAppend,
+        None if flush_messages.is_some() || flush_ms.is_some() => c.flush_policy = interval(),
+        None => {}
+    }
+    Ok(c)
+}
+
+/// Maps a broker-level log default (`log.retention.ms`) to its topic config (`retention.ms`).
+fn broker_key_to_topic_key(key: &str) -> Option<&'static str> {
+    Some(match key {
+        "log.segment.bytes" => "segment.bytes",
+        "log.roll.ms" => "segment.ms",
+        "log.index.interval.bytes" => "index.interval.bytes",
+        "log.retention.ms" => "retention.ms",
+        "log.retention.bytes" => "retention.bytes",
+        "message.max.bytes" => "max.message.bytes",
+        "log.message.timestamp.type" => "message.timestamp.type",
+        "log.message.timestamp.before.max.ms" => "message.timestamp.before.max.ms",
+        "log.message.timestamp.after.max.ms" => "message.timestamp.after.max.ms",
+        "log.flush.interval.messages" => "flush.messages",
+        "log.flush.interval.ms" => "flush.ms",
+        "log.cleanup.policy" => "cleanup.policy",
+        "log.cleaner.delete.retention.ms" => "delete.retention.ms",
+        "log.cleaner.min.compaction.lag.ms" => "min.compaction.lag.ms",
+        "log.cleaner.max.compaction.lag.ms" => "max.compaction.lag.ms",
+        "holdfast.flush.policy" => "holdfast.flush.policy",
+        "min.insync.replicas" => "min.insync.replicas",
+        "compression.type" => "compression.type",
+        _ => return None,
+    })
+}
+
+/// Broker settings. Keys follow Kafka's broker configuration names.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    pub node_id: i32,
+    pub data_dir: PathBuf,
+    /// Address to bind, `host:port`.
+    pub listen: String,
+    /// Host and port advertised in Metadata; `None` means the bound address.
+    pub advertised: Option<(String, i32)>,
+    /// `num.partitions`
+    pub num_partitions: i32,
+    /// `auto.create.topics.enable`
+    pub auto_create_topics: bool,
+    /// `socket.request.max.bytes`
+    pub socket_request_max_bytes: usize,
+    /// `max.connections`
+    pub max_connections: usize,
+    /// `holdfast.max.inflight.requests.per.connection`: pipelined requests read ahead.
+    pub max_inflight_per_connection: usize,
+    /// `log.retention.check.interval.ms`
+    pub retention_check_interval_ms: u64,
+    /// Broker-level log defaults (`log.*` keys), as topic config overrides.
+    pub log_default_overrides: BTreeMap<String, String>,
+    /// The log config a topic without overrides gets.
+    pub log_defaults: LogConfig,
+}
+
+impl BrokerConfig {
+    pub fn new(data_dir: PathBuf, listen: String) -> BrokerConfig {
+        BrokerConfig {
+            node_id: 1,
+            data_dir,
+            listen,
+            advertised: None,
+            num_partitions: 1,
+            auto_create_topics: true,
+            socket_request_max_bytes: holdfast_codec::DEFAULT_MAX_REQUEST_BYTES,
+            max_connections: 1024,
+            max_inflight_per_connection: 16,
+            retention_check_interval_ms: 300_000,
+            log_default_overrides: BTreeMap::new(),
+            log_defaults: LogConfig::default(),
+        }
+    }
+
+    /// Sets one broker property by its Kafka name.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        match key {
+            "node.id" | "broker.id" => self.node_id = parse_i64(key, value, 0)? as i32,
+            "num.partitions" => self.num_partitions = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32,
+            "auto.create.topics.enable" => self.auto_create_topics = parse_bool(key, value)?,
+            "socket.request.max.bytes" => self.socket_request_max_bytes = parse_i64(key, value, 64)?.min(i32::MAX as i64) as usize,
+            "max.connections" => self.max_connections = parse_i64(key, value, 1)? as usize,
+            "holdfast.max.inflight.requests.per.connection" => {
+                self.max_inflight_per_connection = parse_i64(key, value, 1)?.min(1024) as usize
+            }
+            "log.retention.check.interval.ms" => self.retention_check_interval_ms = parse_i64(key, value, 1)? as u64,
+            "log.retention.hours" | "log.retention.minutes" | "log.roll.hours" => {
+                let n = parse_i64(key, value, -1)?;
+                let unit = if key.ends_with("hours") { 3_600_000 } else { 60_000 };
+                let ms = if n < 0 { -1 } else { n.saturating_mul(unit) };
+                let target = if key.starts_with("log.roll") { "log.roll.ms" } else { "log.retention.ms" };
+                return self.set(target, &ms.to_string());
+            }
+            _ => {
+                let topic_key = broker_key_to_topic_key(key).ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+                let mut next = self.log_default_overrides.clone();
+                next.insert(topic_key.to_string(), value.to_string());
+                self.log_defaults = build_log_config(&LogConfig::default(), &next)?;
+                self.log_default_overrides = next;
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn topic_overrides_apply_and_unknown_keys_fail() {
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "1000".to_string());
+        o.insert("cleanup.policy".to_string(), "compact,delete".to_string());
+        let c = build_log_config(&LogConfig::default(), &o).expect("valid");
+        assert_eq!(c.retention_ms, 1000);
+        assert!(c.cleanup_policy.compact && c.cleanup_policy.delete);
+        o.insert("no.such".to_string(), "1".to_string());
+        assert!(matches!(build_log_config(&LogConfig::default(), &o), Err(ConfigError::UnknownKey(_))));
+        let mut o = BTreeMap::new();
+        o.insert("retention.ms".to_string(), "abc".to_string());
+        assert!(matches!(build_log_config(&LogConfig::default(), &o), Err(ConfigError::InvalidValue { .. })));
+    }
+
+    #[test]
+    fn broker_keys_map_to_log_defaults() {
+        let mut b = BrokerConfig::new("d".into(), "127.0.0.1:0".into());
+        b.set("num.partitions", "4").expect("ok");
+        b.set("log.retention.hours", "1").expect("ok");
+        b.set("log.flush.interval.ms", "100").expect("ok");
+        assert_eq!(b.num_partitions, 4);
+        assert_eq!(b.log_defaults.retention_ms, 3_600_000);
+        assert!(matches!(b.log_defaults.flush_policy, FlushPolicy::Interval { interval_ms: 100, .. }));
+        assert!(b.set("bogus", "1").is_err());
+    }
+}

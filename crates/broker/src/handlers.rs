@@ -1,0 +1,656 @@
+//! Request handlers. Each returns a [`Reply`]: either the response now, or a future that
+//! resolves to it (produce waiting for durability, fetch long polling). The part of a request
+//! that must happen in request order (appends) runs before the handler returns.
+
+use std::collections::{BTreeMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
+use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
+use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
+use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
+use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
+use kafka_protocol::messages::{
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest,
+    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
+};
+use kafka_protocol::protocol::StrBytes;
+use uuid::Uuid;
+
+use crate::errors as ec;
+use crate::state::{now_ms, Broker, Partition};
+
+pub type ReplyFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
+
+/// A handler's answer. `None` inside means "send nothing" (Produce with acks=0).
+pub enum Reply {
+    Now(Option<ResponseKind>),
+    Later(ReplyFuture),
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+fn tn(s: &str) -> TopicName {
+    TopicName(sb(s))
+}
+
+/// Runs blocking work (file I/O) off the tokio workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) => {
+            tracing::error!(error = %e, "blocking task failed");
+            None
+        }
+    }
+}
+
+impl Broker {
+    /// Handles one decoded request.
+    pub async fn handle(self: &Arc<Self>, api_key: ApiKey, version: i16, body: RequestKind) -> Reply {
+        match body {
+            RequestKind::ApiVersions(_) => {
+                Reply::Now(Some(ResponseKind::ApiVersions(holdfast_codec::api_versions_response(ec::NONE))))
+            }
+            RequestKind::Metadata(r) => Reply::Now(self.metadata(r, version).await.map(ResponseKind::Metadata)),
+            RequestKind::Produce(r) => self.produce(r).await,
+            RequestKind::Fetch(r) => {
+                let b = Arc::clone(self);
+                Reply::Later(Box::pin(async move { b.fetch(r, version).await.map(ResponseKind::Fetch) }))
+            }
+            RequestKind::ListOffsets(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(blocking(move || b.list_offsets(r, version)).await.map(ResponseKind::ListOffsets))
+            }
+            RequestKind::CreateTopics(r) => Reply::Now(self.create_topics(r, version).await.map(ResponseKind::CreateTopics)),
+            RequestKind::DeleteTopics(r) => Reply::Now(self.delete_topics(r, version).await.map(ResponseKind::DeleteTopics)),
+            RequestKind::InitProducerId(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(blocking(move || b.init_producer_id(r)).await.map(ResponseKind::InitProducerId))
+            }
+            _ => {
+                // The codec only lets through APIs of the supported table.
+                tracing::error!(?api_key, version, "request of an advertised API without a handler");
+                Reply::Now(None)
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- Metadata
+
+    async fn metadata(self: &Arc<Self>, req: MetadataRequest, version: i16) -> Option<MetadataResponse> {
+        let mut resp = MetadataResponse::default();
+        let (host, port) = self.advertised();
+        let mut b = MetadataResponseBroker::default();
+        b.node_id = BrokerId(self.config.node_id);
+        b.host = sb(&host);
+        b.port = port;
+        resp.brokers = vec![b];
+        resp.cluster_id = Some(sb(&self.cluster_id));
+        resp.controller_id = BrokerId(self.config.node_id);
+
+        let requested: Option<Vec<(Option<String>, Uuid)>> = match req.topics {
+            None => None,
+            Some(t) if t.is_empty() && version == 0 => None,
+            Some(t) => Some(t.into_iter().map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id)).collect()),
+        };
+        let Some(requested) = requested else {
+            resp.topics = self.all_topics().iter().map(|t| self.topic_metadata(t)).collect();
+            return Some(resp);
+        };
+        let allow_create = self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        for (name, id) in requested {
+            let Some(name) = name else {
+                match self.topic_by_id(id) {
+                    Some(t) => resp.topics.push(self.topic_metadata(&t)),
+                    None => {
+                        let mut t = MetadataResponseTopic::default();
+                        t.error_code = ec::UNKNOWN_TOPIC_ID;
+                        t.topic_id = id;
+                        resp.topics.push(t);
+                    }
+                }
+                continue;
+            };
+            if let Some(t) = self.topic(&name) {
+                resp.topics.push(self.topic_metadata(&t));
+                continue;
+            }
+            let mut err = ec::UNKNOWN_TOPIC_OR_PARTITION;
+            if let Err((code, _)) = crate::state::validate_topic_name(&name) {
+                err = code;
+            } else if allow_create {
+                let _guard = self.admin.lock().await;
+                let b = Arc::clone(self);
+                let n = name.clone();
+                let parts = self.config.num_partitions;
+                match blocking(move || b.create_topic(&n, parts, BTreeMap::new(), false)).await {
+                    Some(Ok(_)) | Some(Err((ec::TOPIC_ALREADY_EXISTS, _))) => {
+                        if let Some(t) = self.topic(&name) {
+                            resp.topics.push(self.topic_metadata(&t));
+                            continue;
+                        }
+                    }
+                    Some(Err((code, msg))) => {
+                        tracing::warn!(topic = %name, code, msg, "auto-create failed");
+                        err = code;
+                    }
+                    None => err = ec::KAFKA_STORAGE_ERROR,
+                }
+            }
+            let mut t = MetadataResponseTopic::default();
+            t.error_code = err;
+            t.name = Some(tn(&name));
+            resp.topics.push(t);
+        }
+        Some(resp)
+    }
+
+    fn topic_metadata(&self, t: &crate::state::Topic) -> MetadataResponseTopic {
+        let mut mt = MetadataResponseTopic::default();
+        mt.name = Some(tn(&t.meta.name));
+        mt.topic_id = t.meta.id;
+        mt.partitions = t
+            .partitions
+            .iter()
+            .map(|p| {
+                let mut mp = MetadataResponsePartition::default();
+                mp.partition_index = p.index;
+                mp.leader_id = BrokerId(self.config.node_id);
+                mp.leader_epoch = p.lock().leader_epoch;
+                mp.replica_nodes = vec![BrokerId(self.config.node_id)];
+                mp.isr_nodes = vec![BrokerId(self.config.node_id)];
+                mp
+            })
+            .collect();
+        mt
+    }
+
+    // ---------------------------------------------------------------- Produce
+
+    async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Reply {
+        let acks = req.acks;
+        let timeout_ms = if req.timeout_ms > 0 { req.timeout_ms as u64 } else { 30_000 };
+        // (topic, partition, records) in request order.
+        let mut work: Vec<(String, i32, Option<Bytes>)> = Vec::new();
+        for t in req.topic_data {
+            let name = t.name.0.as_str().to_string();
+            for p in t.partition_data {
+                work.push((name.clone(), p.index, p.records));
+            }
+        }
+        if !matches!(acks, 0 | 1 | -1) {
+            let results = work.into_iter().map(|(t, p, _)| (t, p, Err((ec::INVALID_REQUIRED_ACKS, None)))).collect();
+            return Reply::Now(Some(ResponseKind::Produce(produce_response(results))));
+        }
+        let b = Arc::clone(self);
+        // Appends, in request order, on a blocking thread.
+        let appended = blocking(move || {
+            let now = now_ms();
+            work.into_iter()
+                .map(|(topic, index, records)| {
+                    let r = match b.partition(&topic, index) {
+                        None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
+                        Some(p) => append(&p, records, now).map(|o| (o, p)),
+                    };
+                    (topic, index, r)
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+        let Some(appended) = appended else {
+            return Reply::Now(None);
+        };
+        self.notify_data();
+        let b = Arc::clone(self);
+        let wait = async move {
+            let mut results = Vec::with_capacity(appended.len());
+            for (topic, index, r) in appended {
+                let r = match r {
+                    Err(e) => Err(e),
+                    Ok((o, p)) => {
+                        let mut r = Ok(o.clone());
+                        if p.waits_fsync() {
+                            let w = p.durable().wait_for(o.durable_end);
+                            r = match tokio::time::timeout(Duration::from_millis(timeout_ms), w).await {
+                                Ok(Ok(())) => Ok(o.clone()),
+                                Ok(Err(e)) => Err((ec::KAFKA_STORAGE_ERROR, Some(e.to_string()))),
+                                Err(_) => Err((ec::REQUEST_TIMED_OUT, None)),
+                            };
+                            // The high watermark moved: wake long-polling fetches.
+                            b.notify_data();
+                        }
+                        r.map(|mut o| {
+                            o.log_start_offset = p.log_start_offset();
+                            o
+                        })
+                    }
+                };
+                results.push((topic, index, r));
+            }
+            results
+        };
+        if acks == 0 {
+            tokio::spawn(wait);
+            return Reply::Now(None);
+        }
+        Reply::Later(Box::pin(async move { Some(ResponseKind::Produce(produce_response(wait.await))) }))
+    }
+
+    // ---------------------------------------------------------------- Fetch
+
+    async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> Option<FetchResponse> {
+        if req.session_id != 0 {
+            let mut r = FetchResponse::default();
+            r.error_code = ec::FETCH_SESSION_ID_NOT_FOUND;
+            return Some(r);
+        }
+        let req = Arc::new(req);
+        let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, 300_000) as u64);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut rx = self.subscribe_data();
+        loop {
+            rx.borrow_and_update();
+            let b = Arc::clone(&self);
+            let r = Arc::clone(&req);
+            let (resp, bytes, errors) = blocking(move || b.fetch_once(&r, version)).await?;
+            let now = tokio::time::Instant::now();
+            if bytes >= req.min_bytes.max(0) as usize || errors || now >= deadline {
+                return Some(resp);
+            }
+            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+                // Deadline: one last look, then answer whatever there is.
+                let b = Arc::clone(&self);
+                let r = Arc::clone(&req);
+                return blocking(move || b.fetch_once(&r, version)).await.map(|x| x.0);
+            }
+        }
+    }
+
+    /// One pass over the fetch request (blocking). Returns the response, the record bytes in
+    /// it and whether any partition has an error.
+    fn fetch_once(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
+        let mut resp = FetchResponse::default();
+        let mut total = 0usize;
+        let mut errors = false;
+        let max_bytes = if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
+        for t in &req.topics {
+            let topic = if version >= 13 { self.topic_by_id(t.topic_id) } else { self.topic(t.topic.0.as_str()) };
+            let mut tr = FetchableTopicResponse::default();
+            if version >= 13 {
+                tr.topic_id = t.topic_id;
+            } else {
+                tr.topic = t.topic.clone();
+            }
+            for fp in &t.partitions {
+                let mut pd = PartitionData::default();
+                pd.partition_index = fp.partition;
+                pd.aborted_transactions = if req.isolation_level == 1 { Some(Vec::new()) } else { None };
+                pd.records = Some(Bytes::new());
+                let part = topic.as_ref().and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
+                match part {
+                    None => {
+                        pd.error_code = if version >= 13 && topic.is_none() { ec::UNKNOWN_TOPIC_ID } else { ec::UNKNOWN_TOPIC_OR_PARTITION };
+                        pd.high_watermark = -1;
+                        errors = true;
+                    }
+                    Some(p) => {
+                        let budget = (fp.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                        match read_partition(p, fp.fetch_offset, fp.current_leader_epoch, budget, total == 0) {
+                            Ok((hw, start, data)) => {
+                                pd.high_watermark = hw;
+                                pd.last_stable_offset = hw;
+                                pd.log_start_offset = start;
+                                total += data.len();
+                                pd.records = Some(data);
+                            }
+                            Err((code, hw, start)) => {
+                                pd.error_code = code;
+                                pd.high_watermark = hw;
+                                pd.last_stable_offset = hw;
+                                pd.log_start_offset = start;
+                                errors = true;
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pd);
+            }
+            resp.responses.push(tr);
+        }
+        (resp, total, errors)
+    }
+
+    // ---------------------------------------------------------------- ListOffsets
+
+    fn list_offsets(&self, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+        let mut resp = ListOffsetsResponse::default();
+        for t in req.topics {
+            let mut tr = ListOffsetsTopicResponse::default();
+            tr.name = t.name.clone();
+            for lp in t.partitions {
+                let mut pr = ListOffsetsPartitionResponse::default();
+                pr.partition_index = lp.partition_index;
+                match self.partition(t.name.0.as_str(), lp.partition_index) {
+                    None => pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => match list_offset(&p, lp.timestamp, lp.current_leader_epoch) {
+                        Ok((offset, ts, epoch)) => {
+                            pr.offset = offset;
+                            pr.timestamp = ts;
+                            pr.leader_epoch = epoch;
+                        }
+                        Err(code) => pr.error_code = code,
+                    },
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    // ---------------------------------------------------------------- Topics
+
+    async fn create_topics(self: &Arc<Self>, req: CreateTopicsRequest, version: i16) -> Option<CreateTopicsResponse> {
+        let _guard = self.admin.lock().await;
+        let mut resp = CreateTopicsResponse::default();
+        let mut seen = HashSet::new();
+        let dups: HashSet<String> =
+            req.topics.iter().map(|t| t.name.0.as_str().to_string()).filter(|n| !seen.insert(n.clone())).collect();
+        for t in req.topics {
+            let name = t.name.0.as_str().to_string();
+            let mut r = CreatableTopicResult::default();
+            r.name = t.name.clone();
+            let checked: Result<(String, i32, BTreeMap<String, String>), (i16, String)> = (|| {
+                if dups.contains(&name) {
+                    return Err((ec::INVALID_REQUEST, format!("Create topics request from client contains a duplicate topic '{name}'")));
+                }
+                crate::state::validate_topic_name(&name)?;
+                if t.replication_factor > 1 {
+                    return Err((
+                        ec::INVALID_REPLICATION_FACTOR,
+                        format!("Unable to replicate the partition {} time(s): The target replication factor of {} cannot be reached because only 1 broker(s) are registered.", t.replication_factor, t.replication_factor),
+                    ));
+                }
+                if t.replication_factor == 0 || t.replication_factor < -1 {
+                    return Err((ec::INVALID_REPLICATION_FACTOR, "Replication factor must be larger than 0, or -1 to use the default value.".into()));
+                }
+                let mut partitions = if t.num_partitions == -1 { self.config.num_partitions } else { t.num_partitions };
+                if !t.assignments.is_empty() {
+                    if t.num_partitions != -1 || t.replication_factor != -1 {
+                        return Err((ec::INVALID_REQUEST, "Both numPartitions or replicationFactor and replicasAssignments were set.".into()));
+                    }
+                    for (i, a) in t.assignments.iter().enumerate() {
+                        if a.partition_index != i as i32 || a.broker_ids.len() != 1 || a.broker_ids[0].0 != self.config.node_id {
+                            return Err((ec::INVALID_REPLICA_ASSIGNMENT, "Replica assignment must place each partition on this broker only.".into()));
+                        }
+                    }
+                    partitions = t.assignments.len() as i32;
+                }
+                if partitions < 1 {
+                    return Err((ec::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()));
+                }
+                let mut config = BTreeMap::new();
+                for c in &t.configs {
+                    match &c.value {
+                        Some(v) => {
+                            config.insert(c.name.as_str().to_string(), v.as_str().to_string());
+                        }
+                        None => return Err((ec::INVALID_CONFIG, format!("Null value not supported for topic configs: {}", c.name.as_str()))),
+                    }
+                }
+                Ok((name.clone(), partitions, config))
+            })()
+            .and_then(|(n, partitions, config)| {
+                if self.topic(&n).is_some() {
+                    return Err((ec::TOPIC_ALREADY_EXISTS, format!("Topic '{n}' already exists.")));
+                }
+                Ok((n, partitions, config))
+            });
+            let outcome: Result<(Uuid, i32), (i16, String)> = match checked {
+                Err(e) => Err(e),
+                Ok((n, partitions, config)) => {
+                    let b = Arc::clone(self);
+                    let validate_only = req.validate_only;
+                    match blocking(move || b.create_topic(&n, partitions, config, validate_only)).await {
+                        Some(Ok(m)) => Ok((m.id, m.partitions)),
+                        Some(Err(e)) => Err(e),
+                        None => Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())),
+                    }
+                }
+            };
+            match outcome {
+                Ok((id, partitions)) => {
+                    if version >= 7 && !req.validate_only {
+                        r.topic_id = id;
+                    }
+                    r.num_partitions = partitions;
+                    r.replication_factor = 1;
+                }
+                Err((code, msg)) => {
+                    r.error_code = code;
+                    r.error_message = Some(sb(&msg));
+                    r.num_partitions = -1;
+                    r.replication_factor = -1;
+                }
+            }
+            resp.topics.push(r);
+        }
+        Some(resp)
+    }
+
+    async fn delete_topics(self: &Arc<Self>, req: DeleteTopicsRequest, version: i16) -> Option<DeleteTopicsResponse> {
+        let _guard = self.admin.lock().await;
+        let mut resp = DeleteTopicsResponse::default();
+        let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
+            req.topics.into_iter().map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id)).collect()
+        } else {
+            req.topic_names.into_iter().map(|n| (Some(n.0.as_str().to_string()), Uuid::nil())).collect()
+        };
+        for (name, id) in targets {
+            let mut r = DeletableTopicResult::default();
+            let resolved = match &name {
+                Some(n) => Some(n.clone()),
+                None => self.topic_by_id(id).map(|t| t.meta.name.clone()),
+            };
+            r.name = resolved.as_deref().map(tn);
+            let result = match resolved {
+                None => Err((ec::UNKNOWN_TOPIC_ID, "This server does not host this topic ID.".to_string())),
+                Some(n) => {
+                    let b = Arc::clone(self);
+                    blocking(move || b.delete_topic(&n)).await.unwrap_or(Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())))
+                }
+            };
+            match result {
+                Ok(tid) => {
+                    if version >= 6 {
+                        r.topic_id = tid;
+                    }
+                }
+                Err((code, msg)) => {
+                    r.error_code = code;
+                    if version >= 5 {
+                        r.error_message = Some(sb(&msg));
+                    }
+                    if version >= 6 {
+                        r.topic_id = id;
+                    }
+                }
+            }
+            resp.responses.push(r);
+        }
+        Some(resp)
+    }
+
+    fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        let mut r = InitProducerIdResponse::default();
+        if req.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+            // Transactions need a transaction coordinator: not implemented yet.
+            r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+            r.producer_id = (-1).into();
+            r.producer_epoch = -1;
+            return r;
+        }
+        match self.allocate_producer_id() {
+            Ok(id) => {
+                r.producer_id = id.into();
+                r.producer_epoch = 0;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot allocate a producer id");
+                r.error_code = ec::KAFKA_STORAGE_ERROR;
+                r.producer_id = (-1).into();
+                r.producer_epoch = -1;
+            }
+        }
+        r
+    }
+}
+
+/// What an append reports back to the produce response.
+#[derive(Clone)]
+struct Appended {
+    first_offset: i64,
+    durable_end: i64,
+    log_append_time_ms: i64,
+    log_start_offset: i64,
+}
+
+type ProduceResult = Result<Appended, (i16, Option<String>)>;
+
+fn append(p: &Arc<Partition>, records: Option<Bytes>, now: i64) -> ProduceResult {
+    let Some(records) = records else {
+        return Err((ec::CORRUPT_MESSAGE, Some("null record set".into())));
+    };
+    let mut buf = records.to_vec();
+    let mut st = p.lock();
+    let epoch = st.leader_epoch;
+    let log = st.log.as_mut().ok_or((ec::UNKNOWN_TOPIC_OR_PARTITION, None))?;
+    let r = log.append_as_leader(&mut buf, epoch, now);
+    p.refresh(log);
+    drop(st);
+    match r {
+        Ok(o) => Ok(Appended {
+            first_offset: o.first_offset,
+            durable_end: o.durable_end,
+            log_append_time_ms: o.log_append_time_ms,
+            log_start_offset: p.log_start_offset(),
+        }),
+        Err(e) => {
+            tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "append refused");
+            Err((e.kafka_error_code(), Some(e.to_string())))
+        }
+    }
+}
+
+fn produce_response(results: Vec<(String, i32, ProduceResult)>) -> ProduceResponse {
+    let mut resp = ProduceResponse::default();
+    for (topic, index, r) in results {
+        let pos = match resp.responses.iter().position(|t| t.name.0.as_str() == topic) {
+            Some(i) => i,
+            None => {
+                let mut t = TopicProduceResponse::default();
+                t.name = tn(&topic);
+                resp.responses.push(t);
+                resp.responses.len() - 1
+            }
+        };
+        let mut pr = PartitionProduceResponse::default();
+        pr.index = index;
+        match r {
+            Ok(a) => {
+                pr.base_offset = a.first_offset;
+                pr.log_append_time_ms = a.log_append_time_ms;
+                pr.log_start_offset = a.log_start_offset;
+            }
+            Err((code, msg)) => {
+                pr.error_code = code;
+                pr.base_offset = -1;
+                pr.log_append_time_ms = -1;
+                pr.log_start_offset = -1;
+                pr.error_message = msg.map(|m| sb(&m));
+            }
+        }
+        resp.responses[pos].partition_responses.push(pr);
+    }
+    resp
+}
+
+fn check_epoch(requested: i32, current: i32) -> Result<(), i16> {
+    if requested == -1 || requested == current {
+        Ok(())
+    } else if requested < current {
+        Err(ec::FENCED_LEADER_EPOCH)
+    } else {
+        Err(ec::UNKNOWN_LEADER_EPOCH)
+    }
+}
+
+/// Reads a partition for a fetch (blocking): (high watermark, log start, records) or
+/// (error, high watermark, log start).
+fn read_partition(p: &Partition, offset: i64, leader_epoch: i32, max_bytes: usize, min_one: bool) -> Result<(i64, i64, Bytes), (i16, i64, i64)> {
+    let hw = p.high_watermark();
+    let st = p.lock();
+    let Some(log) = st.log.as_ref() else {
+        return Err((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
+    };
+    let start = log.log_start_offset();
+    check_epoch(leader_epoch, st.leader_epoch).map_err(|c| (c, hw, start))?;
+    if offset < start || offset > log.log_end_offset() {
+        return Err((ec::OFFSET_OUT_OF_RANGE, hw, start));
+    }
+    if offset >= hw || max_bytes == 0 && !min_one {
+        return Ok((hw, start, Bytes::new()));
+    }
+    drop(st);
+    let mut st = p.lock();
+    let Some(log) = st.log.as_mut() else {
+        return Err((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
+    };
+    let slice = match log.read(offset, max_bytes, hw, min_one) {
+        Ok(s) => s,
+        Err(e) => return Err((e.kafka_error_code(), hw, start)),
+    };
+    drop(st);
+    // The file read happens outside the partition lock.
+    match slice.read_bytes() {
+        Ok(v) => Ok((hw, start, Bytes::from(v))),
+        Err(e) => {
+            tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fetch read failed");
+            Err((ec::KAFKA_STORAGE_ERROR, hw, start))
+        }
+    }
+}
+
+/// ListOffsets for one partition (blocking): (offset, timestamp, leader epoch).
+fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64, i64, i32), i16> {
+    let hw = p.high_watermark();
+    let mut st = p.lock();
+    let epoch = st.leader_epoch;
+    check_epoch(leader_epoch, epoch)?;
+    let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
+    match timestamp {
+        -2 => Ok((log.log_start_offset(), -1, epoch)),
+        -1 => Ok((hw, -1, epoch)),
+        -3 => match log.max_timestamp_offset() {
+            Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
+            Ok(_) => Ok((-1, -1, -1)),
+            Err(e) => Err(e.kafka_error_code()),
+        },
+        t if t >= 0 => match log.offset_for_timestamp(t) {
+            Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
+            Ok(_) => Ok((-1, -1, -1)),
+            Err(e) => Err(e.kafka_error_code()),
+        },
+        // -4 (earliest local) and -5 (earliest tiered) need newer versions than we advertise.
+        _ => Err(ec::INVALID_REQUEST),
+    }
+}

@@ -1,0 +1,358 @@
+//! Broker state: topics, partitions (each with its log, leader epoch, high watermark), the
+//! metadata store and the group-commit flusher.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use holdfast_log::{DurableWatch, Flusher, Log, LogConfig, LogError};
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::config::{build_log_config, BrokerConfig, ConfigError};
+use crate::errors as ec;
+use crate::meta::{random_uuid, MetaError, MetaStore, TopicMeta};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    #[error(transparent)]
+    Meta(#[from] MetaError),
+    #[error("log of {topic}-{partition}: {source}")]
+    Log { topic: String, partition: i32, source: LogError },
+    #[error("topic {topic}: {source}")]
+    Config { topic: String, source: ConfigError },
+    #[error("cannot start the flusher: {0}")]
+    Flusher(std::io::Error),
+    #[error("I/O: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Mutable state of a partition, behind its lock. Blocking file I/O happens under it, so it
+/// is only taken on blocking threads (`spawn_blocking`), never on a tokio worker for long.
+pub struct PartitionState {
+    /// `None` once the partition is closed or deleted.
+    pub log: Option<Log>,
+    pub leader_epoch: i32,
+}
+
+/// One partition this broker leads. With one replica the high watermark is what is durable
+/// (fsync policy) or the log end (page-cache / interval policies).
+pub struct Partition {
+    pub topic: String,
+    pub index: i32,
+    state: Mutex<PartitionState>,
+    durable: Arc<DurableWatch>,
+    log_end: AtomicI64,
+    log_start: AtomicI64,
+    waits_fsync: AtomicBool,
+    /// High watermark floor: the HW never moves back.
+    hw: AtomicI64,
+}
+
+impl Partition {
+    fn new(topic: &str, index: i32, log: Log) -> Partition {
+        let p = Partition {
+            topic: topic.to_string(),
+            index,
+            durable: log.durable(),
+            log_end: AtomicI64::new(0),
+            log_start: AtomicI64::new(0),
+            waits_fsync: AtomicBool::new(log.config().flush_policy.ack_waits_for_fsync()),
+            hw: AtomicI64::new(0),
+            state: Mutex::new(PartitionState { log: None, leader_epoch: 0 }),
+        };
+        p.refresh(&log);
+        // Recovered data was validated on open and is in the file: it is visible.
+        p.hw.store(log.log_end_offset(), Ordering::SeqCst);
+        lock(&p.state).log = Some(log);
+        p
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
+        lock(&self.state)
+    }
+
+    pub fn durable(&self) -> &Arc<DurableWatch> {
+        &self.durable
+    }
+
+    /// Caches the log's offsets; call with the lock held after any change.
+    pub fn refresh(&self, log: &Log) {
+        self.log_end.store(log.log_end_offset(), Ordering::SeqCst);
+        self.log_start.store(log.log_start_offset(), Ordering::SeqCst);
+        self.waits_fsync.store(log.config().flush_policy.ack_waits_for_fsync(), Ordering::SeqCst);
+    }
+
+    pub fn log_end_offset(&self) -> i64 {
+        self.log_end.load(Ordering::SeqCst)
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.log_start.load(Ordering::SeqCst)
+    }
+
+    pub fn waits_fsync(&self) -> bool {
+        self.waits_fsync.load(Ordering::SeqCst)
+    }
+
+    /// The high watermark: the end of what consumers may see.
+    pub fn high_watermark(&self) -> i64 {
+        let leo = self.log_end_offset();
+        let candidate = if self.waits_fsync() { self.durable.durable_end().min(leo) } else { leo };
+        let prev = self.hw.fetch_max(candidate, Ordering::SeqCst);
+        prev.max(candidate)
+    }
+}
+
+pub struct Topic {
+    pub meta: TopicMeta,
+    pub log_config: LogConfig,
+    pub partitions: Vec<Arc<Partition>>,
+}
+
+/// The broker: everything the request handlers share.
+pub struct Broker {
+    pub config: BrokerConfig,
+    pub cluster_id: String,
+    pub(crate) meta: MetaStore,
+    flusher: Flusher,
+    topics: RwLock<BTreeMap<String, Arc<Topic>>>,
+    /// Serializes topic creation and deletion.
+    pub(crate) admin: tokio::sync::Mutex<()>,
+    /// Bumped whenever a high watermark may have advanced or topics changed: wakes fetches.
+    data_tx: watch::Sender<u64>,
+    producer_ids: Mutex<(i64, i64)>,
+    advertised: OnceLock<(String, i32)>,
+}
+
+const PRODUCER_ID_BLOCK: i64 = 1000;
+
+impl Broker {
+    /// Opens the data directory: metadata, then every partition log (recovering them).
+    /// Blocking.
+    pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let meta = MetaStore::open(&config.data_dir)?;
+        let cluster_id = meta.cluster_id()?;
+        let flusher = Flusher::start().map_err(BrokerError::Flusher)?;
+        let mut topics = BTreeMap::new();
+        for tm in meta.load_topics()? {
+            let log_config = build_log_config(&config.log_defaults, &tm.config)
+                .map_err(|source| BrokerError::Config { topic: tm.name.clone(), source })?;
+            let mut partitions = Vec::new();
+            for p in 0..tm.partitions {
+                let log = open_log(&config.data_dir, &tm.name, p, &log_config, &flusher)?;
+                partitions.push(Arc::new(Partition::new(&tm.name, p, log)));
+            }
+            tracing::info!(topic = %tm.name, partitions = tm.partitions, "topic loaded");
+            topics.insert(tm.name.clone(), Arc::new(Topic { meta: tm, log_config, partitions }));
+        }
+        let (data_tx, _) = watch::channel(0);
+        Ok(Arc::new(Broker {
+            config,
+            cluster_id,
+            meta,
+            flusher,
+            topics: RwLock::new(topics),
+            admin: tokio::sync::Mutex::new(()),
+            data_tx,
+            producer_ids: Mutex::new((0, 0)),
+            advertised: OnceLock::new(),
+        }))
+    }
+
+    pub fn set_advertised(&self, host: String, port: i32) {
+        let _ = self.advertised.set((host, port));
+    }
+
+    pub fn advertised(&self) -> (String, i32) {
+        self.advertised.get().cloned().unwrap_or_else(|| ("localhost".to_string(), 9092))
+    }
+
+    pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+    }
+
+    pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().find(|t| t.meta.id == id).cloned()
+    }
+
+    pub fn all_topics(&self) -> Vec<Arc<Topic>> {
+        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+    }
+
+    pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
+        let t = self.topic(topic)?;
+        usize::try_from(index).ok().and_then(|i| t.partitions.get(i)).cloned()
+    }
+
+    pub fn subscribe_data(&self) -> watch::Receiver<u64> {
+        self.data_tx.subscribe()
+    }
+
+    pub fn notify_data(&self) {
+        self.data_tx.send_modify(|v| *v = v.wrapping_add(1));
+    }
+
+    /// Creates a topic (blocking). Returns its id, or a Kafka error code and message.
+    pub fn create_topic(
+        &self,
+        name: &str,
+        partitions: i32,
+        config: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<TopicMeta, (i16, String)> {
+        validate_topic_name(name)?;
+        if self.topic(name).is_some() {
+            return Err((ec::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")));
+        }
+        if partitions < 1 {
+            return Err((ec::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()));
+        }
+        if partitions > 100_000 {
+            return Err((ec::INVALID_PARTITIONS, "Too many partitions for one broker.".into()));
+        }
+        let log_config = build_log_config(&self.config.log_defaults, &config).map_err(|e| (ec::INVALID_CONFIG, e.to_string()))?;
+        let meta = TopicMeta { name: name.to_string(), id: random_uuid(), partitions, config };
+        if validate_only {
+            return Ok(meta);
+        }
+        self.meta.save_topic(&meta).map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        let mut parts = Vec::new();
+        for p in 0..partitions {
+            match open_log(&self.config.data_dir, name, p, &log_config, &self.flusher) {
+                Ok(log) => parts.push(Arc::new(Partition::new(name, p, log))),
+                Err(e) => {
+                    tracing::error!(topic = name, partition = p, error = %e, "cannot create partition log");
+                    for part in parts {
+                        if let Some(log) = part.lock().log.take() {
+                            let _ = log.delete();
+                        }
+                    }
+                    let _ = self.meta.remove_topic(name);
+                    return Err((ec::KAFKA_STORAGE_ERROR, e.to_string()));
+                }
+            }
+        }
+        tracing::info!(topic = name, partitions, id = %meta.id, "topic created");
+        let topic = Arc::new(Topic { meta: meta.clone(), log_config, partitions: parts });
+        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), topic);
+        self.notify_data();
+        Ok(meta)
+    }
+
+    /// Deletes a topic and its partition directories (blocking).
+    pub fn delete_topic(&self, name: &str) -> Result<Uuid, (i16, String)> {
+        let topic = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name)
+            .ok_or((ec::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.".to_string()))?;
+        for p in &topic.partitions {
+            let log = p.lock().log.take();
+            if let Some(log) = log {
+                if let Err(e) = log.delete() {
+                    tracing::error!(topic = name, partition = p.index, error = %e, "cannot delete partition directory");
+                }
+            }
+        }
+        self.meta.remove_topic(name).map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        tracing::info!(topic = name, "topic deleted");
+        self.notify_data();
+        Ok(topic.meta.id)
+    }
+
+    /// Allocates a producer id from a persisted block (blocking when a new block is needed).
+    pub fn allocate_producer_id(&self) -> Result<i64, MetaError> {
+        let mut ids = lock(&self.producer_ids);
+        if ids.0 >= ids.1 {
+            let start = self.meta.reserve_producer_ids(PRODUCER_ID_BLOCK)?;
+            *ids = (start, start + PRODUCER_ID_BLOCK);
+        }
+        let id = ids.0;
+        ids.0 += 1;
+        Ok(id)
+    }
+
+    /// Periodic log maintenance (blocking): interval flushes, segment rolls, retention.
+    pub fn tick(&self, retention: bool) {
+        let now = now_ms();
+        for t in self.all_topics() {
+            for p in &t.partitions {
+                let mut st = p.lock();
+                let Some(log) = st.log.as_mut() else { continue };
+                if let Err(e) = log.tick(now) {
+                    tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log tick failed");
+                }
+                if retention {
+                    match log.enforce_retention(now) {
+                        Ok(r) if r.segments_deleted > 0 => {
+                            tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_deleted, log_start = r.log_start_offset, "retention deleted segments");
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
+                    }
+                }
+                p.refresh(log);
+            }
+        }
+        self.notify_data();
+    }
+
+    /// Closes every log cleanly and stops the flusher (blocking).
+    pub fn shutdown(&self) {
+        for t in self.all_topics() {
+            for p in &t.partitions {
+                let log = p.lock().log.take();
+                if let Some(log) = log {
+                    if let Err(e) = log.close() {
+                        tracing::error!(topic = %p.topic, partition = p.index, error = %e, "unclean log close");
+                    }
+                }
+            }
+        }
+        self.flusher.shutdown();
+        tracing::info!("logs closed");
+    }
+}
+
+fn open_log(data_dir: &std::path::Path, topic: &str, p: i32, cfg: &LogConfig, flusher: &Flusher) -> Result<Log, BrokerError> {
+    let dir: PathBuf = data_dir.join(format!("{topic}-{p}"));
+    let (log, report) = Log::open(&dir, cfg.clone(), flusher.clone(), now_ms())
+        .map_err(|source| BrokerError::Log { topic: topic.to_string(), partition: p, source })?;
+    if !report.clean_shutdown || report.truncated.is_some() || report.corruption.is_some() {
+        tracing::warn!(topic, partition = p, ?report, "partition recovered");
+    } else {
+        tracing::debug!(topic, partition = p, log_end = report.log_end_offset, "partition opened");
+    }
+    Ok(log)
+}
+
+/// Kafka's topic name rules.
+pub fn validate_topic_name(name: &str) -> Result<(), (i16, String)> {
+    let bad = |why: &str| Err((ec::INVALID_TOPIC_EXCEPTION, format!("Topic name '{name}' is illegal: {why}")));
+    if name.is_empty() {
+        return bad("it is empty");
+    }
+    if name == "." || name == ".." {
+        return bad("it cannot be '.' or '..'");
+    }
+    if name.len() > 249 {
+        return bad("it is longer than 249 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+        return bad("it contains characters other than ASCII alphanumerics, '.', '_' and '-'");
+    }
+    Ok(())
+}

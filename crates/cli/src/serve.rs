@@ -1,0 +1,111 @@
+//! `holdfast serve`: a single-node broker.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context};
+use holdfast_broker::{Broker, BrokerConfig};
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Directory holding the partition logs and broker metadata.
+    #[arg(long, default_value = "./holdfast-data")]
+    data_dir: PathBuf,
+    /// Address to listen on.
+    #[arg(long, default_value = "localhost:9092")]
+    listen: String,
+    /// `host:port` advertised to clients in Metadata (default: the listen host and bound port).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// This broker's node id.
+    #[arg(long, default_value_t = 1)]
+    node_id: i32,
+    /// TOML file of broker settings keyed by Kafka's names, e.g. `"num.partitions" = 4`.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Overrides one setting: `--set key=value` (repeatable; applied after --config).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
+    let mut cfg = BrokerConfig::new(args.data_dir.clone(), args.listen.clone());
+    cfg.node_id = args.node_id;
+    if let Some(path) = &args.config {
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        for (k, v) in table {
+            let value = match v {
+                toml::Value::String(s) => s,
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                other => bail!("{}: unsupported value for `{k}`: {other}", path.display()),
+            };
+            cfg.set(&k, &value).with_context(|| format!("{}: `{k}`", path.display()))?;
+        }
+    }
+    for kv in &args.set {
+        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv}: expected key=value"))?;
+        cfg.set(k.trim(), v.trim()).with_context(|| format!("--set {kv}"))?;
+    }
+    Ok(cfg)
+}
+
+fn advertised(args: &ServeArgs, bound: SocketAddr) -> anyhow::Result<(String, i32)> {
+    if let Some(a) = &args.advertise {
+        let (h, p) = a.rsplit_once(':').with_context(|| format!("--advertise {a}: expected host:port"))?;
+        return Ok((h.to_string(), p.parse().with_context(|| format!("--advertise {a}: bad port"))?));
+    }
+    let host = args.listen.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("localhost");
+    let host = if host.is_empty() || host == "0.0.0.0" || host == "::" { "localhost" } else { host };
+    Ok((host.to_string(), i32::from(bound.port())))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                    _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot install a SIGTERM handler; only SIGINT stops the broker");
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let cfg = load_config(&args)?;
+    let listen = cfg.listen.clone();
+    let broker = Broker::open(cfg).with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("holdfast-worker").build()?;
+    let served = rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
+        let bound = listener.local_addr()?;
+        let (host, port) = advertised(&args, bound)?;
+        broker.set_advertised(host.clone(), port);
+        tracing::info!(%bound, advertised = %format!("{host}:{port}"), cluster_id = %broker.cluster_id, "broker started");
+        println!("holdfast listening on {bound}");
+        let _ = std::io::stdout().flush();
+        holdfast_broker::serve(Arc::clone(&broker), listener, shutdown_signal()).await;
+        anyhow::Ok(())
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    broker.shutdown();
+    served?;
+    tracing::info!("holdfast stopped");
+    Ok(())
+}
