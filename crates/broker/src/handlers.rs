@@ -331,7 +331,7 @@ impl Broker {
 
     // ---------------------------------------------------------------- ListOffsets
 
-    fn list_offsets(&self, req: ListOffsetsRequest, _version: i16) -> ListOffsetsResponse {
+    fn list_offsets(&self, req: ListOffsetsRequest, version: i16) -> ListOffsetsResponse {
         let mut resp = ListOffsetsResponse::default();
         for t in req.topics {
             let mut tr = ListOffsetsTopicResponse::default();
@@ -345,7 +345,9 @@ impl Broker {
                         Ok((offset, ts, epoch)) => {
                             pr.offset = offset;
                             pr.timestamp = ts;
-                            pr.leader_epoch = epoch;
+                            if version >= 4 {
+                                pr.leader_epoch = epoch;
+                            }
                         }
                         Err(code) => pr.error_code = code,
                     },

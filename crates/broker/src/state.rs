@@ -331,8 +331,10 @@ fn open_log(data_dir: &std::path::Path, topic: &str, p: i32, cfg: &LogConfig, fl
     let dir: PathBuf = data_dir.join(format!("{topic}-{p}"));
     let (log, report) = Log::open(&dir, cfg.clone(), flusher.clone(), now_ms())
         .map_err(|source| BrokerError::Log { topic: topic.to_string(), partition: p, source })?;
-    if !report.clean_shutdown || report.truncated.is_some() || report.corruption.is_some() {
-        tracing::warn!(topic, partition = p, ?report, "partition recovered");
+    if report.truncated.is_some() || report.corruption.is_some() {
+        tracing::warn!(topic, partition = p, ?report, "partition recovered with damage");
+    } else if !report.clean_shutdown && report.log_end_offset > 0 {
+        tracing::info!(topic, partition = p, ?report, "partition recovered after an unclean stop");
     } else {
         tracing::debug!(topic, partition = p, log_end = report.log_end_offset, "partition opened");
     }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Idempotent installer of the third-party clients the tests drive:
+#   .venv with confluent-kafka, kafka-python (+ codec packages) and pytest; kcat via apt.
+# Only package registries are contacted (PyPI, the distribution's apt mirrors).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+    echo "setup-test-deps: creating .venv"
+    "$PY" -m venv .venv
+fi
+# Codec packages kafka-python needs: lz4, cramjam (snappy), zstandard; gzip is stdlib.
+PKGS="confluent-kafka kafka-python pytest lz4 cramjam python-snappy zstandard"
+missing=0
+for mod in confluent_kafka kafka pytest lz4 cramjam snappy zstandard; do
+    .venv/bin/python -c "import $mod" 2>/dev/null || missing=1
+done
+if [ "$missing" = 1 ]; then
+    echo "setup-test-deps: pip install $PKGS"
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet --upgrade $PKGS
+fi
+.venv/bin/python - <<'PY'
+import confluent_kafka, kafka
+print("setup-test-deps: confluent-kafka %s (librdkafka %s), kafka-python %s"
+      % (confluent_kafka.version()[0], confluent_kafka.libversion()[0], kafka.__version__))
+PY
+
+if ! command -v kcat >/dev/null 2>&1 && ! command -v kafkacat >/dev/null 2>&1; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+    echo "setup-test-deps: installing kcat with apt-get"
+    if ! $SUDO apt-get install -y -q kcat >/dev/null 2>&1; then
+        if ! { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q kcat >/dev/null 2>&1; }; then
+            echo "setup-test-deps: WARNING: could not install kcat; kcat tests will be skipped" >&2
+        fi
+    fi
+fi
+if command -v kcat >/dev/null 2>&1; then
+    echo "setup-test-deps: $(kcat -V 2>&1 | head -1)"
+fi
