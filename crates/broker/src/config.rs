@@ -12,15 +12,26 @@ pub enum ConfigError {
     #[error("unknown configuration key `{0}`")]
     UnknownKey(String),
     #[error("invalid value `{value}` for `{key}`: {reason}")]
-    InvalidValue { key: String, value: String, reason: String },
+    InvalidValue {
+        key: String,
+        value: String,
+        reason: String,
+    },
 }
 
 fn invalid(key: &str, value: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::InvalidValue { key: key.into(), value: value.into(), reason: reason.into() }
+    ConfigError::InvalidValue {
+        key: key.into(),
+        value: value.into(),
+        reason: reason.into(),
+    }
 }
 
 fn parse_i64(key: &str, value: &str, min: i64) -> Result<i64, ConfigError> {
-    let v: i64 = value.trim().parse().map_err(|_| invalid(key, value, "not an integer"))?;
+    let v: i64 = value
+        .trim()
+        .parse()
+        .map_err(|_| invalid(key, value, "not an integer"))?;
     if v < min {
         return Err(invalid(key, value, format!("must be at least {min}")));
     }
@@ -65,7 +76,10 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
 ];
 
 /// Builds the effective log config of a topic: `defaults` with `overrides` applied.
-pub fn build_log_config(defaults: &LogConfig, overrides: &BTreeMap<String, String>) -> Result<LogConfig, ConfigError> {
+pub fn build_log_config(
+    defaults: &LogConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Result<LogConfig, ConfigError> {
     let mut c = defaults.clone();
     let mut flush_messages: Option<u64> = None;
     let mut flush_ms: Option<i64> = None;
@@ -75,7 +89,10 @@ pub fn build_log_config(defaults: &LogConfig, overrides: &BTreeMap<String, Strin
         let v = value.as_str();
         match k {
             "cleanup.policy" => {
-                let mut p = CleanupPolicy { delete: false, compact: false };
+                let mut p = CleanupPolicy {
+                    delete: false,
+                    compact: false,
+                };
                 for part in v.split(',').map(str::trim) {
                     match part {
                         "delete" => p.delete = true,
@@ -88,7 +105,11 @@ pub fn build_log_config(defaults: &LogConfig, overrides: &BTreeMap<String, Strin
             "compression.type" => {
                 // The broker stores batches as produced: it never recompresses.
                 if v != "producer" {
-                    return Err(invalid(k, v, "only `producer` is supported (batches are stored as produced)"));
+                    return Err(invalid(
+                        k,
+                        v,
+                        "only `producer` is supported (batches are stored as produced)",
+                    ));
                 }
             }
             "delete.retention.ms" => c.delete_retention_ms = parse_i64(k, v, 0)?,
@@ -138,7 +159,9 @@ pub fn build_log_config(defaults: &LogConfig, overrides: &BTreeMap<String, Strin
         Some("fsync") => c.flush_policy = FlushPolicy::EveryAppend,
         Some("pagecache") => c.flush_policy = FlushPolicy::PageCache,
         Some(_) => c.flush_policy = interval(),
-        None if flush_messages == Some(1) && flush_ms.is_none() => c.flush_policy = FlushPolicy::EveryAppend,
+        None if flush_messages == Some(1) && flush_ms.is_none() => {
+            c.flush_policy = FlushPolicy::EveryAppend
+        }
         None if flush_messages.is_some() || flush_ms.is_some() => c.flush_policy = interval(),
         None => {}
     }
@@ -219,23 +242,39 @@ impl BrokerConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "node.id" | "broker.id" => self.node_id = parse_i64(key, value, 0)? as i32,
-            "num.partitions" => self.num_partitions = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32,
+            "num.partitions" => {
+                self.num_partitions = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
             "auto.create.topics.enable" => self.auto_create_topics = parse_bool(key, value)?,
-            "socket.request.max.bytes" => self.socket_request_max_bytes = parse_i64(key, value, 64)?.min(i32::MAX as i64) as usize,
+            "socket.request.max.bytes" => {
+                self.socket_request_max_bytes =
+                    parse_i64(key, value, 64)?.min(i32::MAX as i64) as usize
+            }
             "max.connections" => self.max_connections = parse_i64(key, value, 1)? as usize,
             "holdfast.max.inflight.requests.per.connection" => {
                 self.max_inflight_per_connection = parse_i64(key, value, 1)?.min(1024) as usize
             }
-            "log.retention.check.interval.ms" => self.retention_check_interval_ms = parse_i64(key, value, 1)? as u64,
+            "log.retention.check.interval.ms" => {
+                self.retention_check_interval_ms = parse_i64(key, value, 1)? as u64
+            }
             "log.retention.hours" | "log.retention.minutes" | "log.roll.hours" => {
                 let n = parse_i64(key, value, -1)?;
-                let unit = if key.ends_with("hours") { 3_600_000 } else { 60_000 };
+                let unit = if key.ends_with("hours") {
+                    3_600_000
+                } else {
+                    60_000
+                };
                 let ms = if n < 0 { -1 } else { n.saturating_mul(unit) };
-                let target = if key.starts_with("log.roll") { "log.roll.ms" } else { "log.retention.ms" };
+                let target = if key.starts_with("log.roll") {
+                    "log.roll.ms"
+                } else {
+                    "log.retention.ms"
+                };
                 return self.set(target, &ms.to_string());
             }
             _ => {
-                let topic_key = broker_key_to_topic_key(key).ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
+                let topic_key = broker_key_to_topic_key(key)
+                    .ok_or_else(|| ConfigError::UnknownKey(key.to_string()))?;
                 let mut next = self.log_default_overrides.clone();
                 next.insert(topic_key.to_string(), value.to_string());
                 self.log_defaults = build_log_config(&LogConfig::default(), &next)?;
@@ -259,10 +298,16 @@ mod tests {
         assert_eq!(c.retention_ms, 1000);
         assert!(c.cleanup_policy.compact && c.cleanup_policy.delete);
         o.insert("no.such".to_string(), "1".to_string());
-        assert!(matches!(build_log_config(&LogConfig::default(), &o), Err(ConfigError::UnknownKey(_))));
+        assert!(matches!(
+            build_log_config(&LogConfig::default(), &o),
+            Err(ConfigError::UnknownKey(_))
+        ));
         let mut o = BTreeMap::new();
         o.insert("retention.ms".to_string(), "abc".to_string());
-        assert!(matches!(build_log_config(&LogConfig::default(), &o), Err(ConfigError::InvalidValue { .. })));
+        assert!(matches!(
+            build_log_config(&LogConfig::default(), &o),
+            Err(ConfigError::InvalidValue { .. })
+        ));
     }
 
     #[test]
@@ -273,7 +318,13 @@ mod tests {
         b.set("log.flush.interval.ms", "100").expect("ok");
         assert_eq!(b.num_partitions, 4);
         assert_eq!(b.log_defaults.retention_ms, 3_600_000);
-        assert!(matches!(b.log_defaults.flush_policy, FlushPolicy::Interval { interval_ms: 100, .. }));
+        assert!(matches!(
+            b.log_defaults.flush_policy,
+            FlushPolicy::Interval {
+                interval_ms: 100,
+                ..
+            }
+        ));
         assert!(b.set("bogus", "1").is_err());
     }
 }

@@ -12,12 +12,17 @@ use bytes::Bytes;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
 use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::list_offsets_response::{ListOffsetsPartitionResponse, ListOffsetsTopicResponse};
-use kafka_protocol::messages::metadata_response::{MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic};
+use kafka_protocol::messages::list_offsets_response::{
+    ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
+};
+use kafka_protocol::messages::metadata_response::{
+    MetadataResponseBroker, MetadataResponsePartition, MetadataResponseTopic,
+};
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
-    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest, DeleteTopicsResponse, FetchRequest,
-    FetchResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
+    ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
+    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
+    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
     MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
@@ -29,6 +34,7 @@ use crate::state::{now_ms, Broker, Partition};
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
 
 /// A handler's answer. `None` inside means "send nothing" (Produce with acks=0).
+#[allow(clippy::large_enum_variant)] // one per in-flight request; moved once
 pub enum Reply {
     Now(Option<ResponseKind>),
     Later(ReplyFuture),
@@ -55,30 +61,59 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 
 impl Broker {
     /// Handles one decoded request.
-    pub async fn handle(self: &Arc<Self>, api_key: ApiKey, version: i16, body: RequestKind) -> Reply {
+    pub async fn handle(
+        self: &Arc<Self>,
+        api_key: ApiKey,
+        version: i16,
+        body: RequestKind,
+    ) -> Reply {
         match body {
-            RequestKind::ApiVersions(_) => {
-                Reply::Now(Some(ResponseKind::ApiVersions(holdfast_codec::api_versions_response(ec::NONE))))
+            RequestKind::ApiVersions(_) => Reply::Now(Some(ResponseKind::ApiVersions(
+                holdfast_codec::api_versions_response(ec::NONE),
+            ))),
+            RequestKind::Metadata(r) => {
+                Reply::Now(self.metadata(r, version).await.map(ResponseKind::Metadata))
             }
-            RequestKind::Metadata(r) => Reply::Now(self.metadata(r, version).await.map(ResponseKind::Metadata)),
             RequestKind::Produce(r) => self.produce(r).await,
             RequestKind::Fetch(r) => {
                 let b = Arc::clone(self);
-                Reply::Later(Box::pin(async move { b.fetch(r, version).await.map(ResponseKind::Fetch) }))
+                Reply::Later(Box::pin(async move {
+                    b.fetch(r, version).await.map(ResponseKind::Fetch)
+                }))
             }
             RequestKind::ListOffsets(r) => {
                 let b = Arc::clone(self);
-                Reply::Now(blocking(move || b.list_offsets(r, version)).await.map(ResponseKind::ListOffsets))
+                Reply::Now(
+                    blocking(move || b.list_offsets(r, version))
+                        .await
+                        .map(ResponseKind::ListOffsets),
+                )
             }
-            RequestKind::CreateTopics(r) => Reply::Now(self.create_topics(r, version).await.map(ResponseKind::CreateTopics)),
-            RequestKind::DeleteTopics(r) => Reply::Now(self.delete_topics(r, version).await.map(ResponseKind::DeleteTopics)),
+            RequestKind::CreateTopics(r) => Reply::Now(
+                self.create_topics(r, version)
+                    .await
+                    .map(ResponseKind::CreateTopics),
+            ),
+            RequestKind::DeleteTopics(r) => Reply::Now(
+                self.delete_topics(r, version)
+                    .await
+                    .map(ResponseKind::DeleteTopics),
+            ),
             RequestKind::InitProducerId(r) => {
                 let b = Arc::clone(self);
-                Reply::Now(blocking(move || b.init_producer_id(r)).await.map(ResponseKind::InitProducerId))
+                Reply::Now(
+                    blocking(move || b.init_producer_id(r))
+                        .await
+                        .map(ResponseKind::InitProducerId),
+                )
             }
             _ => {
                 // The codec only lets through APIs of the supported table.
-                tracing::error!(?api_key, version, "request of an advertised API without a handler");
+                tracing::error!(
+                    ?api_key,
+                    version,
+                    "request of an advertised API without a handler"
+                );
                 Reply::Now(None)
             }
         }
@@ -86,7 +121,11 @@ impl Broker {
 
     // ---------------------------------------------------------------- Metadata
 
-    async fn metadata(self: &Arc<Self>, req: MetadataRequest, version: i16) -> Option<MetadataResponse> {
+    async fn metadata(
+        self: &Arc<Self>,
+        req: MetadataRequest,
+        version: i16,
+    ) -> Option<MetadataResponse> {
         let mut resp = MetadataResponse::default();
         let (host, port) = self.advertised();
         let mut b = MetadataResponseBroker::default();
@@ -100,13 +139,22 @@ impl Broker {
         let requested: Option<Vec<(Option<String>, Uuid)>> = match req.topics {
             None => None,
             Some(t) if t.is_empty() && version == 0 => None,
-            Some(t) => Some(t.into_iter().map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id)).collect()),
+            Some(t) => Some(
+                t.into_iter()
+                    .map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id))
+                    .collect(),
+            ),
         };
         let Some(requested) = requested else {
-            resp.topics = self.all_topics().iter().map(|t| self.topic_metadata(t)).collect();
+            resp.topics = self
+                .all_topics()
+                .iter()
+                .map(|t| self.topic_metadata(t))
+                .collect();
             return Some(resp);
         };
-        let allow_create = self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
+        let allow_create =
+            self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         for (name, id) in requested {
             let Some(name) = name else {
                 match self.topic_by_id(id) {
@@ -178,7 +226,11 @@ impl Broker {
 
     async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Reply {
         let acks = req.acks;
-        let timeout_ms = if req.timeout_ms > 0 { req.timeout_ms as u64 } else { 30_000 };
+        let timeout_ms = if req.timeout_ms > 0 {
+            req.timeout_ms as u64
+        } else {
+            30_000
+        };
         // (topic, partition, records) in request order.
         let mut work: Vec<(String, i32, Option<Bytes>)> = Vec::new();
         for t in req.topic_data {
@@ -187,8 +239,11 @@ impl Broker {
                 work.push((name.clone(), p.index, p.records));
             }
         }
-        if !matches!(acks, 0 | 1 | -1) {
-            let results = work.into_iter().map(|(t, p, _)| (t, p, Err((ec::INVALID_REQUIRED_ACKS, None)))).collect();
+        if !(-1..=1).contains(&acks) {
+            let results = work
+                .into_iter()
+                .map(|(t, p, _)| (t, p, Err((ec::INVALID_REQUIRED_ACKS, None))))
+                .collect();
             return Reply::Now(Some(ResponseKind::Produce(produce_response(results))));
         }
         let b = Arc::clone(self);
@@ -220,7 +275,9 @@ impl Broker {
                         let mut r = Ok(o.clone());
                         if p.waits_fsync() {
                             let w = p.durable().wait_for(o.durable_end);
-                            r = match tokio::time::timeout(Duration::from_millis(timeout_ms), w).await {
+                            r = match tokio::time::timeout(Duration::from_millis(timeout_ms), w)
+                                .await
+                            {
                                 Ok(Ok(())) => Ok(o.clone()),
                                 Ok(Err(e)) => Err((ec::KAFKA_STORAGE_ERROR, Some(e.to_string()))),
                                 Err(_) => Err((ec::REQUEST_TIMED_OUT, None)),
@@ -242,7 +299,9 @@ impl Broker {
             tokio::spawn(wait);
             return Reply::Now(None);
         }
-        Reply::Later(Box::pin(async move { Some(ResponseKind::Produce(produce_response(wait.await))) }))
+        Reply::Later(Box::pin(async move {
+            Some(ResponseKind::Produce(produce_response(wait.await)))
+        }))
     }
 
     // ---------------------------------------------------------------- Fetch
@@ -266,11 +325,16 @@ impl Broker {
             if bytes >= req.min_bytes.max(0) as usize || errors || now >= deadline {
                 return Some(resp);
             }
-            if tokio::time::timeout_at(deadline, rx.changed()).await.is_err() {
+            if tokio::time::timeout_at(deadline, rx.changed())
+                .await
+                .is_err()
+            {
                 // Deadline: one last look, then answer whatever there is.
                 let b = Arc::clone(&self);
                 let r = Arc::clone(&req);
-                return blocking(move || b.fetch_once(&r, version)).await.map(|x| x.0);
+                return blocking(move || b.fetch_once(&r, version))
+                    .await
+                    .map(|x| x.0);
             }
         }
     }
@@ -281,9 +345,17 @@ impl Broker {
         let mut resp = FetchResponse::default();
         let mut total = 0usize;
         let mut errors = false;
-        let max_bytes = if req.max_bytes > 0 { req.max_bytes as usize } else { usize::MAX };
+        let max_bytes = if req.max_bytes > 0 {
+            req.max_bytes as usize
+        } else {
+            usize::MAX
+        };
         for t in &req.topics {
-            let topic = if version >= 13 { self.topic_by_id(t.topic_id) } else { self.topic(t.topic.0.as_str()) };
+            let topic = if version >= 13 {
+                self.topic_by_id(t.topic_id)
+            } else {
+                self.topic(t.topic.0.as_str())
+            };
             let mut tr = FetchableTopicResponse::default();
             if version >= 13 {
                 tr.topic_id = t.topic_id;
@@ -293,18 +365,37 @@ impl Broker {
             for fp in &t.partitions {
                 let mut pd = PartitionData::default();
                 pd.partition_index = fp.partition;
-                pd.aborted_transactions = if req.isolation_level == 1 { Some(Vec::new()) } else { None };
+                pd.aborted_transactions = if req.isolation_level == 1 {
+                    Some(Vec::new())
+                } else {
+                    None
+                };
                 pd.records = Some(Bytes::new());
-                let part = topic.as_ref().and_then(|t| usize::try_from(fp.partition).ok().and_then(|i| t.partitions.get(i)));
+                let part = topic.as_ref().and_then(|t| {
+                    usize::try_from(fp.partition)
+                        .ok()
+                        .and_then(|i| t.partitions.get(i))
+                });
                 match part {
                     None => {
-                        pd.error_code = if version >= 13 && topic.is_none() { ec::UNKNOWN_TOPIC_ID } else { ec::UNKNOWN_TOPIC_OR_PARTITION };
+                        pd.error_code = if version >= 13 && topic.is_none() {
+                            ec::UNKNOWN_TOPIC_ID
+                        } else {
+                            ec::UNKNOWN_TOPIC_OR_PARTITION
+                        };
                         pd.high_watermark = -1;
                         errors = true;
                     }
                     Some(p) => {
-                        let budget = (fp.partition_max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-                        match read_partition(p, fp.fetch_offset, fp.current_leader_epoch, budget, total == 0) {
+                        let budget = (fp.partition_max_bytes.max(0) as usize)
+                            .min(max_bytes.saturating_sub(total));
+                        match read_partition(
+                            p,
+                            fp.fetch_offset,
+                            fp.current_leader_epoch,
+                            budget,
+                            total == 0,
+                        ) {
                             Ok((hw, start, data)) => {
                                 pd.high_watermark = hw;
                                 pd.last_stable_offset = hw;
@@ -361,17 +452,25 @@ impl Broker {
 
     // ---------------------------------------------------------------- Topics
 
-    async fn create_topics(self: &Arc<Self>, req: CreateTopicsRequest, version: i16) -> Option<CreateTopicsResponse> {
+    async fn create_topics(
+        self: &Arc<Self>,
+        req: CreateTopicsRequest,
+        version: i16,
+    ) -> Option<CreateTopicsResponse> {
         let _guard = self.admin.lock().await;
         let mut resp = CreateTopicsResponse::default();
         let mut seen = HashSet::new();
-        let dups: HashSet<String> =
-            req.topics.iter().map(|t| t.name.0.as_str().to_string()).filter(|n| !seen.insert(n.clone())).collect();
+        let dups: HashSet<String> = req
+            .topics
+            .iter()
+            .map(|t| t.name.0.as_str().to_string())
+            .filter(|n| !seen.insert(n.clone()))
+            .collect();
         for t in req.topics {
             let name = t.name.0.as_str().to_string();
             let mut r = CreatableTopicResult::default();
             r.name = t.name.clone();
-            let checked: Result<(String, i32, BTreeMap<String, String>), (i16, String)> = (|| {
+            let checked: Result<NewTopicSpec, (i16, String)> = (|| {
                 if dups.contains(&name) {
                     return Err((ec::INVALID_REQUEST, format!("Create topics request from client contains a duplicate topic '{name}'")));
                 }
@@ -422,7 +521,9 @@ impl Broker {
                 Ok((n, partitions, config)) => {
                     let b = Arc::clone(self);
                     let validate_only = req.validate_only;
-                    match blocking(move || b.create_topic(&n, partitions, config, validate_only)).await {
+                    match blocking(move || b.create_topic(&n, partitions, config, validate_only))
+                        .await
+                    {
                         Some(Ok(m)) => Ok((m.id, m.partitions)),
                         Some(Err(e)) => Err(e),
                         None => Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())),
@@ -449,13 +550,23 @@ impl Broker {
         Some(resp)
     }
 
-    async fn delete_topics(self: &Arc<Self>, req: DeleteTopicsRequest, version: i16) -> Option<DeleteTopicsResponse> {
+    async fn delete_topics(
+        self: &Arc<Self>,
+        req: DeleteTopicsRequest,
+        version: i16,
+    ) -> Option<DeleteTopicsResponse> {
         let _guard = self.admin.lock().await;
         let mut resp = DeleteTopicsResponse::default();
         let targets: Vec<(Option<String>, Uuid)> = if version >= 6 {
-            req.topics.into_iter().map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id)).collect()
+            req.topics
+                .into_iter()
+                .map(|t| (t.name.map(|n| n.0.as_str().to_string()), t.topic_id))
+                .collect()
         } else {
-            req.topic_names.into_iter().map(|n| (Some(n.0.as_str().to_string()), Uuid::nil())).collect()
+            req.topic_names
+                .into_iter()
+                .map(|n| (Some(n.0.as_str().to_string()), Uuid::nil()))
+                .collect()
         };
         for (name, id) in targets {
             let mut r = DeletableTopicResult::default();
@@ -465,10 +576,15 @@ impl Broker {
             };
             r.name = resolved.as_deref().map(tn);
             let result = match resolved {
-                None => Err((ec::UNKNOWN_TOPIC_ID, "This server does not host this topic ID.".to_string())),
+                None => Err((
+                    ec::UNKNOWN_TOPIC_ID,
+                    "This server does not host this topic ID.".to_string(),
+                )),
                 Some(n) => {
                     let b = Arc::clone(self);
-                    blocking(move || b.delete_topic(&n)).await.unwrap_or(Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())))
+                    blocking(move || b.delete_topic(&n))
+                        .await
+                        .unwrap_or(Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())))
                 }
             };
             match result {
@@ -494,7 +610,11 @@ impl Broker {
 
     fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
         let mut r = InitProducerIdResponse::default();
-        if req.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) {
+        if req
+            .transactional_id
+            .as_ref()
+            .is_some_and(|t| !t.0.is_empty())
+        {
             // Transactions need a transaction coordinator: not implemented yet.
             r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
             r.producer_id = (-1).into();
@@ -517,6 +637,9 @@ impl Broker {
     }
 }
 
+/// A validated CreateTopics entry: name, partition count, config overrides.
+type NewTopicSpec = (String, i32, BTreeMap<String, String>);
+
 /// What an append reports back to the produce response.
 #[derive(Clone)]
 struct Appended {
@@ -535,7 +658,10 @@ fn append(p: &Arc<Partition>, records: Option<Bytes>, now: i64) -> ProduceResult
     let mut buf = records.to_vec();
     let mut st = p.lock();
     let epoch = st.leader_epoch;
-    let log = st.log.as_mut().ok_or((ec::UNKNOWN_TOPIC_OR_PARTITION, None))?;
+    let log = st
+        .log
+        .as_mut()
+        .ok_or((ec::UNKNOWN_TOPIC_OR_PARTITION, None))?;
     let r = log.append_as_leader(&mut buf, epoch, now);
     p.refresh(log);
     drop(st);
@@ -556,7 +682,11 @@ fn append(p: &Arc<Partition>, records: Option<Bytes>, now: i64) -> ProduceResult
 fn produce_response(results: Vec<(String, i32, ProduceResult)>) -> ProduceResponse {
     let mut resp = ProduceResponse::default();
     for (topic, index, r) in results {
-        let pos = match resp.responses.iter().position(|t| t.name.0.as_str() == topic) {
+        let pos = match resp
+            .responses
+            .iter()
+            .position(|t| t.name.0.as_str() == topic)
+        {
             Some(i) => i,
             None => {
                 let mut t = TopicProduceResponse::default();
@@ -598,7 +728,13 @@ fn check_epoch(requested: i32, current: i32) -> Result<(), i16> {
 
 /// Reads a partition for a fetch (blocking): (high watermark, log start, records) or
 /// (error, high watermark, log start).
-fn read_partition(p: &Partition, offset: i64, leader_epoch: i32, max_bytes: usize, min_one: bool) -> Result<(i64, i64, Bytes), (i16, i64, i64)> {
+fn read_partition(
+    p: &Partition,
+    offset: i64,
+    leader_epoch: i32,
+    max_bytes: usize,
+    min_one: bool,
+) -> Result<(i64, i64, Bytes), (i16, i64, i64)> {
     let hw = p.high_watermark();
     let st = p.lock();
     let Some(log) = st.log.as_ref() else {

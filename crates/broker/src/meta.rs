@@ -21,13 +21,21 @@ pub enum MetaError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetaError + '_ {
-    move |source| MetaError::Io { path: path.to_path_buf(), source }
+    move |source| MetaError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Replaces `path` with `contents` atomically and durably.
 pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), MetaError> {
     let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new().write(true).create(true).truncate(true).open(&tmp).map_err(io_err(&tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(io_err(&tmp))?;
     f.write_all(contents).map_err(io_err(&tmp))?;
     f.sync_all().map_err(io_err(&tmp))?;
     drop(f);
@@ -39,7 +47,9 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), MetaError> {
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), MetaError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err(dir))
 }
 
 /// What the broker knows of a topic beyond its partition logs.
@@ -53,7 +63,12 @@ pub struct TopicMeta {
 
 impl TopicMeta {
     fn encode(&self) -> String {
-        let mut s = format!("version=1\nname={}\nid={}\npartitions={}\n", self.name, self.id.simple(), self.partitions);
+        let mut s = format!(
+            "version=1\nname={}\nid={}\npartitions={}\n",
+            self.name,
+            self.id.simple(),
+            self.partitions
+        );
         for (k, v) in &self.config {
             s.push_str(&format!("config.{k}={}\n", v.replace('\n', " ")));
         }
@@ -62,7 +77,10 @@ impl TopicMeta {
     }
 
     fn decode(path: &Path, text: &str) -> Result<TopicMeta, MetaError> {
-        let bad = |reason: &str| MetaError::Malformed { path: path.to_path_buf(), reason: reason.into() };
+        let bad = |reason: &str| MetaError::Malformed {
+            path: path.to_path_buf(),
+            reason: reason.into(),
+        };
         if !text.ends_with("end\n") {
             return Err(bad("missing end marker"));
         }
@@ -78,9 +96,13 @@ impl TopicMeta {
                 "version" => return Err(bad("unknown version")),
                 "name" => name = Some(v.to_string()),
                 "id" => id = Some(Uuid::parse_str(v).map_err(|_| bad("bad topic id"))?),
-                "partitions" => partitions = Some(v.parse::<i32>().map_err(|_| bad("bad partition count"))?),
+                "partitions" => {
+                    partitions = Some(v.parse::<i32>().map_err(|_| bad("bad partition count"))?)
+                }
                 _ => {
-                    let key = k.strip_prefix("config.").ok_or_else(|| bad("unknown key"))?;
+                    let key = k
+                        .strip_prefix("config.")
+                        .ok_or_else(|| bad("unknown key"))?;
                     config.insert(key.to_string(), v.to_string());
                 }
             }
@@ -88,7 +110,9 @@ impl TopicMeta {
         Ok(TopicMeta {
             name: name.ok_or_else(|| bad("no name"))?,
             id: id.ok_or_else(|| bad("no id"))?,
-            partitions: partitions.filter(|p| *p > 0).ok_or_else(|| bad("no partition count"))?,
+            partitions: partitions
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("no partition count"))?,
             config,
         })
     }
@@ -145,7 +169,10 @@ impl MetaStore {
         let p = self.dir.join("cluster-id");
         match fs::read_to_string(&p) {
             Ok(s) if !s.trim().is_empty() => Ok(s.trim().to_string()),
-            Ok(_) => Err(MetaError::Malformed { path: p, reason: "empty".into() }),
+            Ok(_) => Err(MetaError::Malformed {
+                path: p,
+                reason: "empty".into(),
+            }),
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 let id = random_uuid().simple().to_string()[..22].to_string();
                 write_atomic(&p, format!("{id}\n").as_bytes())?;
@@ -160,7 +187,10 @@ impl MetaStore {
     pub fn reserve_producer_ids(&self, count: i64) -> Result<i64, MetaError> {
         let p = self.dir.join("next-producer-id");
         let start = match fs::read_to_string(&p) {
-            Ok(s) => s.trim().parse::<i64>().map_err(|_| MetaError::Malformed { path: p.clone(), reason: "not a number".into() })?,
+            Ok(s) => s.trim().parse::<i64>().map_err(|_| MetaError::Malformed {
+                path: p.clone(),
+                reason: "not a number".into(),
+            })?,
             Err(e) if e.kind() == io::ErrorKind::NotFound => 1000,
             Err(e) => return Err(MetaError::Io { path: p, source: e }),
         };
@@ -195,7 +225,12 @@ mod tests {
         let store = MetaStore::open(&dir).expect("open");
         let mut config = BTreeMap::new();
         config.insert("retention.ms".to_string(), "5".to_string());
-        let t = TopicMeta { name: "a.b-c_d".into(), id: random_uuid(), partitions: 3, config };
+        let t = TopicMeta {
+            name: "a.b-c_d".into(),
+            id: random_uuid(),
+            partitions: 3,
+            config,
+        };
         store.save_topic(&t).expect("save");
         assert_eq!(store.load_topics().expect("load"), vec![t.clone()]);
         let a = store.reserve_producer_ids(10).expect("reserve");

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use holdfast_codec::{decode_request, encode_response, encode_unsupported_api_versions, FrameDecoder, Request};
+use holdfast_codec::{
+    decode_request, encode_response, encode_unsupported_api_versions, FrameDecoder, Request,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -61,7 +63,10 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async { while conns.join_next().await.is_some() {} }).await;
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        while conns.join_next().await.is_some() {}
+    })
+    .await;
     if drained.is_err() {
         tracing::warn!("connections did not finish in time; aborting them");
         conns.abort_all();
@@ -84,13 +89,21 @@ async fn tick_loop(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
             last_retention = tokio::time::Instant::now();
         }
         let b = Arc::clone(&broker);
-        if tokio::task::spawn_blocking(move || b.tick(retention)).await.is_err() {
+        if tokio::task::spawn_blocking(move || b.tick(retention))
+            .await
+            .is_err()
+        {
             tracing::error!("log maintenance task panicked");
         }
     }
 }
 
-async fn connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mut stop: watch::Receiver<bool>) {
+async fn connection(
+    broker: Arc<Broker>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut stop: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connection opened");
     let (mut rd, wr) = stream.into_split();
@@ -126,11 +139,19 @@ async fn connection(broker: Arc<Broker>, stream: TcpStream, peer: SocketAddr, mu
         let (otx, orx) = oneshot::channel();
         match decode_request(frame) {
             Ok(Request::UnsupportedApiVersions { correlation_id }) => {
-                let _ = otx.send(encode_unsupported_api_versions(correlation_id).map(Some).map_err(|e| {
-                    tracing::error!(%peer, error = %e, "encode failed");
-                }));
+                let _ = otx.send(
+                    encode_unsupported_api_versions(correlation_id)
+                        .map(Some)
+                        .map_err(|e| {
+                            tracing::error!(%peer, error = %e, "encode failed");
+                        }),
+                );
             }
-            Ok(Request::Known { header, api_key, body }) => {
+            Ok(Request::Known {
+                header,
+                api_key,
+                body,
+            }) => {
                 let version = header.request_api_version;
                 let cid = header.correlation_id;
                 let encode = move |r: Option<kafka_protocol::messages::ResponseKind>| -> Result<Option<BytesMut>, ()> {

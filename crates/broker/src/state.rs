@@ -20,7 +20,11 @@ pub enum BrokerError {
     #[error(transparent)]
     Meta(#[from] MetaError),
     #[error("log of {topic}-{partition}: {source}")]
-    Log { topic: String, partition: i32, source: LogError },
+    Log {
+        topic: String,
+        partition: i32,
+        source: LogError,
+    },
     #[error("topic {topic}: {source}")]
     Config { topic: String, source: ConfigError },
     #[error("cannot start the flusher: {0}")]
@@ -30,7 +34,10 @@ pub enum BrokerError {
 }
 
 pub fn now_ms() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -69,7 +76,10 @@ impl Partition {
             log_start: AtomicI64::new(0),
             waits_fsync: AtomicBool::new(log.config().flush_policy.ack_waits_for_fsync()),
             hw: AtomicI64::new(0),
-            state: Mutex::new(PartitionState { log: None, leader_epoch: 0 }),
+            state: Mutex::new(PartitionState {
+                log: None,
+                leader_epoch: 0,
+            }),
         };
         p.refresh(&log);
         // Recovered data was validated on open and is in the file: it is visible.
@@ -89,8 +99,12 @@ impl Partition {
     /// Caches the log's offsets; call with the lock held after any change.
     pub fn refresh(&self, log: &Log) {
         self.log_end.store(log.log_end_offset(), Ordering::SeqCst);
-        self.log_start.store(log.log_start_offset(), Ordering::SeqCst);
-        self.waits_fsync.store(log.config().flush_policy.ack_waits_for_fsync(), Ordering::SeqCst);
+        self.log_start
+            .store(log.log_start_offset(), Ordering::SeqCst);
+        self.waits_fsync.store(
+            log.config().flush_policy.ack_waits_for_fsync(),
+            Ordering::SeqCst,
+        );
     }
 
     pub fn log_end_offset(&self) -> i64 {
@@ -108,7 +122,11 @@ impl Partition {
     /// The high watermark: the end of what consumers may see.
     pub fn high_watermark(&self) -> i64 {
         let leo = self.log_end_offset();
-        let candidate = if self.waits_fsync() { self.durable.durable_end().min(leo) } else { leo };
+        let candidate = if self.waits_fsync() {
+            self.durable.durable_end().min(leo)
+        } else {
+            leo
+        };
         let prev = self.hw.fetch_max(candidate, Ordering::SeqCst);
         prev.max(candidate)
     }
@@ -147,15 +165,27 @@ impl Broker {
         let flusher = Flusher::start().map_err(BrokerError::Flusher)?;
         let mut topics = BTreeMap::new();
         for tm in meta.load_topics()? {
-            let log_config = build_log_config(&config.log_defaults, &tm.config)
-                .map_err(|source| BrokerError::Config { topic: tm.name.clone(), source })?;
+            let log_config =
+                build_log_config(&config.log_defaults, &tm.config).map_err(|source| {
+                    BrokerError::Config {
+                        topic: tm.name.clone(),
+                        source,
+                    }
+                })?;
             let mut partitions = Vec::new();
             for p in 0..tm.partitions {
                 let log = open_log(&config.data_dir, &tm.name, p, &log_config, &flusher)?;
                 partitions.push(Arc::new(Partition::new(&tm.name, p, log)));
             }
             tracing::info!(topic = %tm.name, partitions = tm.partitions, "topic loaded");
-            topics.insert(tm.name.clone(), Arc::new(Topic { meta: tm, log_config, partitions }));
+            topics.insert(
+                tm.name.clone(),
+                Arc::new(Topic {
+                    meta: tm,
+                    log_config,
+                    partitions,
+                }),
+            );
         }
         let (data_tx, _) = watch::channel(0);
         Ok(Arc::new(Broker {
@@ -176,24 +206,44 @@ impl Broker {
     }
 
     pub fn advertised(&self) -> (String, i32) {
-        self.advertised.get().cloned().unwrap_or_else(|| ("localhost".to_string(), 9092))
+        self.advertised
+            .get()
+            .cloned()
+            .unwrap_or_else(|| ("localhost".to_string(), 9092))
     }
 
     pub fn topic(&self, name: &str) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
     }
 
     pub fn topic_by_id(&self, id: Uuid) -> Option<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().find(|t| t.meta.id == id).cloned()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .find(|t| t.meta.id == id)
+            .cloned()
     }
 
     pub fn all_topics(&self) -> Vec<Arc<Topic>> {
-        self.topics.read().unwrap_or_else(|p| p.into_inner()).values().cloned().collect()
+        self.topics
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
     }
 
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;
-        usize::try_from(index).ok().and_then(|i| t.partitions.get(i)).cloned()
+        usize::try_from(index)
+            .ok()
+            .and_then(|i| t.partitions.get(i))
+            .cloned()
     }
 
     pub fn subscribe_data(&self) -> watch::Receiver<u64> {
@@ -214,20 +264,37 @@ impl Broker {
     ) -> Result<TopicMeta, (i16, String)> {
         validate_topic_name(name)?;
         if self.topic(name).is_some() {
-            return Err((ec::TOPIC_ALREADY_EXISTS, format!("Topic '{name}' already exists.")));
+            return Err((
+                ec::TOPIC_ALREADY_EXISTS,
+                format!("Topic '{name}' already exists."),
+            ));
         }
         if partitions < 1 {
-            return Err((ec::INVALID_PARTITIONS, "Number of partitions must be larger than 0.".into()));
+            return Err((
+                ec::INVALID_PARTITIONS,
+                "Number of partitions must be larger than 0.".into(),
+            ));
         }
         if partitions > 100_000 {
-            return Err((ec::INVALID_PARTITIONS, "Too many partitions for one broker.".into()));
+            return Err((
+                ec::INVALID_PARTITIONS,
+                "Too many partitions for one broker.".into(),
+            ));
         }
-        let log_config = build_log_config(&self.config.log_defaults, &config).map_err(|e| (ec::INVALID_CONFIG, e.to_string()))?;
-        let meta = TopicMeta { name: name.to_string(), id: random_uuid(), partitions, config };
+        let log_config = build_log_config(&self.config.log_defaults, &config)
+            .map_err(|e| (ec::INVALID_CONFIG, e.to_string()))?;
+        let meta = TopicMeta {
+            name: name.to_string(),
+            id: random_uuid(),
+            partitions,
+            config,
+        };
         if validate_only {
             return Ok(meta);
         }
-        self.meta.save_topic(&meta).map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        self.meta
+            .save_topic(&meta)
+            .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
         let mut parts = Vec::new();
         for p in 0..partitions {
             match open_log(&self.config.data_dir, name, p, &log_config, &self.flusher) {
@@ -245,8 +312,15 @@ impl Broker {
             }
         }
         tracing::info!(topic = name, partitions, id = %meta.id, "topic created");
-        let topic = Arc::new(Topic { meta: meta.clone(), log_config, partitions: parts });
-        self.topics.write().unwrap_or_else(|p| p.into_inner()).insert(name.to_string(), topic);
+        let topic = Arc::new(Topic {
+            meta: meta.clone(),
+            log_config,
+            partitions: parts,
+        });
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), topic);
         self.notify_data();
         Ok(meta)
     }
@@ -258,7 +332,10 @@ impl Broker {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(name)
-            .ok_or((ec::UNKNOWN_TOPIC_OR_PARTITION, "This server does not host this topic-partition.".to_string()))?;
+            .ok_or((
+                ec::UNKNOWN_TOPIC_OR_PARTITION,
+                "This server does not host this topic-partition.".to_string(),
+            ))?;
         for p in &topic.partitions {
             let log = p.lock().log.take();
             if let Some(log) = log {
@@ -267,7 +344,9 @@ impl Broker {
                 }
             }
         }
-        self.meta.remove_topic(name).map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        self.meta
+            .remove_topic(name)
+            .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
         tracing::info!(topic = name, "topic deleted");
         self.notify_data();
         Ok(topic.meta.id)
@@ -301,7 +380,9 @@ impl Broker {
                             tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_deleted, log_start = r.log_start_offset, "retention deleted segments");
                         }
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed"),
+                        Err(e) => {
+                            tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "retention failed")
+                        }
                     }
                 }
                 p.refresh(log);
@@ -327,23 +408,55 @@ impl Broker {
     }
 }
 
-fn open_log(data_dir: &std::path::Path, topic: &str, p: i32, cfg: &LogConfig, flusher: &Flusher) -> Result<Log, BrokerError> {
+fn open_log(
+    data_dir: &std::path::Path,
+    topic: &str,
+    p: i32,
+    cfg: &LogConfig,
+    flusher: &Flusher,
+) -> Result<Log, BrokerError> {
     let dir: PathBuf = data_dir.join(format!("{topic}-{p}"));
-    let (log, report) = Log::open(&dir, cfg.clone(), flusher.clone(), now_ms())
-        .map_err(|source| BrokerError::Log { topic: topic.to_string(), partition: p, source })?;
+    let (log, report) =
+        Log::open(&dir, cfg.clone(), flusher.clone(), now_ms()).map_err(|source| {
+            BrokerError::Log {
+                topic: topic.to_string(),
+                partition: p,
+                source,
+            }
+        })?;
     if report.truncated.is_some() || report.corruption.is_some() {
-        tracing::warn!(topic, partition = p, ?report, "partition recovered with damage");
+        tracing::warn!(
+            topic,
+            partition = p,
+            ?report,
+            "partition recovered with damage"
+        );
     } else if !report.clean_shutdown && report.log_end_offset > 0 {
-        tracing::info!(topic, partition = p, ?report, "partition recovered after an unclean stop");
+        tracing::info!(
+            topic,
+            partition = p,
+            ?report,
+            "partition recovered after an unclean stop"
+        );
     } else {
-        tracing::debug!(topic, partition = p, log_end = report.log_end_offset, "partition opened");
+        tracing::debug!(
+            topic,
+            partition = p,
+            log_end = report.log_end_offset,
+            "partition opened"
+        );
     }
     Ok(log)
 }
 
 /// Kafka's topic name rules.
 pub fn validate_topic_name(name: &str) -> Result<(), (i16, String)> {
-    let bad = |why: &str| Err((ec::INVALID_TOPIC_EXCEPTION, format!("Topic name '{name}' is illegal: {why}")));
+    let bad = |why: &str| {
+        Err((
+            ec::INVALID_TOPIC_EXCEPTION,
+            format!("Topic name '{name}' is illegal: {why}"),
+        ))
+    };
     if name.is_empty() {
         return bad("it is empty");
     }
@@ -353,7 +466,10 @@ pub fn validate_topic_name(name: &str) -> Result<(), (i16, String)> {
     if name.len() > 249 {
         return bad("it is longer than 249 characters");
     }
-    if !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-') {
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
         return bad("it contains characters other than ASCII alphanumerics, '.', '_' and '-'");
     }
     Ok(())

@@ -5,7 +5,11 @@ use clap::{Parser, Subcommand};
 mod serve;
 
 #[derive(Parser)]
-#[command(name = "holdfast", version, about = "Holdfast: a Kafka-compatible streaming log that never loses an acknowledged write")]
+#[command(
+    name = "holdfast",
+    version,
+    about = "Holdfast: a Kafka-compatible streaming log that never loses an acknowledged write"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -22,7 +26,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .init();
     match Cli::parse().command {

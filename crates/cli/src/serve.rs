@@ -34,8 +34,10 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     let mut cfg = BrokerConfig::new(args.data_dir.clone(), args.listen.clone());
     cfg.node_id = args.node_id;
     if let Some(path) = &args.config {
-        let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-        let table: toml::Table = toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let table: toml::Table =
+            toml::from_str(&text).with_context(|| format!("parsing {}", path.display()))?;
         for (k, v) in table {
             let value = match v {
                 toml::Value::String(s) => s,
@@ -44,23 +46,41 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
                 toml::Value::Float(f) => f.to_string(),
                 other => bail!("{}: unsupported value for `{k}`: {other}", path.display()),
             };
-            cfg.set(&k, &value).with_context(|| format!("{}: `{k}`", path.display()))?;
+            cfg.set(&k, &value)
+                .with_context(|| format!("{}: `{k}`", path.display()))?;
         }
     }
     for kv in &args.set {
-        let (k, v) = kv.split_once('=').with_context(|| format!("--set {kv}: expected key=value"))?;
-        cfg.set(k.trim(), v.trim()).with_context(|| format!("--set {kv}"))?;
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--set {kv}: expected key=value"))?;
+        cfg.set(k.trim(), v.trim())
+            .with_context(|| format!("--set {kv}"))?;
     }
     Ok(cfg)
 }
 
 fn advertised(args: &ServeArgs, bound: SocketAddr) -> anyhow::Result<(String, i32)> {
     if let Some(a) = &args.advertise {
-        let (h, p) = a.rsplit_once(':').with_context(|| format!("--advertise {a}: expected host:port"))?;
-        return Ok((h.to_string(), p.parse().with_context(|| format!("--advertise {a}: bad port"))?));
+        let (h, p) = a
+            .rsplit_once(':')
+            .with_context(|| format!("--advertise {a}: expected host:port"))?;
+        return Ok((
+            h.to_string(),
+            p.parse()
+                .with_context(|| format!("--advertise {a}: bad port"))?,
+        ));
     }
-    let host = args.listen.rsplit_once(':').map(|(h, _)| h.trim_matches(['[', ']'])).unwrap_or("localhost");
-    let host = if host.is_empty() || host == "0.0.0.0" || host == "::" { "localhost" } else { host };
+    let host = args
+        .listen
+        .rsplit_once(':')
+        .map(|(h, _)| h.trim_matches(['[', ']']))
+        .unwrap_or("localhost");
+    let host = if host.is_empty() || host == "0.0.0.0" || host == "::" {
+        "localhost"
+    } else {
+        host
+    };
     Ok((host.to_string(), i32::from(bound.port())))
 }
 
@@ -90,8 +110,12 @@ async fn shutdown_signal() {
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     let cfg = load_config(&args)?;
     let listen = cfg.listen.clone();
-    let broker = Broker::open(cfg).with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("holdfast-worker").build()?;
+    let broker = Broker::open(cfg)
+        .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("holdfast-worker")
+        .build()?;
     let served = rt.block_on(async {
         let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("binding {listen}"))?;
         let bound = listener.local_addr()?;

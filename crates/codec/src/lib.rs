@@ -9,9 +9,13 @@
 //!
 //! No I/O and no async runtime: the broker feeds bytes in and writes bytes out.
 
+mod guard;
+
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::api_versions_response::ApiVersion;
-use kafka_protocol::messages::{ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind};
+use kafka_protocol::messages::{
+    ApiKey, ApiVersionsResponse, RequestHeader, RequestKind, ResponseHeader, ResponseKind,
+};
 use kafka_protocol::protocol::{Decodable, Encodable};
 
 /// Kafka's default `socket.request.max.bytes` (100 MiB).
@@ -36,7 +40,10 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
 
 /// The version range we support for `key`, if any.
 pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
-    SUPPORTED_APIS.iter().find(|(k, _, _)| *k == key).map(|(_, lo, hi)| (*lo, *hi))
+    SUPPORTED_APIS
+        .iter()
+        .find(|(k, _, _)| *k == key)
+        .map(|(_, lo, hi)| (*lo, *hi))
 }
 
 /// Whether we implement `version` of `key`.
@@ -73,11 +80,23 @@ pub enum CodecError {
     #[error("unknown API key {api_key} (correlation id {correlation_id})")]
     UnknownApiKey { api_key: i16, correlation_id: i32 },
     #[error("unsupported version {api_version} of {api_key:?} (correlation id {correlation_id})")]
-    UnsupportedVersion { api_key: ApiKey, api_version: i16, correlation_id: i32 },
+    UnsupportedVersion {
+        api_key: ApiKey,
+        api_version: i16,
+        correlation_id: i32,
+    },
     #[error("malformed {api_key:?} v{api_version} request: {reason}")]
-    Malformed { api_key: ApiKey, api_version: i16, reason: String },
+    Malformed {
+        api_key: ApiKey,
+        api_version: i16,
+        reason: String,
+    },
     #[error("cannot encode {api_key:?} v{api_version} response: {reason}")]
-    Encode { api_key: ApiKey, api_version: i16, reason: String },
+    Encode {
+        api_key: ApiKey,
+        api_version: i16,
+        reason: String,
+    },
 }
 
 /// Splits a byte stream into frames. Feed it the connection's read buffer.
@@ -94,7 +113,9 @@ impl FrameDecoder {
     /// Removes and returns the next complete frame (without its length prefix) from `buf`,
     /// or `Ok(None)` when more bytes are needed. An error means the stream is unusable.
     pub fn decode(&self, buf: &mut BytesMut) -> Result<Option<Bytes>, CodecError> {
-        let Some(len) = self.peek_len(buf)? else { return Ok(None) };
+        let Some(len) = self.peek_len(buf)? else {
+            return Ok(None);
+        };
         if buf.len() < 4 + len {
             // Grow towards the frame size in bounded steps: a length prefix alone never
             // makes us allocate the whole frame.
@@ -116,17 +137,25 @@ impl FrameDecoder {
         }
         let len = len as usize;
         if len > self.max_frame_bytes {
-            return Err(CodecError::FrameTooLarge { size: len, limit: self.max_frame_bytes });
+            return Err(CodecError::FrameTooLarge {
+                size: len,
+                limit: self.max_frame_bytes,
+            });
         }
         Ok(Some(len))
     }
 }
 
-/// A decoded request.
+/// A decoded request. Boxing the body would buy nothing: one lives per in-flight request.
 #[derive(Debug)]
+#[allow(clippy::large_enum_variant)]
 pub enum Request {
     /// A request we implement.
-    Known { header: RequestHeader, api_key: ApiKey, body: RequestKind },
+    Known {
+        header: RequestHeader,
+        api_key: ApiKey,
+        body: RequestKind,
+    },
     /// An ApiVersions request of a version we do not implement: Kafka answers it with a v0
     /// response carrying UNSUPPORTED_VERSION and our ranges, so the client can downgrade.
     UnsupportedApiVersions { correlation_id: i32 },
@@ -140,19 +169,36 @@ pub fn decode_request(frame: Bytes) -> Result<Request, CodecError> {
     let raw_key = i16::from_be_bytes([frame[0], frame[1]]);
     let api_version = i16::from_be_bytes([frame[2], frame[3]]);
     let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let api_key = ApiKey::try_from(raw_key).map_err(|_| CodecError::UnknownApiKey { api_key: raw_key, correlation_id })?;
+    let api_key = ApiKey::try_from(raw_key).map_err(|_| CodecError::UnknownApiKey {
+        api_key: raw_key,
+        correlation_id,
+    })?;
     if !is_supported(api_key, api_version) {
         if api_key == ApiKey::ApiVersions {
             return Ok(Request::UnsupportedApiVersions { correlation_id });
         }
-        return Err(CodecError::UnsupportedVersion { api_key, api_version, correlation_id });
+        return Err(CodecError::UnsupportedVersion {
+            api_key,
+            api_version,
+            correlation_id,
+        });
     }
-    let malformed = |e: &dyn std::fmt::Display| CodecError::Malformed { api_key, api_version, reason: e.to_string() };
+    let malformed = |e: &dyn std::fmt::Display| CodecError::Malformed {
+        api_key,
+        api_version,
+        reason: e.to_string(),
+    };
     let mut buf = frame;
     let header_version = api_key.request_header_version(api_version);
     let header = RequestHeader::decode(&mut buf, header_version).map_err(|e| malformed(&e))?;
+    // Never hand `kafka-protocol` a body whose array counts could make it over-allocate.
+    guard::check_body(api_key, api_version, &buf).map_err(|e| malformed(&e.0))?;
     let body = RequestKind::decode(api_key, &mut buf, api_version).map_err(|e| malformed(&e))?;
-    Ok(Request::Known { header, api_key, body })
+    Ok(Request::Known {
+        header,
+        api_key,
+        body,
+    })
 }
 
 /// Encodes a response frame: length prefix, response header, body.
@@ -163,13 +209,23 @@ pub fn encode_response(
     correlation_id: i32,
     body: &ResponseKind,
 ) -> Result<BytesMut, CodecError> {
-    let err = |e: &dyn std::fmt::Display| CodecError::Encode { api_key, api_version, reason: e.to_string() };
-    let header_version = if api_key == ApiKey::ApiVersions { 0 } else { api_key.response_header_version(api_version) };
+    let err = |e: &dyn std::fmt::Display| CodecError::Encode {
+        api_key,
+        api_version,
+        reason: e.to_string(),
+    };
+    let header_version = if api_key == ApiKey::ApiVersions {
+        0
+    } else {
+        api_key.response_header_version(api_version)
+    };
     let mut header = ResponseHeader::default();
     header.correlation_id = correlation_id;
     let mut out = BytesMut::with_capacity(64);
     out.put_i32(0);
-    header.encode(&mut out, header_version).map_err(|e| err(&e))?;
+    header
+        .encode(&mut out, header_version)
+        .map_err(|e| err(&e))?;
     body.encode(&mut out, api_version).map_err(|e| err(&e))?;
     let len = out.len() - 4;
     let len = i32::try_from(len).map_err(|e| err(&e))?;
@@ -196,7 +252,8 @@ mod tests {
         h.correlation_id = 7;
         h.client_id = Some(StrBytes::from_static_str("t"));
         let mut b = BytesMut::new();
-        h.encode(&mut b, key.request_header_version(version)).expect("header");
+        h.encode(&mut b, key.request_header_version(version))
+            .expect("header");
         body.encode(&mut b, version).expect("body");
         b.freeze()
     }
@@ -207,7 +264,10 @@ mod tests {
         let mut buf = BytesMut::from(&[0u8, 0, 0, 3, 1, 2][..]);
         assert_eq!(d.decode(&mut buf), Ok(None));
         buf.extend_from_slice(&[3, 0, 0, 0, 1, 9]);
-        assert_eq!(d.decode(&mut buf).expect("ok").as_deref(), Some(&[1u8, 2, 3][..]));
+        assert_eq!(
+            d.decode(&mut buf).expect("ok").as_deref(),
+            Some(&[1u8, 2, 3][..])
+        );
         assert_eq!(d.decode(&mut buf).expect("ok").as_deref(), Some(&[9u8][..]));
         assert_eq!(d.decode(&mut buf), Ok(None));
     }
@@ -216,16 +276,28 @@ mod tests {
     fn oversized_and_negative_frames_are_refused() {
         let d = FrameDecoder::new(16);
         let mut buf = BytesMut::from(&17i32.to_be_bytes()[..]);
-        assert!(matches!(d.decode(&mut buf), Err(CodecError::FrameTooLarge { .. })));
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(CodecError::FrameTooLarge { .. })
+        ));
         let mut buf = BytesMut::from(&(-1i32).to_be_bytes()[..]);
-        assert!(matches!(d.decode(&mut buf), Err(CodecError::NegativeLength(-1))));
+        assert!(matches!(
+            d.decode(&mut buf),
+            Err(CodecError::NegativeLength(-1))
+        ));
     }
 
     #[test]
     fn api_versions_round_trip_and_unsupported_version() {
-        let f = request_frame(ApiKey::ApiVersions, 3, &RequestKind::ApiVersions(ApiVersionsRequest::default()));
+        let f = request_frame(
+            ApiKey::ApiVersions,
+            3,
+            &RequestKind::ApiVersions(ApiVersionsRequest::default()),
+        );
         match decode_request(f).expect("decodes") {
-            Request::Known { header, api_key, .. } => {
+            Request::Known {
+                header, api_key, ..
+            } => {
                 assert_eq!(api_key, ApiKey::ApiVersions);
                 assert_eq!(header.correlation_id, 7);
             }
@@ -235,7 +307,10 @@ mod tests {
         f.put_i16(ApiKey::ApiVersions as i16);
         f.put_i16(99);
         f.put_i32(5);
-        assert!(matches!(decode_request(f.freeze()), Ok(Request::UnsupportedApiVersions { correlation_id: 5 })));
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Ok(Request::UnsupportedApiVersions { correlation_id: 5 })
+        ));
         let out = encode_unsupported_api_versions(5).expect("encodes");
         let mut body = out.freeze();
         body.advance(4);
@@ -243,6 +318,128 @@ mod tests {
         let r = ApiVersionsResponse::decode(&mut body, 0).expect("decodes");
         assert_eq!(r.error_code, UNSUPPORTED_VERSION);
         assert_eq!(r.api_keys.len(), SUPPORTED_APIS.len());
+    }
+
+    #[test]
+    fn huge_array_counts_are_refused_before_decoding() {
+        use kafka_protocol::messages::MetadataRequest;
+        // Metadata v1: a topics array claiming i32::MAX entries in a tiny frame.
+        let mut f = BytesMut::from(
+            &request_frame(
+                ApiKey::Metadata,
+                1,
+                &RequestKind::Metadata(MetadataRequest::default()),
+            )[..],
+        );
+        let n = f.len();
+        f[n - 4..].copy_from_slice(&i32::MAX.to_be_bytes());
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(CodecError::Malformed { .. })
+        ));
+        // CreateTopics v7 (compact): a varint count of u32::MAX.
+        let mut f = BytesMut::new();
+        f.put_i16(ApiKey::CreateTopics as i16);
+        f.put_i16(7);
+        f.put_i32(1);
+        f.put_i16(-1);
+        f.put_u8(0);
+        f.extend_from_slice(&[0xff, 0xff, 0xff, 0xff, 0x0f]);
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(CodecError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn every_supported_request_passes_the_guard_when_well_formed() {
+        use kafka_protocol::messages::*;
+        use kafka_protocol::protocol::StrBytes as S;
+        let name = || TopicName(S::from_static_str("topic"));
+        let mut produce = ProduceRequest::default();
+        let mut pd = produce_request::PartitionProduceData::default();
+        pd.records = Some(Bytes::from_static(b"0123456789"));
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = name();
+        td.partition_data = vec![pd.clone(), pd];
+        produce.topic_data = vec![td];
+        produce.transactional_id = Some(TransactionalId(S::from_static_str("tx")));
+        let mut fetch = FetchRequest::default();
+        let mut ft = fetch_request::FetchTopic::default();
+        ft.topic = name();
+        ft.partitions = vec![fetch_request::FetchPartition::default(); 2];
+        fetch.topics = vec![ft];
+        let mut forgotten = fetch_request::ForgottenTopic::default();
+        forgotten.topic = name();
+        forgotten.partitions = vec![1, 2];
+        fetch.forgotten_topics_data = vec![forgotten];
+        let mut lo_req = ListOffsetsRequest::default();
+        let mut lt = list_offsets_request::ListOffsetsTopic::default();
+        lt.name = name();
+        lt.partitions = vec![list_offsets_request::ListOffsetsPartition::default(); 3];
+        lo_req.topics = vec![lt];
+        let mut md = MetadataRequest::default();
+        let mut mt = metadata_request::MetadataRequestTopic::default();
+        mt.name = Some(name());
+        md.topics = Some(vec![mt.clone(), mt]);
+        let mut ct = CreateTopicsRequest::default();
+        let mut c = create_topics_request::CreatableTopic::default();
+        c.name = name();
+        let mut a = create_topics_request::CreatableReplicaAssignment::default();
+        a.broker_ids = vec![BrokerId(1), BrokerId(2)];
+        c.assignments = vec![a];
+        let mut cfg = create_topics_request::CreatableTopicConfig::default();
+        cfg.name = S::from_static_str("retention.ms");
+        cfg.value = Some(S::from_static_str("1"));
+        c.configs = vec![cfg.clone(), cfg];
+        ct.topics = vec![c];
+        let mut dt = DeleteTopicsRequest::default();
+        let mut ds = delete_topics_request::DeleteTopicState::default();
+        ds.name = Some(name());
+        dt.topics = vec![ds];
+        dt.topic_names = vec![name(), name()];
+        let mut ip = InitProducerIdRequest::default();
+        ip.transactional_id = Some(TransactionalId(S::from_static_str("t")));
+        for (key, lo, hi) in SUPPORTED_APIS {
+            for v in *lo..=*hi {
+                let mut dt_v = dt.clone();
+                if v >= 6 {
+                    dt_v.topic_names.clear();
+                } else {
+                    dt_v.topics.clear();
+                }
+                let mut fetch_v = fetch.clone();
+                if v < 7 {
+                    fetch_v.forgotten_topics_data.clear();
+                }
+                let mut md_v = md.clone();
+                if v >= 10 {
+                    if let Some(t) = md_v.topics.as_mut() {
+                        t[0].name = None;
+                    }
+                }
+                let body = match key {
+                    ApiKey::Produce => RequestKind::Produce(produce.clone()),
+                    ApiKey::Fetch => RequestKind::Fetch(fetch_v),
+                    ApiKey::ListOffsets => RequestKind::ListOffsets(lo_req.clone()),
+                    ApiKey::Metadata => RequestKind::Metadata(md_v),
+                    ApiKey::ApiVersions => RequestKind::ApiVersions(ApiVersionsRequest::default()),
+                    ApiKey::CreateTopics => RequestKind::CreateTopics(ct.clone()),
+                    ApiKey::DeleteTopics => RequestKind::DeleteTopics(dt_v),
+                    ApiKey::InitProducerId => RequestKind::InitProducerId(ip.clone()),
+                    other => panic!("no test body for {other:?}"),
+                };
+                let f = request_frame(*key, v, &body);
+                let mut b = BytesMut::new();
+                body.encode(&mut b, v).expect("encodes");
+                assert_eq!(
+                    guard::walk(*key, v, &b).map_err(|e| e.0),
+                    Ok(b.len()),
+                    "{key:?} v{v}: walker disagrees"
+                );
+                assert!(decode_request(f).is_ok(), "{key:?} v{v} refused");
+            }
+        }
     }
 
     #[test]
@@ -271,11 +468,17 @@ mod tests {
         f.put_i16(9999);
         f.put_i16(0);
         f.put_i32(1);
-        assert!(matches!(decode_request(f.freeze()), Err(CodecError::UnknownApiKey { api_key: 9999, .. })));
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(CodecError::UnknownApiKey { api_key: 9999, .. })
+        ));
         let mut f = BytesMut::new();
         f.put_i16(ApiKey::Fetch as i16);
         f.put_i16(0);
         f.put_i32(1);
-        assert!(matches!(decode_request(f.freeze()), Err(CodecError::UnsupportedVersion { .. })));
+        assert!(matches!(
+            decode_request(f.freeze()),
+            Err(CodecError::UnsupportedVersion { .. })
+        ));
     }
 }

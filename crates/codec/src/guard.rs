@@ -1,0 +1,310 @@
+//! A structural pre-check of request bodies, run before `kafka-protocol` decodes them.
+//!
+//! `kafka-protocol` preallocates every array with the element count read from the wire
+//! (`Vec::with_capacity(n)`), so a 20-byte frame claiming two billion topics makes it ask the
+//! allocator for tens of gigabytes, and the process aborts. This walker checks the shape of
+//! each supported request (field layout per version, following Kafka's message schemas)
+//! without allocating, and refuses any array whose count exceeds the bytes left in the frame
+//! (every element of these arrays encodes to at least one byte). Allocation while decoding
+//! is then bounded by a small multiple of the frame size (itself bounded by
+//! `socket.request.max.bytes`).
+
+use kafka_protocol::messages::ApiKey;
+
+#[derive(Debug)]
+pub struct Malformed(pub &'static str);
+
+type R = Result<(), Malformed>;
+
+struct Walker<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    flexible: bool,
+}
+
+impl<'a> Walker<'a> {
+    fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], Malformed> {
+        if n > self.remaining() {
+            return Err(Malformed("field runs past the end of the frame"));
+        }
+        let s = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn skip(&mut self, n: usize) -> R {
+        self.take(n).map(|_| ())
+    }
+
+    fn i16(&mut self) -> Result<i16, Malformed> {
+        let b = self.take(2)?;
+        Ok(i16::from_be_bytes([b[0], b[1]]))
+    }
+
+    fn i32(&mut self) -> Result<i32, Malformed> {
+        let b = self.take(4)?;
+        Ok(i32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+    }
+
+    fn uvarint(&mut self) -> Result<u64, Malformed> {
+        let mut v: u64 = 0;
+        for i in 0..5 {
+            let b = self.take(1)?[0];
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                return Ok(v);
+            }
+        }
+        Err(Malformed("varint longer than 5 bytes"))
+    }
+
+    /// A length-prefixed string or byte field; `wide` = 4-byte length (bytes) vs 2-byte
+    /// (strings) in non-flexible versions.
+    fn blob(&mut self, nullable: bool, wide: bool) -> R {
+        let len: i64 = if self.flexible {
+            self.uvarint()? as i64 - 1
+        } else if wide {
+            i64::from(self.i32()?)
+        } else {
+            i64::from(self.i16()?)
+        };
+        match len {
+            -1 if nullable => Ok(()),
+            n if n < 0 => Err(Malformed("negative length")),
+            n => self.skip(n as usize),
+        }
+    }
+
+    fn string(&mut self) -> R {
+        self.blob(false, false)
+    }
+
+    fn nullable_string(&mut self) -> R {
+        self.blob(true, false)
+    }
+
+    fn array(&mut self, nullable: bool, mut each: impl FnMut(&mut Self) -> R) -> R {
+        let n: i64 = if self.flexible {
+            self.uvarint()? as i64 - 1
+        } else {
+            i64::from(self.i32()?)
+        };
+        if n == -1 && nullable {
+            return Ok(());
+        }
+        if n < 0 {
+            return Err(Malformed("negative array length"));
+        }
+        if n as usize > self.remaining() {
+            return Err(Malformed("array count exceeds the bytes left in the frame"));
+        }
+        for _ in 0..n {
+            each(self)?;
+        }
+        Ok(())
+    }
+
+    fn tagged_fields(&mut self) -> R {
+        if !self.flexible {
+            return Ok(());
+        }
+        let n = self.uvarint()?;
+        if n as usize > self.remaining() {
+            return Err(Malformed("tagged field count exceeds the frame"));
+        }
+        for _ in 0..n {
+            self.uvarint()?;
+            let size = self.uvarint()?;
+            self.skip(size as usize)?;
+        }
+        Ok(())
+    }
+}
+
+/// The first version of each API using compact encodings and tagged fields.
+fn first_flexible(key: ApiKey) -> i16 {
+    match key {
+        ApiKey::Produce => 9,
+        ApiKey::Fetch => 12,
+        ApiKey::ListOffsets => 6,
+        ApiKey::Metadata => 9,
+        ApiKey::ApiVersions => 3,
+        ApiKey::CreateTopics => 5,
+        ApiKey::DeleteTopics => 4,
+        ApiKey::InitProducerId => 2,
+        _ => i16::MAX,
+    }
+}
+
+/// Checks the body of a request of a supported API and version. APIs without a walker here
+/// are refused: every advertised API must have one.
+pub fn check_body(key: ApiKey, v: i16, body: &[u8]) -> R {
+    walk(key, v, body).map(|_| ())
+}
+
+/// Walks the body; returns how many bytes the request's fields span.
+pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
+    let mut w = Walker {
+        buf: body,
+        pos: 0,
+        flexible: v >= first_flexible(key),
+    };
+    match key {
+        ApiKey::Produce => {
+            w.nullable_string()?; // transactional_id (v3+)
+            w.skip(2 + 4)?; // acks, timeout_ms
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4)?;
+                    w.blob(true, true)?; // records
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::Fetch => {
+            if v < 15 {
+                w.skip(4)?; // replica_id
+            }
+            w.skip(4 + 4 + 4 + 1)?; // max_wait_ms, min_bytes, max_bytes, isolation_level
+            if v >= 7 {
+                w.skip(4 + 4)?; // session_id, session_epoch
+            }
+            w.array(false, |w| {
+                if v >= 13 {
+                    w.skip(16)?;
+                } else {
+                    w.string()?;
+                }
+                w.array(false, |w| {
+                    w.skip(4)?; // partition
+                    if v >= 9 {
+                        w.skip(4)?; // current_leader_epoch
+                    }
+                    w.skip(8)?; // fetch_offset
+                    if v >= 12 {
+                        w.skip(4)?; // last_fetched_epoch
+                    }
+                    if v >= 5 {
+                        w.skip(8)?; // log_start_offset
+                    }
+                    w.skip(4)?; // partition_max_bytes
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            if v >= 7 {
+                w.array(false, |w| {
+                    if v >= 13 {
+                        w.skip(16)?;
+                    } else {
+                        w.string()?;
+                    }
+                    w.array(false, |w| w.skip(4))?;
+                    w.tagged_fields()
+                })?;
+            }
+            if v >= 11 {
+                w.string()?; // rack_id
+            }
+        }
+        ApiKey::ListOffsets => {
+            w.skip(4)?; // replica_id
+            if v >= 2 {
+                w.skip(1)?; // isolation_level
+            }
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4)?;
+                    if v >= 4 {
+                        w.skip(4)?; // current_leader_epoch
+                    }
+                    w.skip(8)?; // timestamp
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            if v >= 10 {
+                w.skip(4)?;
+            }
+        }
+        ApiKey::Metadata => {
+            w.array(v >= 1, |w| {
+                if v >= 10 {
+                    w.skip(16)?;
+                    w.nullable_string()?;
+                } else {
+                    w.string()?;
+                }
+                w.tagged_fields()
+            })?;
+            if v >= 4 {
+                w.skip(1)?;
+            }
+            if (8..=10).contains(&v) {
+                w.skip(1)?;
+            }
+            if v >= 8 {
+                w.skip(1)?;
+            }
+        }
+        ApiKey::ApiVersions => {
+            if v >= 3 {
+                w.string()?;
+                w.string()?;
+            }
+        }
+        ApiKey::CreateTopics => {
+            w.array(false, |w| {
+                w.string()?;
+                w.skip(4 + 2)?;
+                w.array(false, |w| {
+                    w.skip(4)?;
+                    w.array(false, |w| w.skip(4))?;
+                    w.tagged_fields()
+                })?;
+                w.array(false, |w| {
+                    w.string()?;
+                    w.nullable_string()?;
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            w.skip(4)?; // timeout_ms
+            if v >= 1 {
+                w.skip(1)?; // validate_only
+            }
+        }
+        ApiKey::DeleteTopics => {
+            if v >= 6 {
+                w.array(false, |w| {
+                    w.nullable_string()?;
+                    w.skip(16)?;
+                    w.tagged_fields()
+                })?;
+            } else {
+                w.array(false, |w| w.string())?;
+            }
+            w.skip(4)?;
+        }
+        ApiKey::InitProducerId => {
+            w.nullable_string()?;
+            w.skip(4)?;
+            if v >= 3 {
+                w.skip(8 + 2)?;
+            }
+            if v >= 6 {
+                w.skip(1)?;
+            }
+        }
+        _ => return Err(Malformed("no structural check for this API")),
+    }
+    w.tagged_fields()?;
+    Ok(w.pos)
+}

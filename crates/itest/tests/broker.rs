@@ -1,0 +1,346 @@
+//! A real `holdfast serve` process driven by rdkafka (librdkafka) and by raw sockets.
+//!
+//! The binary is `target/debug/holdfast` (or `$HOLDFAST_BIN`); build it first:
+//! `cargo build -p holdfast && cargo test -p holdfast-itest --test broker`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+struct Broker {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start() -> Result<Broker> {
+        let bin = match std::env::var_os("HOLDFAST_BIN") {
+            Some(b) => PathBuf::from(b),
+            None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/holdfast"),
+        };
+        if !bin.exists() {
+            bail!(
+                "{} not found: run `cargo build -p holdfast` first",
+                bin.display()
+            );
+        }
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let dir =
+            std::env::temp_dir().join(format!("holdfast-itest-{}-{port}", std::process::id()));
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&bin)
+            .args(["serve", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen", &addr])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if line.starts_with("holdfast listening on") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        if rx.recv_timeout(Duration::from_secs(30)).is_err() {
+            let _ = child.kill();
+            bail!("holdfast did not report listening in 30 s");
+        }
+        Ok(Broker { child, addr, dir })
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// (offset, key, value, header count) of a consumed record.
+type Consumed = (i64, Option<Vec<u8>>, Option<Vec<u8>>, usize);
+
+fn producer(b: &Broker) -> Result<FutureProducer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", &b.addr)
+        .set("enable.idempotence", "true")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .create()?)
+}
+
+fn consume(b: &Broker, topic: &str, count: usize) -> Result<Vec<Consumed>> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &b.addr)
+        .set("group.id", "itest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset(topic, 0, Offset::Beginning)?;
+    c.assign(&tpl)?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut out = Vec::new();
+    while out.len() < count && Instant::now() < deadline {
+        if let Some(m) = c.poll(Duration::from_millis(200)) {
+            let m = m?;
+            out.push((
+                m.offset(),
+                m.key().map(<[u8]>::to_vec),
+                m.payload().map(<[u8]>::to_vec),
+                m.headers().map_or(0, |h| h.count()),
+            ));
+        }
+    }
+    Ok(out)
+}
+
+async fn produce_n(p: &FutureProducer, topic: &str, n: usize, tag: &str) -> Result<Vec<i64>> {
+    let mut offsets = Vec::new();
+    let mut futures = Vec::new();
+    for i in 0..n {
+        let key = format!("k{i}");
+        let value = format!("{tag}-{i}");
+        let headers = OwnedHeaders::new().insert(Header {
+            key: "i",
+            value: Some(&i.to_string()),
+        });
+        futures.push(
+            p.send_result(
+                FutureRecord::to(topic)
+                    .partition(0)
+                    .key(&key)
+                    .payload(&value)
+                    .headers(headers),
+            )
+            .map_err(|(e, _)| e)?,
+        );
+    }
+    for f in futures {
+        match f.await? {
+            Ok(d) => offsets.push(d.offset),
+            Err((e, _)) => bail!("delivery failed: {e}"),
+        }
+    }
+    Ok(offsets)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rdkafka_produce_consume_round_trip() -> Result<()> {
+    let b = Broker::start()?;
+    let p = producer(&b)?;
+    let offsets = produce_n(&p, "round-trip", 200, "a").await?;
+    assert_eq!(offsets, (0..200).collect::<Vec<i64>>());
+    let got = consume(&b, "round-trip", 200)?;
+    assert_eq!(got.len(), 200);
+    for (i, (offset, key, value, headers)) in got.iter().enumerate() {
+        assert_eq!(*offset, i as i64);
+        assert_eq!(key.as_deref(), Some(format!("k{i}").as_bytes()));
+        assert_eq!(value.as_deref(), Some(format!("a-{i}").as_bytes()));
+        assert_eq!(*headers, 1);
+    }
+    Ok(())
+}
+
+/// An ApiVersions request frame: v0-v2 have header v1 and an empty body; v3+ header v2
+/// (tagged fields) and a body naming the client software.
+fn api_versions_frame(version: i16, correlation_id: i32) -> Vec<u8> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&18i16.to_be_bytes());
+    body.extend_from_slice(&version.to_be_bytes());
+    body.extend_from_slice(&correlation_id.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes()); // null client id
+    if version >= 3 {
+        body.push(0); // header tagged fields
+        body.extend_from_slice(&[2, b't', 2, b'1']); // compact strings "t", "1"
+        body.push(0); // body tagged fields
+    }
+    let mut f = (body.len() as i32).to_be_bytes().to_vec();
+    f.extend_from_slice(&body);
+    f
+}
+
+/// Reads one response frame: (correlation id, first two body bytes as the error code).
+fn read_response(s: &mut TcpStream) -> Result<(i32, i16)> {
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let len = i32::from_be_bytes(len);
+    if !(6..=1 << 20).contains(&len) {
+        bail!("implausible response length {len}");
+    }
+    let mut buf = vec![0u8; len as usize];
+    s.read_exact(&mut buf)?;
+    Ok((
+        i32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]),
+        i16::from_be_bytes([buf[4], buf[5]]),
+    ))
+}
+
+fn connect(b: &Broker) -> Result<TcpStream> {
+    let s = TcpStream::connect(&b.addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    Ok(s)
+}
+
+/// The broker closes the connection (EOF or reset) rather than answering.
+fn expect_closed(mut s: TcpStream, what: &str) -> Result<()> {
+    let mut buf = [0u8; 64];
+    match s.read(&mut buf) {
+        Ok(0) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => Ok(()),
+        Ok(n) => bail!("{what}: expected the broker to close, got {n} bytes"),
+        Err(e) => bail!("{what}: expected the broker to close, got {e}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_and_truncated_frames_only_close_their_connection() -> Result<()> {
+    let b = Broker::start()?;
+    let p = producer(&b)?;
+    assert_eq!(produce_n(&p, "survivor", 10, "before").await?.len(), 10);
+
+    // A healthy raw connection that stays open through all of the abuse below.
+    let mut healthy = connect(&b)?;
+    healthy.write_all(&api_versions_frame(3, 1))?;
+    assert_eq!(read_response(&mut healthy)?, (1, 0));
+
+    // Oversized length prefix (over socket.request.max.bytes) and a negative one.
+    for prefix in [i32::MAX, 200 * 1024 * 1024, -1, i32::MIN] {
+        let mut s = connect(&b)?;
+        s.write_all(&prefix.to_be_bytes())?;
+        expect_closed(s, &format!("length prefix {prefix}"))?;
+    }
+    // Unknown API key, unsupported version of a non-ApiVersions API, garbage bodies.
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut frames: Vec<(String, Vec<u8>)> = vec![
+        (
+            "unknown api key".into(),
+            [
+                &10i32.to_be_bytes()[..],
+                &[0x7f, 0x00, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
+        (
+            "fetch v0".into(),
+            [
+                &10i32.to_be_bytes()[..],
+                &[0, 1, 0, 0, 0, 0, 0, 1, 0xff, 0xff],
+            ]
+            .concat(),
+        ),
+        (
+            "header too short".into(),
+            [&3i32.to_be_bytes()[..], &[0, 3, 0]].concat(),
+        ),
+        // Metadata v1 claiming i32::MAX topics in a 14-byte frame: must not make the broker
+        // try to allocate for them (kafka-protocol preallocates arrays by their count).
+        (
+            "huge array count".into(),
+            [
+                &14i32.to_be_bytes()[..],
+                &[0, 3, 0, 1, 0, 0, 0, 7, 0xff, 0xff],
+                &i32::MAX.to_be_bytes(),
+            ]
+            .concat(),
+        ),
+    ];
+    for i in 0..30 {
+        // Valid Metadata/Produce/Fetch headers followed by random bytes.
+        let key: i16 = [0, 1, 3, 2, 19][i % 5];
+        let version: i16 = [3, 4, 9, 12, 7][i % 5];
+        let mut body = Vec::new();
+        body.extend_from_slice(&key.to_be_bytes());
+        body.extend_from_slice(&version.to_be_bytes());
+        body.extend_from_slice(&(i as i32).to_be_bytes());
+        body.extend_from_slice(&(-1i16).to_be_bytes());
+        for _ in 0..(next() % 200) {
+            body.push(next() as u8);
+        }
+        frames.push((
+            format!("garbage body {i}"),
+            [&(body.len() as i32).to_be_bytes()[..], &body].concat(),
+        ));
+    }
+    for (what, f) in frames {
+        let mut s = connect(&b)?;
+        s.write_all(&f)?;
+        // Random bodies may happen to decode: then the broker answers; either way it must
+        // not hang or take the others down. Closed or answered, then we move on.
+        let mut buf = [0u8; 4];
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => bail!("{what}: broker neither answered nor closed: {e}"),
+        }
+    }
+    // Truncated frames: the peer goes away mid-frame.
+    for cut in [1usize, 3, 5, 9] {
+        let mut s = connect(&b)?;
+        let f = api_versions_frame(3, 9);
+        s.write_all(&f[..cut.min(f.len())])?;
+        s.shutdown(Shutdown::Write)?;
+        expect_closed(s, &format!("truncated after {cut} bytes"))?;
+    }
+    // Pure random streams.
+    for _ in 0..20 {
+        let mut s = connect(&b)?;
+        let junk: Vec<u8> = (0..(next() % 512 + 4)).map(|_| next() as u8).collect();
+        s.write_all(&junk)?;
+        s.shutdown(Shutdown::Write)?;
+        let mut sink = Vec::new();
+        let _ = s.read_to_end(&mut sink);
+    }
+
+    // ApiVersions of an unknown version: a v0 answer with UNSUPPORTED_VERSION (35).
+    let mut s = connect(&b)?;
+    s.write_all(&api_versions_frame(99, 42))?;
+    assert_eq!(read_response(&mut s)?, (42, 35));
+
+    // The healthy connection and the client are unaffected.
+    healthy.write_all(&api_versions_frame(0, 2))?;
+    assert_eq!(read_response(&mut healthy)?, (2, 0));
+    assert_eq!(
+        produce_n(&p, "survivor", 10, "after").await?,
+        (10..20).collect::<Vec<i64>>()
+    );
+    assert_eq!(consume(&b, "survivor", 20)?.len(), 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_requests_are_answered_in_order() -> Result<()> {
+    let b = Broker::start()?;
+    let mut s = connect(&b)?;
+    let mut all = Vec::new();
+    for cid in 0..200 {
+        all.extend_from_slice(&api_versions_frame((cid % 4) as i16, cid));
+    }
+    s.write_all(&all)?;
+    for cid in 0..200 {
+        assert_eq!(read_response(&mut s)?, (cid, 0));
+    }
+    Ok(())
+}
