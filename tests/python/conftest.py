@@ -107,3 +107,9 @@ def wait_until(predicate, timeout=20.0, interval=0.05, what="condition"):
         if time.monotonic() > deadline:
             raise AssertionError("timed out waiting for %s" % what)
         time.sleep(interval)
+
+
+def stored_bytes(broker, topic, partition=0):
+    """Bytes of segment files of a partition: proves batches were stored compressed."""
+    d = os.path.join(broker.data_dir, "%s-%d" % (topic, partition))
+    return sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d) if f.endswith(".log"))

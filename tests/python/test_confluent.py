@@ -5,7 +5,7 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import unique_topic
+from conftest import stored_bytes, unique_topic
 
 
 def producer(broker, **extra):
@@ -76,6 +76,10 @@ def test_compression(broker, codec):
     got = consume(broker, topic, len(values))
     assert [m.value() for m in got] == values
     assert [m.offset() for m in got] == list(range(len(values)))
+    # The batches really were compressed (librdkafka silently sends uncompressed batches
+    # when it believes the broker lacks the feature, e.g. LZ4 without FindCoordinator v0).
+    raw = sum(len(v) for v in values)
+    assert stored_bytes(broker, topic) < raw / 4, (stored_bytes(broker, topic), raw)
 
 
 def batch_size_one_record(value_len):

@@ -2,7 +2,7 @@
 import pytest
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from conftest import unique_topic
+from conftest import stored_bytes, unique_topic
 
 
 def consume_all(broker, topic, count, timeout_ms=20000):
@@ -47,6 +47,8 @@ def test_compression_cross_client(broker, codec):
     p.flush(30)
     assert [f.get(30).offset for f in futures] == list(range(300))
     p.close()
+    raw = sum(len(v) for v in values)
+    assert stored_bytes(broker, topic) < raw / 4, (stored_bytes(broker, topic), raw)
     # kafka-python reads its own batches back...
     assert [m.value for m in consume_all(broker, topic, 300)] == values
     # ...and librdkafka reads them too.

@@ -107,6 +107,9 @@ impl Broker {
                         .map(ResponseKind::InitProducerId),
                 )
             }
+            RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
+                find_coordinator(r, version),
+            ))),
             _ => {
                 // The codec only lets through APIs of the supported table.
                 tracing::error!(
@@ -635,6 +638,40 @@ impl Broker {
         }
         r
     }
+}
+
+/// No group or transaction coordinator yet: every key gets COORDINATOR_NOT_AVAILABLE, which
+/// clients treat as retriable. Advertised because librdkafka ties features (LZ4) to it.
+fn find_coordinator(
+    req: kafka_protocol::messages::FindCoordinatorRequest,
+    version: i16,
+) -> kafka_protocol::messages::FindCoordinatorResponse {
+    use kafka_protocol::messages::find_coordinator_response::Coordinator;
+    const MESSAGE: &str = "Holdfast has no group or transaction coordinator yet.";
+    let mut r = kafka_protocol::messages::FindCoordinatorResponse::default();
+    if version >= 4 {
+        r.coordinators = req
+            .coordinator_keys
+            .into_iter()
+            .map(|key| {
+                let mut c = Coordinator::default();
+                c.key = key;
+                c.node_id = BrokerId(-1);
+                c.port = -1;
+                c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+                c.error_message = Some(sb(MESSAGE));
+                c
+            })
+            .collect();
+    } else {
+        r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+        if version >= 1 {
+            r.error_message = Some(sb(MESSAGE));
+        }
+        r.node_id = BrokerId(-1);
+        r.port = -1;
+    }
+    r
 }
 
 /// A validated CreateTopics entry: name, partition count, config overrides.

@@ -367,8 +367,10 @@ impl Broker {
     /// Periodic log maintenance (blocking): interval flushes, segment rolls, retention.
     pub fn tick(&self, retention: bool) {
         let now = now_ms();
+        let mut changed = false;
         for t in self.all_topics() {
             for p in &t.partitions {
+                let before = (p.high_watermark(), p.log_start_offset());
                 let mut st = p.lock();
                 let Some(log) = st.log.as_mut() else { continue };
                 if let Err(e) = log.tick(now) {
@@ -386,9 +388,14 @@ impl Broker {
                     }
                 }
                 p.refresh(log);
+                drop(st);
+                changed |= before != (p.high_watermark(), p.log_start_offset());
             }
         }
-        self.notify_data();
+        // Interval flushes move the high watermark, retention the log start: wake fetches.
+        if changed {
+            self.notify_data();
+        }
     }
 
     /// Closes every log cleanly and stops the flusher (blocking).

@@ -136,6 +136,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::CreateTopics => 5,
         ApiKey::DeleteTopics => 4,
         ApiKey::InitProducerId => 2,
+        ApiKey::FindCoordinator => 3,
         _ => i16::MAX,
     }
 }
@@ -155,7 +156,9 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
     };
     match key {
         ApiKey::Produce => {
-            w.nullable_string()?; // transactional_id (v3+)
+            if v >= 3 {
+                w.nullable_string()?; // transactional_id
+            }
             w.skip(2 + 4)?; // acks, timeout_ms
             w.array(false, |w| {
                 w.string()?;
@@ -301,6 +304,17 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             }
             if v >= 6 {
                 w.skip(1)?;
+            }
+        }
+        ApiKey::FindCoordinator => {
+            if v < 4 {
+                w.string()?; // key
+            }
+            if v >= 1 {
+                w.skip(1)?; // key_type
+            }
+            if v >= 4 {
+                w.array(false, |w| w.string())?;
             }
         }
         _ => return Err(Malformed("no structural check for this API")),

@@ -25,10 +25,12 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 100 * 1024 * 1024;
 pub const UNSUPPORTED_VERSION: i16 = 35;
 
 /// The APIs and version ranges this broker implements, as advertised in ApiVersions.
-/// Minimum versions follow Kafka 4.0's (the protocol baseline of KIP-896), which is also
-/// what `kafka-protocol` 0.18 can decode. Only magic v2 record batches are accepted.
+/// Minimum versions follow Kafka 4.0's (the protocol baseline of KIP-896), except that
+/// Produce v0-v2 stay advertised as Kafka 4.0 does (KAFKA-18659: librdkafka derives feature
+/// flags from them); they are translated here, and only magic v2 batches are accepted.
+/// FindCoordinator v0 matters to librdkafka too: without it, it silently disables LZ4.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 3, 11),
+    (ApiKey::Produce, 0, 11),
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
@@ -36,6 +38,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::FindCoordinator, 0, 6),
 ];
 
 /// The version range we support for `key`, if any.
@@ -193,7 +196,15 @@ pub fn decode_request(frame: Bytes) -> Result<Request, CodecError> {
     let header = RequestHeader::decode(&mut buf, header_version).map_err(|e| malformed(&e))?;
     // Never hand `kafka-protocol` a body whose array counts could make it over-allocate.
     guard::check_body(api_key, api_version, &buf).map_err(|e| malformed(&e.0))?;
-    let body = RequestKind::decode(api_key, &mut buf, api_version).map_err(|e| malformed(&e))?;
+    let body = if api_key == ApiKey::Produce && api_version < 3 {
+        // Produce v0-v2 is v3 without the leading transactional id: decode as v3 with a null one.
+        let mut v3 = BytesMut::with_capacity(buf.len() + 2);
+        v3.put_i16(-1);
+        v3.extend_from_slice(&buf);
+        RequestKind::decode(api_key, &mut v3.freeze(), 3).map_err(|e| malformed(&e))?
+    } else {
+        RequestKind::decode(api_key, &mut buf, api_version).map_err(|e| malformed(&e))?
+    };
     Ok(Request::Known {
         header,
         api_key,
@@ -226,11 +237,45 @@ pub fn encode_response(
     header
         .encode(&mut out, header_version)
         .map_err(|e| err(&e))?;
-    body.encode(&mut out, api_version).map_err(|e| err(&e))?;
+    match body {
+        ResponseKind::Produce(r) if api_version < 3 => {
+            encode_legacy_produce(r, api_version, &mut out).map_err(|e| err(&e))?
+        }
+        _ => body.encode(&mut out, api_version).map_err(|e| err(&e))?,
+    }
     let len = out.len() - 4;
     let len = i32::try_from(len).map_err(|e| err(&e))?;
     out[0..4].copy_from_slice(&len.to_be_bytes());
     Ok(out)
+}
+
+/// Produce response v0-v2 (which `kafka-protocol` no longer encodes): v0 has per-partition
+/// (index, error, base offset); v1 adds the throttle time; v2 the log append time.
+fn encode_legacy_produce(
+    r: &kafka_protocol::messages::ProduceResponse,
+    version: i16,
+    out: &mut BytesMut,
+) -> Result<(), String> {
+    let len32 = |n: usize| i32::try_from(n).map_err(|_| "array too long".to_string());
+    out.put_i32(len32(r.responses.len())?);
+    for t in &r.responses {
+        let name = t.name.0.as_bytes();
+        out.put_i16(i16::try_from(name.len()).map_err(|_| "topic name too long".to_string())?);
+        out.extend_from_slice(name);
+        out.put_i32(len32(t.partition_responses.len())?);
+        for p in &t.partition_responses {
+            out.put_i32(p.index);
+            out.put_i16(p.error_code);
+            out.put_i64(p.base_offset);
+            if version >= 2 {
+                out.put_i64(p.log_append_time_ms);
+            }
+        }
+    }
+    if version >= 1 {
+        out.put_i32(r.throttle_time_ms);
+    }
+    Ok(())
 }
 
 /// The response to an ApiVersions request of a version we do not support: v0 body, v0 header.
@@ -427,8 +472,21 @@ mod tests {
                     ApiKey::CreateTopics => RequestKind::CreateTopics(ct.clone()),
                     ApiKey::DeleteTopics => RequestKind::DeleteTopics(dt_v),
                     ApiKey::InitProducerId => RequestKind::InitProducerId(ip.clone()),
+                    ApiKey::FindCoordinator => {
+                        let mut fc = FindCoordinatorRequest::default();
+                        if v >= 4 {
+                            fc.coordinator_keys =
+                                vec![S::from_static_str("g1"), S::from_static_str("g2")];
+                        } else {
+                            fc.key = S::from_static_str("g");
+                        }
+                        RequestKind::FindCoordinator(fc)
+                    }
                     other => panic!("no test body for {other:?}"),
                 };
+                if *key == ApiKey::Produce && v < 3 {
+                    continue; // covered by legacy_produce_versions_translate
+                }
                 let f = request_frame(*key, v, &body);
                 let mut b = BytesMut::new();
                 body.encode(&mut b, v).expect("encodes");
@@ -439,6 +497,77 @@ mod tests {
                 );
                 assert!(decode_request(f).is_ok(), "{key:?} v{v} refused");
             }
+        }
+    }
+
+    #[test]
+    fn legacy_produce_versions_translate() {
+        use kafka_protocol::messages::produce_response::{
+            PartitionProduceResponse, TopicProduceResponse,
+        };
+        use kafka_protocol::messages::*;
+        let mut req = ProduceRequest::default();
+        req.acks = -1;
+        req.timeout_ms = 1000;
+        let mut pd = produce_request::PartitionProduceData::default();
+        pd.index = 3;
+        pd.records = Some(Bytes::from_static(b"batch"));
+        let mut td = produce_request::TopicProduceData::default();
+        td.name = TopicName(StrBytes::from_static_str("t"));
+        td.partition_data = vec![pd];
+        req.topic_data = vec![td];
+        for v in 0..3i16 {
+            // A v0-v2 body is the v3 body minus the 2-byte null transactional id.
+            let mut body = BytesMut::new();
+            req.encode(&mut body, 3).expect("encodes");
+            let mut h = RequestHeader::default();
+            h.request_api_key = ApiKey::Produce as i16;
+            h.request_api_version = v;
+            h.correlation_id = 11;
+            let mut f = BytesMut::new();
+            h.encode(&mut f, 1).expect("header");
+            f.extend_from_slice(&body[2..]);
+            match decode_request(f.freeze()).expect("decodes") {
+                Request::Known {
+                    body: RequestKind::Produce(p),
+                    ..
+                } => {
+                    assert_eq!(p.acks, -1);
+                    assert_eq!(
+                        p.topic_data[0].partition_data[0].records.as_deref(),
+                        Some(&b"batch"[..])
+                    );
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+            let mut resp = ProduceResponse::default();
+            let mut t = TopicProduceResponse::default();
+            t.name = TopicName(StrBytes::from_static_str("t"));
+            let mut p = PartitionProduceResponse::default();
+            p.index = 3;
+            p.base_offset = 42;
+            t.partition_responses = vec![p];
+            resp.responses = vec![t];
+            let out = encode_response(ApiKey::Produce, v, 11, &ResponseKind::Produce(resp))
+                .expect("encodes");
+            // len + cid + [count + name(2+1) + [count + index + error + offset (+ append time)]] (+ throttle)
+            let expected = 4
+                + 4
+                + 4
+                + 3
+                + 4
+                + 4
+                + 2
+                + 8
+                + if v >= 2 { 8 } else { 0 }
+                + if v >= 1 { 4 } else { 0 };
+            assert_eq!(out.len(), expected, "v{v}");
+            let tail = 8 + if v >= 2 { 8 } else { 0 } + if v >= 1 { 4 } else { 0 };
+            assert_eq!(
+                &out[out.len() - tail..][..8],
+                &42i64.to_be_bytes()[..],
+                "v{v}"
+            );
         }
     }
 
