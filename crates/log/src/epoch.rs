@@ -21,10 +21,31 @@ pub(crate) struct EpochCache {
 }
 
 impl EpochCache {
-    pub(crate) fn load(dir: &Path) -> Result<EpochCache> {
+    /// Loads the checkpoint; `Ok(None)` when it is damaged (the log rebuilds it from the
+    /// partition leader epochs stamped in its batches).
+    pub(crate) fn load(dir: &Path) -> Result<Option<EpochCache>> {
+        match Self::load_strict(dir) {
+            Ok(c) => Ok(Some(c)),
+            Err(LogError::Corruption { reason, .. }) => {
+                tracing::warn!(dir = %dir.display(), %reason, "leader epoch checkpoint damaged; rebuilding from the log");
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// An empty cache to be filled by [`EpochCache::assign`] from a scan of the log.
+    pub(crate) fn empty(dir: &Path) -> EpochCache {
+        EpochCache {
+            path: dir.join(FILE_NAME),
+            entries: Vec::new(),
+        }
+    }
+
+    fn load_strict(dir: &Path) -> Result<EpochCache> {
         let path = dir.join(FILE_NAME);
         let mut entries = Vec::new();
-        match std::fs::read_to_string(&path) {
+        match std::fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(text) => {
                 let body = fsutil::check_crc_line(&text).ok_or_else(|| LogError::Corruption {
                     path: path.clone(),

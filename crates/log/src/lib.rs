@@ -19,6 +19,7 @@ mod index;
 mod log;
 pub mod producer;
 mod segment;
+pub mod testkit;
 
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use epoch::EpochEntry;

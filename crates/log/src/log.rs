@@ -104,8 +104,8 @@ struct Checkpoint {
 
 fn read_checkpoint(dir: &Path) -> Result<Option<Checkpoint>> {
     let path = dir.join(CHECKPOINT_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
+    let text = match std::fs::read(&path) {
+        Ok(t) => String::from_utf8_lossy(&t).into_owned(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(LogError::io(path, e)),
     };
@@ -227,6 +227,9 @@ impl Log {
             }
             if let Some(prev) = segments.values().last() {
                 let prev: &Segment = prev;
+                if prev.next_offset() < base && !config.cleanup_policy.compact {
+                    tracing::warn!(segment = %seg.path.display(), gap_from = prev.next_offset(), gap_to = base, "offset gap between segments");
+                }
                 if prev.next_offset() > base {
                     return Err(LogError::Corruption {
                         path: seg.path.clone(),
@@ -307,7 +310,9 @@ impl Log {
         report.corruption = corruption.clone();
         report.log_end_offset = log_end;
 
-        let mut epochs = EpochCache::load(dir)?;
+        let loaded_epochs = EpochCache::load(dir)?;
+        let rebuild_epochs = loaded_epochs.is_none();
+        let mut epochs = loaded_epochs.unwrap_or_else(|| EpochCache::empty(dir));
         epochs.truncate_from_end(log_end)?;
 
         let mut log = Log {
@@ -329,6 +334,9 @@ impl Log {
         // Everything that survived recovery is now fsynced: make it durable before serving.
         log.sync_all_segments()?;
         log.rebuild_producer_state()?;
+        if rebuild_epochs {
+            log.rebuild_epochs()?;
+        }
         // From here a crash is an unclean stop.
         write_checkpoint(
             dir,
@@ -372,6 +380,30 @@ impl Log {
             }
         }
         self.producers = state;
+        Ok(())
+    }
+
+    /// Rebuilds the leader-epoch cache from the epochs stamped in the batches.
+    fn rebuild_epochs(&mut self) -> Result<()> {
+        let mut found = Vec::new();
+        let mut last = -1;
+        for seg in self.segments.values() {
+            let mut pos = 0;
+            while pos < seg.size {
+                let h = seg.header_at(pos)?;
+                if h.partition_leader_epoch > last {
+                    last = h.partition_leader_epoch;
+                    found.push((
+                        h.partition_leader_epoch,
+                        h.base_offset.max(self.log_start_offset),
+                    ));
+                }
+                pos += h.total_size() as u64;
+            }
+        }
+        for (epoch, start) in found {
+            self.epochs.assign(epoch, start)?;
+        }
         Ok(())
     }
 
@@ -475,11 +507,13 @@ impl Log {
             let old = self.active_mut();
             old.persist_index()?;
         }
-        // The old segment's data is fsynced by the flusher whatever the policy: a closed
-        // segment is not left to page-cache writeback (Kafka flushes on roll too).
-        let old_file = Arc::clone(&self.active().file);
-        self.flusher
-            .request(old_file, Arc::clone(&self.durable), next);
+        // The old segment is fsynced before the new one exists, whatever the flush policy: a
+        // crash can then never leave a later segment on disk behind a lost tail (a gap).
+        let old = self.active();
+        old.file
+            .sync_data()
+            .map_err(|e| LogError::io(&old.path, e))?;
+        self.durable.advance(next);
         let seg = Segment::create(&self.dir, next)?;
         fsutil::sync_dir(&self.dir)?;
         assert!(
@@ -630,6 +664,11 @@ impl Log {
 
     fn roll_at(&mut self, base: i64) -> Result<()> {
         self.active_mut().persist_index()?;
+        let old = self.active();
+        old.file
+            .sync_data()
+            .map_err(|e| LogError::io(&old.path, e))?;
+        self.durable.advance(self.log_end_offset());
         let seg = Segment::create(&self.dir, base)?;
         fsutil::sync_dir(&self.dir)?;
         self.segments.insert(base, seg);
@@ -1028,9 +1067,19 @@ impl Log {
             let new_end = h.base_offset;
             seg.truncate_to_position(pos, new_end)?;
             seg.recompute_max_timestamp()?;
+        } else {
+            // Nothing at or after `offset` among the valid batches; bytes past them (a corrupt
+            // batch left in place for the operator) go now.
+            let (size, next) = (seg.size, seg.next_offset());
+            seg.truncate_to_position(size, next)?;
         }
         fsutil::sync_dir(&self.dir)?;
         let end = self.log_end_offset();
+        if end < self.log_start_offset {
+            // The batch holding `offset` began below the log start: the whole batch went, so
+            // the log restarts at its base (Kafka lowers the log start on truncation too).
+            self.log_start_offset = end;
+        }
         self.durable.reset_after_truncation(end);
         self.epochs.truncate_from_end(end)?;
         self.producers.truncate_from_end(end);

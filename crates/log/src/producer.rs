@@ -228,7 +228,7 @@ impl ProducerState {
     /// Loads the snapshot, or `None` when absent or damaged (the caller replays the log).
     pub(crate) fn read_snapshot(dir: &Path) -> Result<Option<(ProducerState, i64)>> {
         let path = Self::snapshot_path(dir);
-        match std::fs::read_to_string(&path) {
+        match std::fs::read(&path).map(|b| String::from_utf8_lossy(&b).into_owned()) {
             Ok(t) => {
                 let decoded = Self::decode(&t);
                 if decoded.is_none() {
