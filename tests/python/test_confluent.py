@@ -224,3 +224,50 @@ def test_long_poll_wakes_on_produce(broker):
         assert time.monotonic() - start < 4.0
     finally:
         c.close()
+
+
+def test_create_partitions(broker):
+    from confluent_kafka.admin import NewPartitions
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = unique_topic("cp")
+    create_one(admin, NewTopic(topic, 1, 1))
+    fs = admin.create_partitions([NewPartitions(topic, 3)])
+    fs[topic].result(30)
+    assert len(admin.list_topics(timeout=20).topics[topic].partitions) == 3
+    assert produce_all(producer(broker), topic, [{"value": b"p2"}], partition=2) == [(None, 0)]
+    assert [m.value() for m in consume(broker, topic, 1, partition=2)] == [b"p2"]
+    fs = admin.create_partitions([NewPartitions(topic, 2)])
+    with pytest.raises(Exception) as exc:
+        fs[topic].result(30)
+    assert exc.value.args[0].code() == KafkaError.INVALID_PARTITIONS
+
+
+def test_describe_configs(broker):
+    from confluent_kafka.admin import ConfigResource, ConfigSource
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = unique_topic("dc")
+    create_one(admin, NewTopic(topic, 1, 1, config={"retention.ms": "12345", "cleanup.policy": "compact"}))
+    fs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+    configs = list(fs.values())[0].result(30)
+    assert configs["retention.ms"].value == "12345"
+    assert configs["retention.ms"].source == ConfigSource.DYNAMIC_TOPIC_CONFIG.value
+    assert configs["cleanup.policy"].value == "compact"
+    assert configs["max.message.bytes"].value == "1048588"
+    assert configs["max.message.bytes"].source == ConfigSource.DEFAULT_CONFIG.value
+    assert configs["segment.bytes"].value == str(1 << 30)
+
+
+def test_delete_records(broker):
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = unique_topic("dr")
+    produce_all(producer(broker), topic, [{"value": b"%d" % i} for i in range(10)])
+    fs = admin.delete_records([TopicPartition(topic, 0, 4)])
+    res = list(fs.values())[0].result(30)
+    assert res.low_watermark == 4
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": "dr-" + topic, "enable.auto.commit": False})
+    try:
+        assert c.get_watermark_offsets(TopicPartition(topic, 0), timeout=20) == (4, 10)
+    finally:
+        c.close()
+    got = consume(broker, topic, 6, offset=4)
+    assert [m.value() for m in got] == [b"%d" % i for i in range(4, 10)]

@@ -168,6 +168,101 @@ pub fn build_log_config(
     Ok(c)
 }
 
+/// Kafka's ConfigSource values (DescribeConfigs v1+).
+pub const SOURCE_TOPIC: i8 = 1;
+pub const SOURCE_STATIC_BROKER: i8 = 4;
+pub const SOURCE_DEFAULT: i8 = 5;
+
+/// The value of a topic config key as the effective `LogConfig` has it, rendered as Kafka
+/// renders it. Keys without an effect on the log report Kafka's default.
+pub fn render_topic_config(c: &LogConfig, key: &str) -> Option<String> {
+    let (messages, ms) = match c.flush_policy {
+        FlushPolicy::EveryAppend => (1u64.to_string(), i64::MAX.to_string()),
+        FlushPolicy::Interval {
+            messages,
+            interval_ms,
+        } => (
+            messages.min(i64::MAX as u64).to_string(),
+            interval_ms.to_string(),
+        ),
+        FlushPolicy::PageCache => (i64::MAX.to_string(), i64::MAX.to_string()),
+    };
+    Some(match key {
+        "cleanup.policy" => match (c.cleanup_policy.delete, c.cleanup_policy.compact) {
+            (true, true) => "compact,delete".into(),
+            (false, true) => "compact".into(),
+            _ => "delete".into(),
+        },
+        "compression.type" => "producer".into(),
+        "delete.retention.ms" => c.delete_retention_ms.to_string(),
+        "file.delete.delay.ms" => "60000".into(),
+        "flush.messages" => messages,
+        "flush.ms" => ms,
+        "holdfast.flush.policy" => match c.flush_policy {
+            FlushPolicy::EveryAppend => "fsync".into(),
+            FlushPolicy::Interval { .. } => "interval".into(),
+            FlushPolicy::PageCache => "pagecache".into(),
+        },
+        "index.interval.bytes" => c.index_interval_bytes.to_string(),
+        "max.compaction.lag.ms" => c.max_compaction_lag_ms.to_string(),
+        "max.message.bytes" => c.max_message_bytes.to_string(),
+        "message.timestamp.after.max.ms" => c.timestamp_after_max_ms.to_string(),
+        "message.timestamp.before.max.ms" => c.timestamp_before_max_ms.to_string(),
+        "message.timestamp.type" => match c.timestamp_type {
+            TimestampType::CreateTime => "CreateTime".into(),
+            TimestampType::LogAppendTime => "LogAppendTime".into(),
+        },
+        "min.compaction.lag.ms" => c.min_compaction_lag_ms.to_string(),
+        "min.insync.replicas" => "1".into(),
+        "preallocate" | "unclean.leader.election.enable" => "false".into(),
+        "retention.bytes" => c.retention_bytes.to_string(),
+        "retention.ms" => c.retention_ms.to_string(),
+        "segment.bytes" => c.segment_bytes.to_string(),
+        "segment.index.bytes" => "10485760".into(),
+        "segment.jitter.ms" => "0".into(),
+        "segment.ms" => c.segment_ms.to_string(),
+        _ => return None,
+    })
+}
+
+/// Every topic config with its effective value and source, for DescribeConfigs.
+pub fn describe_topic_configs(
+    broker: &BrokerConfig,
+    effective: &LogConfig,
+    overrides: &BTreeMap<String, String>,
+) -> Vec<(String, String, i8)> {
+    TOPIC_CONFIG_KEYS
+        .iter()
+        .filter_map(|k| {
+            let source = if overrides.contains_key(*k) {
+                SOURCE_TOPIC
+            } else if broker.log_default_overrides.contains_key(*k) {
+                SOURCE_STATIC_BROKER
+            } else {
+                SOURCE_DEFAULT
+            };
+            let value = match overrides.get(*k) {
+                Some(v)
+                    if matches!(
+                        *k,
+                        "min.insync.replicas"
+                            | "preallocate"
+                            | "unclean.leader.election.enable"
+                            | "segment.index.bytes"
+                            | "segment.jitter.ms"
+                            | "file.delete.delay.ms"
+                            | "compression.type"
+                    ) =>
+                {
+                    v.clone()
+                }
+                _ => render_topic_config(effective, k)?,
+            };
+            Some((k.to_string(), value, source))
+        })
+        .collect()
+}
+
 /// Maps a broker-level log default (`log.retention.ms`) to its topic config (`retention.ms`).
 fn broker_key_to_topic_key(key: &str) -> Option<&'static str> {
     Some(match key {

@@ -107,6 +107,22 @@ impl Broker {
                         .map(ResponseKind::InitProducerId),
                 )
             }
+            RequestKind::DeleteRecords(r) => {
+                let b = Arc::clone(self);
+                let resp = blocking(move || b.delete_records(r)).await;
+                if resp.is_some() {
+                    self.notify_data();
+                }
+                Reply::Now(resp.map(ResponseKind::DeleteRecords))
+            }
+            RequestKind::CreatePartitions(r) => Reply::Now(
+                self.create_partitions(r)
+                    .await
+                    .map(ResponseKind::CreatePartitions),
+            ),
+            RequestKind::DescribeConfigs(r) => Reply::Now(Some(ResponseKind::DescribeConfigs(
+                self.describe_configs(r, version),
+            ))),
             RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
                 find_coordinator(r, version),
             ))),
@@ -611,6 +627,205 @@ impl Broker {
         Some(resp)
     }
 
+    fn delete_records(
+        &self,
+        req: kafka_protocol::messages::DeleteRecordsRequest,
+    ) -> kafka_protocol::messages::DeleteRecordsResponse {
+        use kafka_protocol::messages::delete_records_response::{
+            DeleteRecordsPartitionResult, DeleteRecordsTopicResult,
+        };
+        let mut resp = kafka_protocol::messages::DeleteRecordsResponse::default();
+        for t in req.topics {
+            let mut tr = DeleteRecordsTopicResult::default();
+            tr.name = t.name.clone();
+            for dp in t.partitions {
+                let mut pr = DeleteRecordsPartitionResult::default();
+                pr.partition_index = dp.partition_index;
+                pr.low_watermark = -1;
+                match self.partition(t.name.0.as_str(), dp.partition_index) {
+                    None => pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let hw = p.high_watermark();
+                        // -1 means "up to the high watermark"; beyond it is out of range.
+                        let target = if dp.offset == -1 { hw } else { dp.offset };
+                        if target < 0 || target > hw {
+                            pr.error_code = ec::OFFSET_OUT_OF_RANGE;
+                        } else {
+                            let mut st = p.lock();
+                            match st.log.as_mut() {
+                                None => pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                                Some(log) => {
+                                    match log.delete_records_before(target) {
+                                        Ok(start) => pr.low_watermark = start,
+                                        Err(e) => pr.error_code = e.kafka_error_code(),
+                                    }
+                                    p.refresh(log);
+                                }
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(pr);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
+    async fn create_partitions(
+        self: &Arc<Self>,
+        req: kafka_protocol::messages::CreatePartitionsRequest,
+    ) -> Option<kafka_protocol::messages::CreatePartitionsResponse> {
+        use kafka_protocol::messages::create_partitions_response::CreatePartitionsTopicResult;
+        let _guard = self.admin.lock().await;
+        let mut resp = kafka_protocol::messages::CreatePartitionsResponse::default();
+        for t in req.topics {
+            let mut r = CreatePartitionsTopicResult::default();
+            r.name = t.name.clone();
+            let node = self.config.node_id;
+            let bad_assignment = t.assignments.as_ref().is_some_and(|a| {
+                a.iter()
+                    .any(|x| x.broker_ids.len() != 1 || x.broker_ids[0].0 != node)
+            });
+            let result = if bad_assignment {
+                Err((
+                    ec::INVALID_REPLICA_ASSIGNMENT,
+                    "Replica assignment must place each partition on this broker only.".to_string(),
+                ))
+            } else {
+                let b = Arc::clone(self);
+                let name = t.name.0.as_str().to_string();
+                let (count, validate_only) = (t.count, req.validate_only);
+                blocking(move || b.add_partitions(&name, count, validate_only))
+                    .await
+                    .unwrap_or(Err((ec::KAFKA_STORAGE_ERROR, "internal error".into())))
+            };
+            if let Err((code, msg)) = result {
+                r.error_code = code;
+                r.error_message = Some(sb(&msg));
+            }
+            resp.results.push(r);
+        }
+        Some(resp)
+    }
+
+    fn describe_configs(
+        &self,
+        req: kafka_protocol::messages::DescribeConfigsRequest,
+        version: i16,
+    ) -> kafka_protocol::messages::DescribeConfigsResponse {
+        use kafka_protocol::messages::describe_configs_response::{
+            DescribeConfigsResourceResult, DescribeConfigsResult,
+        };
+        const TOPIC: i8 = 2;
+        const BROKER: i8 = 4;
+        let mut resp = kafka_protocol::messages::DescribeConfigsResponse::default();
+        for res in req.resources {
+            let mut r = DescribeConfigsResult::default();
+            r.resource_type = res.resource_type;
+            r.resource_name = res.resource_name.clone();
+            let entries: Result<Vec<ConfigEntry>, (i16, String)> = match res.resource_type {
+                TOPIC => match self.topic(res.resource_name.as_str()) {
+                    Some(t) => Ok(crate::config::describe_topic_configs(
+                        &self.config,
+                        &t.log_config,
+                        &t.meta.config,
+                    )),
+                    None => Err((
+                        ec::UNKNOWN_TOPIC_OR_PARTITION,
+                        "This server does not host this topic-partition.".into(),
+                    )),
+                },
+                BROKER
+                    if res.resource_name.as_str().is_empty()
+                        || res.resource_name.as_str() == self.config.node_id.to_string() =>
+                {
+                    Ok(self.broker_config_entries())
+                }
+                BROKER => Err((
+                    ec::INVALID_REQUEST,
+                    format!("Unexpected broker id {}", res.resource_name.as_str()),
+                )),
+                _ => Err((
+                    ec::INVALID_REQUEST,
+                    format!("Unsupported resource type {}", res.resource_type),
+                )),
+            };
+            match entries {
+                Ok(entries) => {
+                    let wanted = res.configuration_keys.as_ref().map(|k| {
+                        k.iter()
+                            .map(|s| s.as_str().to_string())
+                            .collect::<HashSet<_>>()
+                    });
+                    for (name, value, source) in entries {
+                        if wanted.as_ref().is_some_and(|w| !w.contains(&name)) {
+                            continue;
+                        }
+                        let mut c = DescribeConfigsResourceResult::default();
+                        c.name = sb(&name);
+                        c.value = Some(sb(&value));
+                        c.config_source = source;
+                        if version >= 3 {
+                            c.config_type = config_type(&name);
+                        }
+                        r.configs.push(c);
+                    }
+                }
+                Err((code, msg)) => {
+                    r.error_code = code;
+                    r.error_message = Some(sb(&msg));
+                }
+            }
+            resp.results.push(r);
+        }
+        resp
+    }
+
+    fn broker_config_entries(&self) -> Vec<(String, String, i8)> {
+        let c = &self.config;
+        let mut out = vec![
+            (
+                "node.id".to_string(),
+                c.node_id.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+            (
+                "num.partitions".to_string(),
+                c.num_partitions.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+            (
+                "auto.create.topics.enable".to_string(),
+                c.auto_create_topics.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+            (
+                "socket.request.max.bytes".to_string(),
+                c.socket_request_max_bytes.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+            (
+                "max.connections".to_string(),
+                c.max_connections.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+            (
+                "log.retention.check.interval.ms".to_string(),
+                c.retention_check_interval_ms.to_string(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ),
+        ];
+        for (k, v) in &c.log_default_overrides {
+            out.push((
+                format!("holdfast.log.default.{k}"),
+                v.clone(),
+                crate::config::SOURCE_STATIC_BROKER,
+            ));
+        }
+        out
+    }
+
     fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
         let mut r = InitProducerIdResponse::default();
         if req
@@ -637,6 +852,26 @@ impl Broker {
             }
         }
         r
+    }
+}
+
+/// Kafka's ConfigType of a topic config (DescribeConfigs v3+): 1 boolean, 2 string, 3 int,
+/// 4 short, 5 long, 6 double, 7 list.
+fn config_type(name: &str) -> i8 {
+    match name {
+        "preallocate" | "unclean.leader.election.enable" | "auto.create.topics.enable" => 1,
+        "compression.type" | "message.timestamp.type" | "holdfast.flush.policy" => 2,
+        "cleanup.policy" => 7,
+        "max.message.bytes"
+        | "index.interval.bytes"
+        | "min.insync.replicas"
+        | "segment.bytes"
+        | "segment.index.bytes"
+        | "num.partitions"
+        | "node.id"
+        | "socket.request.max.bytes"
+        | "max.connections" => 3,
+        _ => 5,
     }
 }
 
@@ -673,6 +908,9 @@ fn find_coordinator(
     }
     r
 }
+
+/// (name, value, config source) of a described config.
+type ConfigEntry = (String, String, i8);
 
 /// A validated CreateTopics entry: name, partition count, config overrides.
 type NewTopicSpec = (String, i32, BTreeMap<String, String>);

@@ -325,6 +325,76 @@ impl Broker {
         Ok(meta)
     }
 
+    /// Grows a topic to `count` partitions (blocking).
+    pub fn add_partitions(
+        &self,
+        name: &str,
+        count: i32,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        let topic = self.topic(name).ok_or((
+            ec::UNKNOWN_TOPIC_OR_PARTITION,
+            "This server does not host this topic-partition.".to_string(),
+        ))?;
+        let current = topic.meta.partitions;
+        if count <= current {
+            let msg = if count == current {
+                format!("Topic already has {current} partitions.")
+            } else {
+                format!("Topic currently has {current} partitions, which is higher than the requested {count}.")
+            };
+            return Err((ec::INVALID_PARTITIONS, msg));
+        }
+        if count > 100_000 {
+            return Err((
+                ec::INVALID_PARTITIONS,
+                "Too many partitions for one broker.".into(),
+            ));
+        }
+        if validate_only {
+            return Ok(());
+        }
+        let mut meta = topic.meta.clone();
+        meta.partitions = count;
+        let mut parts = topic.partitions.clone();
+        for p in current..count {
+            match open_log(
+                &self.config.data_dir,
+                name,
+                p,
+                &topic.log_config,
+                &self.flusher,
+            ) {
+                Ok(log) => parts.push(Arc::new(Partition::new(name, p, log))),
+                Err(e) => {
+                    for part in &parts[current as usize..] {
+                        if let Some(log) = part.lock().log.take() {
+                            let _ = log.delete();
+                        }
+                    }
+                    return Err((ec::KAFKA_STORAGE_ERROR, e.to_string()));
+                }
+            }
+        }
+        // Logs first, then the metadata: a crash in between leaves empty directories that the
+        // next CreatePartitions reopens.
+        self.meta
+            .save_topic(&meta)
+            .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        let grown = Arc::new(Topic {
+            meta,
+            log_config: topic.log_config.clone(),
+            partitions: parts,
+        });
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), grown);
+        tracing::info!(topic = name, from = current, to = count, "partitions added");
+        self.notify_data();
+        Ok(())
+    }
+
     /// Deletes a topic and its partition directories (blocking).
     pub fn delete_topic(&self, name: &str) -> Result<Uuid, (i16, String)> {
         let topic = self

@@ -137,6 +137,9 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::DeleteTopics => 4,
         ApiKey::InitProducerId => 2,
         ApiKey::FindCoordinator => 3,
+        ApiKey::DeleteRecords => 2,
+        ApiKey::CreatePartitions => 2,
+        ApiKey::DescribeConfigs => 4,
         _ => i16::MAX,
     }
 }
@@ -315,6 +318,43 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             }
             if v >= 4 {
                 w.array(false, |w| w.string())?;
+            }
+        }
+        ApiKey::DeleteRecords => {
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4 + 8)?;
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            w.skip(4)?;
+        }
+        ApiKey::CreatePartitions => {
+            w.array(false, |w| {
+                w.string()?;
+                w.skip(4)?; // count
+                w.array(true, |w| {
+                    w.array(false, |w| w.skip(4))?;
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            w.skip(4 + 1)?; // timeout_ms, validate_only
+        }
+        ApiKey::DescribeConfigs => {
+            w.array(false, |w| {
+                w.skip(1)?; // resource_type
+                w.string()?;
+                w.array(true, |w| w.string())?;
+                w.tagged_fields()
+            })?;
+            if v >= 1 {
+                w.skip(1)?; // include_synonyms
+            }
+            if v >= 3 {
+                w.skip(1)?; // include_documentation
             }
         }
         _ => return Err(Malformed("no structural check for this API")),

@@ -39,6 +39,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::FindCoordinator, 0, 6),
+    (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DescribeConfigs, 1, 4),
 ];
 
 /// The version range we support for `key`, if any.
@@ -472,6 +475,40 @@ mod tests {
                     ApiKey::CreateTopics => RequestKind::CreateTopics(ct.clone()),
                     ApiKey::DeleteTopics => RequestKind::DeleteTopics(dt_v),
                     ApiKey::InitProducerId => RequestKind::InitProducerId(ip.clone()),
+                    ApiKey::DeleteRecords => {
+                        let mut r = DeleteRecordsRequest::default();
+                        let mut t = delete_records_request::DeleteRecordsTopic::default();
+                        t.name = name();
+                        t.partitions =
+                            vec![delete_records_request::DeleteRecordsPartition::default(); 2];
+                        r.topics = vec![t];
+                        RequestKind::DeleteRecords(r)
+                    }
+                    ApiKey::CreatePartitions => {
+                        let mut r = CreatePartitionsRequest::default();
+                        let mut t = create_partitions_request::CreatePartitionsTopic::default();
+                        t.name = name();
+                        let mut a =
+                            create_partitions_request::CreatePartitionsAssignment::default();
+                        a.broker_ids = vec![BrokerId(1)];
+                        t.assignments = Some(vec![a.clone(), a]);
+                        r.topics = vec![
+                            t.clone(),
+                            create_partitions_request::CreatePartitionsTopic::default(),
+                        ];
+                        RequestKind::CreatePartitions(r)
+                    }
+                    ApiKey::DescribeConfigs => {
+                        let mut r = DescribeConfigsRequest::default();
+                        let mut res = describe_configs_request::DescribeConfigsResource::default();
+                        res.resource_name = S::from_static_str("topic");
+                        res.configuration_keys = Some(vec![S::from_static_str("retention.ms")]);
+                        r.resources = vec![
+                            res,
+                            describe_configs_request::DescribeConfigsResource::default(),
+                        ];
+                        RequestKind::DescribeConfigs(r)
+                    }
                     ApiKey::FindCoordinator => {
                         let mut fc = FindCoordinatorRequest::default();
                         if v >= 4 {
