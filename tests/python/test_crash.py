@@ -58,6 +58,9 @@ def test_sigkill_mid_stream_loses_no_acked_record():
         with lock:
             acked_at_kill = len(acked)
         assert acked_at_kill >= 3000
+        # The kill really happened mid-stream: records were produced but not yet acknowledged.
+        assert n > acked_at_kill, (n, acked_at_kill)
+        print("killed with %d of %d records acknowledged" % (acked_at_kill, n))
 
         # Restart on the same port and data dir; the producer reconnects and finishes.
         b2 = Broker(data)

@@ -315,8 +315,13 @@ impl Broker {
             results
         };
         if acks == 0 {
-            tokio::spawn(wait);
-            return Reply::Now(None);
+            // No response, but the durability wait still occupies one of the connection's
+            // bounded in-flight slots (so acks=0 floods cannot pile up unbounded waiters) and
+            // wakes long-polling fetches once the data is visible.
+            return Reply::Later(Box::pin(async move {
+                wait.await;
+                None
+            }));
         }
         Reply::Later(Box::pin(async move {
             Some(ResponseKind::Produce(produce_response(wait.await)))
