@@ -67,6 +67,9 @@ def test_sigkill_mid_stream_loses_no_acked_record():
         b2.port = port
         b2.start()
         try:
+            # The restart noticed the unclean stop (and recovered; nothing may be damaged).
+            wait_until(lambda: any("broker started" in line for line in b2.stderr_lines), what="startup log")
+            assert any("unclean stop" in line for line in b2.stderr_lines), "".join(b2.stderr_lines)
             assert p.flush(60) == 0
             with lock:
                 assert not failed, failed[:5]

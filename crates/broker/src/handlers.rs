@@ -346,7 +346,11 @@ impl Broker {
             let r = Arc::clone(&req);
             let (resp, bytes, errors) = blocking(move || b.fetch_once(&r, version)).await?;
             let now = tokio::time::Instant::now();
-            if bytes >= req.min_bytes.max(0) as usize || errors || now >= deadline {
+            if bytes >= req.min_bytes.max(0) as usize
+                || errors
+                || now >= deadline
+                || self.is_stopping()
+            {
                 return Some(resp);
             }
             if tokio::time::timeout_at(deadline, rx.changed())

@@ -62,6 +62,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     }
     tracing::info!("shutting down: no new connections; finishing in-flight requests");
     drop(listener);
+    broker.begin_shutdown();
     let _ = stop_tx.send(true);
     let drained = tokio::time::timeout(DRAIN_TIMEOUT, async {
         while conns.join_next().await.is_some() {}

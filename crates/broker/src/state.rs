@@ -151,6 +151,7 @@ pub struct Broker {
     data_tx: watch::Sender<u64>,
     producer_ids: Mutex<(i64, i64)>,
     advertised: OnceLock<(String, i32)>,
+    stopping: AtomicBool,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -198,6 +199,7 @@ impl Broker {
             data_tx,
             producer_ids: Mutex::new((0, 0)),
             advertised: OnceLock::new(),
+            stopping: AtomicBool::new(false),
         }))
     }
 
@@ -244,6 +246,16 @@ impl Broker {
             .ok()
             .and_then(|i| t.partitions.get(i))
             .cloned()
+    }
+
+    /// Shutdown started: long polls answer now instead of waiting out `max_wait_ms`.
+    pub fn begin_shutdown(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.notify_data();
+    }
+
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     pub fn subscribe_data(&self) -> watch::Receiver<u64> {
