@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench_log;
 mod serve;
 
 #[derive(Parser)]
@@ -19,6 +20,8 @@ struct Cli {
 enum Command {
     /// Run a single-node broker.
     Serve(serve::ServeArgs),
+    /// Benchmark durable appends against the raw disk's fsync-bound figures.
+    BenchLog(bench_log::BenchLogArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +35,6 @@ fn main() -> anyhow::Result<()> {
         .init();
     match Cli::parse().command {
         Command::Serve(args) => serve::run(args),
+        Command::BenchLog(args) => bench_log::run(args),
     }
 }
