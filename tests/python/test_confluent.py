@@ -271,3 +271,38 @@ def test_delete_records(broker):
         c.close()
     got = consume(broker, topic, 6, offset=4)
     assert [m.value() for m in got] == [b"%d" % i for i in range(4, 10)]
+
+
+def test_alter_configs_and_describe_cluster(broker):
+    from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    topic = unique_topic("ac")
+    create_one(admin, NewTopic(topic, 1, 1, config={"retention.ms": "1000000"}))
+
+    def describe():
+        fs = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, topic)])
+        return list(fs.values())[0].result(30)
+
+    res = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("max.message.bytes", "5000", incremental_operation=AlterConfigOpType.SET),
+        ConfigEntry("retention.ms", None, incremental_operation=AlterConfigOpType.DELETE),
+    ])
+    list(admin.incremental_alter_configs([res]).values())[0].result(30)
+    configs = describe()
+    assert configs["max.message.bytes"].value == "5000"
+    assert configs["retention.ms"].value == str(7 * 24 * 3600 * 1000)
+    # The new limit is enforced on the live partition.
+    p = producer(broker, **{"compression.type": "none", "retries": 0, "enable.idempotence": False})
+    too_big = produce_all(p, topic, [{"value": b"x" * 6000}])
+    assert too_big[0][0] is not None and too_big[0][0].code() == KafkaError.MSG_SIZE_TOO_LARGE
+
+    bad = ConfigResource(ConfigResource.Type.TOPIC, topic, incremental_configs=[
+        ConfigEntry("retention.ms", "soon", incremental_operation=AlterConfigOpType.SET)])
+    with pytest.raises(Exception) as exc:
+        list(admin.incremental_alter_configs([bad]).values())[0].result(30)
+    assert exc.value.args[0].code() == KafkaError.INVALID_CONFIG
+
+    cluster = admin.describe_cluster().result(30)
+    assert [n.id for n in cluster.nodes] == [1]
+    assert cluster.controller.id == 1
+    assert cluster.cluster_id

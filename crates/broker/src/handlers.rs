@@ -123,6 +123,27 @@ impl Broker {
             RequestKind::DescribeConfigs(r) => Reply::Now(Some(ResponseKind::DescribeConfigs(
                 self.describe_configs(r, version),
             ))),
+            RequestKind::AlterConfigs(r) => {
+                let _guard = self.admin.lock().await;
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.alter_configs(r))
+                        .await
+                        .map(ResponseKind::AlterConfigs),
+                )
+            }
+            RequestKind::IncrementalAlterConfigs(r) => {
+                let _guard = self.admin.lock().await;
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.incremental_alter_configs(r))
+                        .await
+                        .map(ResponseKind::IncrementalAlterConfigs),
+                )
+            }
+            RequestKind::DescribeCluster(_) => {
+                Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
+            }
             RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
                 find_coordinator(r, version),
             ))),
@@ -791,6 +812,153 @@ impl Broker {
         resp
     }
 
+    fn alter_configs(
+        &self,
+        req: kafka_protocol::messages::AlterConfigsRequest,
+    ) -> kafka_protocol::messages::AlterConfigsResponse {
+        use kafka_protocol::messages::alter_configs_response::AlterConfigsResourceResponse;
+        let mut resp = kafka_protocol::messages::AlterConfigsResponse::default();
+        for res in req.resources {
+            let mut r = AlterConfigsResourceResponse::default();
+            r.resource_type = res.resource_type;
+            r.resource_name = res.resource_name.clone();
+            let result = if res.resource_type != RESOURCE_TOPIC {
+                Err((
+                    ec::INVALID_REQUEST,
+                    "Only topic configs can be altered.".to_string(),
+                ))
+            } else {
+                // AlterConfigs replaces the whole set of overrides.
+                let mut overrides = BTreeMap::new();
+                let mut bad = None;
+                for c in &res.configs {
+                    match &c.value {
+                        Some(v) => {
+                            overrides.insert(c.name.as_str().to_string(), v.as_str().to_string());
+                        }
+                        None => {
+                            bad = Some((
+                                ec::INVALID_CONFIG,
+                                format!("Null value for {}", c.name.as_str()),
+                            ))
+                        }
+                    }
+                }
+                match bad {
+                    Some(e) => Err(e),
+                    None => self.set_topic_config(
+                        res.resource_name.as_str(),
+                        overrides,
+                        req.validate_only,
+                    ),
+                }
+            };
+            if let Err((code, msg)) = result {
+                r.error_code = code;
+                r.error_message = Some(sb(&msg));
+            }
+            resp.responses.push(r);
+        }
+        resp
+    }
+
+    fn incremental_alter_configs(
+        &self,
+        req: kafka_protocol::messages::IncrementalAlterConfigsRequest,
+    ) -> kafka_protocol::messages::IncrementalAlterConfigsResponse {
+        use kafka_protocol::messages::incremental_alter_configs_response::AlterConfigsResourceResponse;
+        let mut resp = kafka_protocol::messages::IncrementalAlterConfigsResponse::default();
+        for res in req.resources {
+            let mut r = AlterConfigsResourceResponse::default();
+            r.resource_type = res.resource_type;
+            r.resource_name = res.resource_name.clone();
+            let name = res.resource_name.as_str().to_string();
+            let result = if res.resource_type != RESOURCE_TOPIC {
+                Err((
+                    ec::INVALID_REQUEST,
+                    "Only topic configs can be altered.".to_string(),
+                ))
+            } else {
+                match self.topic(&name) {
+                    None => Err((
+                        ec::UNKNOWN_TOPIC_OR_PARTITION,
+                        "This server does not host this topic-partition.".to_string(),
+                    )),
+                    Some(t) => {
+                        let mut overrides = t.meta.config.clone();
+                        let mut err = None;
+                        for c in &res.configs {
+                            let key = c.name.as_str().to_string();
+                            let value = c.value.as_ref().map(|v| v.as_str().to_string());
+                            match (c.config_operation, value) {
+                                (0, Some(v)) => {
+                                    overrides.insert(key, v);
+                                }
+                                (1, _) => {
+                                    overrides.remove(&key);
+                                }
+                                (2 | 3, Some(v)) if key == "cleanup.policy" => {
+                                    let current = overrides
+                                        .get(&key)
+                                        .cloned()
+                                        .or_else(|| {
+                                            crate::config::render_topic_config(&t.log_config, &key)
+                                        })
+                                        .unwrap_or_default();
+                                    let mut items: Vec<String> = current
+                                        .split(',')
+                                        .map(|x| x.trim().to_string())
+                                        .filter(|x| !x.is_empty())
+                                        .collect();
+                                    for x in v.split(',').map(str::trim).filter(|x| !x.is_empty()) {
+                                        if c.config_operation == 2 {
+                                            if !items.iter().any(|i| i == x) {
+                                                items.push(x.to_string());
+                                            }
+                                        } else {
+                                            items.retain(|i| i != x);
+                                        }
+                                    }
+                                    overrides.insert(key, items.join(","));
+                                }
+                                (op, _) => {
+                                    err = Some((
+                                        ec::INVALID_CONFIG,
+                                        format!("Operation {op} is not valid for {key}"),
+                                    ));
+                                }
+                            }
+                        }
+                        match err {
+                            Some(e) => Err(e),
+                            None => self.set_topic_config(&name, overrides, req.validate_only),
+                        }
+                    }
+                }
+            };
+            if let Err((code, msg)) = result {
+                r.error_code = code;
+                r.error_message = Some(sb(&msg));
+            }
+            resp.responses.push(r);
+        }
+        resp
+    }
+
+    fn describe_cluster(&self) -> kafka_protocol::messages::DescribeClusterResponse {
+        use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
+        let mut r = kafka_protocol::messages::DescribeClusterResponse::default();
+        let (host, port) = self.advertised();
+        let mut b = DescribeClusterBroker::default();
+        b.broker_id = BrokerId(self.config.node_id);
+        b.host = sb(&host);
+        b.port = port;
+        r.brokers = vec![b];
+        r.cluster_id = sb(&self.cluster_id);
+        r.controller_id = BrokerId(self.config.node_id);
+        r
+    }
+
     fn broker_config_entries(&self) -> Vec<(String, String, i8)> {
         let c = &self.config;
         let mut out = vec![
@@ -917,6 +1085,9 @@ fn find_coordinator(
     }
     r
 }
+
+/// Kafka's ConfigResource type of a topic.
+const RESOURCE_TOPIC: i8 = 2;
 
 /// (name, value, config source) of a described config.
 type ConfigEntry = (String, String, i8);

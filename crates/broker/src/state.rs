@@ -337,6 +337,49 @@ impl Broker {
         Ok(meta)
     }
 
+    /// Replaces a topic's config overrides (blocking): validated, persisted, then applied to
+    /// every partition's log.
+    pub fn set_topic_config(
+        &self,
+        name: &str,
+        overrides: BTreeMap<String, String>,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        let topic = self.topic(name).ok_or((
+            ec::UNKNOWN_TOPIC_OR_PARTITION,
+            "This server does not host this topic-partition.".to_string(),
+        ))?;
+        let log_config = build_log_config(&self.config.log_defaults, &overrides)
+            .map_err(|e| (ec::INVALID_CONFIG, e.to_string()))?;
+        if validate_only {
+            return Ok(());
+        }
+        let mut meta = topic.meta.clone();
+        meta.config = overrides;
+        self.meta
+            .save_topic(&meta)
+            .map_err(|e| (ec::KAFKA_STORAGE_ERROR, e.to_string()))?;
+        for p in &topic.partitions {
+            let mut st = p.lock();
+            if let Some(log) = st.log.as_mut() {
+                log.set_config(log_config.clone());
+                p.refresh(log);
+            }
+        }
+        let updated = Arc::new(Topic {
+            meta,
+            log_config,
+            partitions: topic.partitions.clone(),
+        });
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.to_string(), updated);
+        tracing::info!(topic = name, "topic config changed");
+        self.notify_data();
+        Ok(())
+    }
+
     /// Grows a topic to `count` partitions (blocking).
     pub fn add_partitions(
         &self,

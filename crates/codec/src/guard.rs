@@ -140,6 +140,9 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::DeleteRecords => 2,
         ApiKey::CreatePartitions => 2,
         ApiKey::DescribeConfigs => 4,
+        ApiKey::AlterConfigs => 2,
+        ApiKey::IncrementalAlterConfigs => 1,
+        ApiKey::DescribeCluster => 0,
         _ => i16::MAX,
     }
 }
@@ -355,6 +358,32 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             }
             if v >= 3 {
                 w.skip(1)?; // include_documentation
+            }
+        }
+        ApiKey::AlterConfigs | ApiKey::IncrementalAlterConfigs => {
+            let incremental = key == ApiKey::IncrementalAlterConfigs;
+            w.array(false, |w| {
+                w.skip(1)?; // resource_type
+                w.string()?;
+                w.array(false, |w| {
+                    w.string()?;
+                    if incremental {
+                        w.skip(1)?; // config_operation
+                    }
+                    w.nullable_string()?;
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+            w.skip(1)?; // validate_only
+        }
+        ApiKey::DescribeCluster => {
+            w.skip(1)?; // include_cluster_authorized_operations
+            if v >= 1 {
+                w.skip(1)?; // endpoint_type
+            }
+            if v >= 2 {
+                w.skip(1)?; // include_fenced_brokers
             }
         }
         _ => return Err(Malformed("no structural check for this API")),

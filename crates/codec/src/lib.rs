@@ -42,6 +42,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteRecords, 0, 2),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::DescribeCluster, 0, 1),
 ];
 
 /// The version range we support for `key`, if any.
@@ -508,6 +511,32 @@ mod tests {
                             describe_configs_request::DescribeConfigsResource::default(),
                         ];
                         RequestKind::DescribeConfigs(r)
+                    }
+                    ApiKey::AlterConfigs => {
+                        let mut r = AlterConfigsRequest::default();
+                        let mut res = alter_configs_request::AlterConfigsResource::default();
+                        res.resource_name = S::from_static_str("topic");
+                        let mut c = alter_configs_request::AlterableConfig::default();
+                        c.name = S::from_static_str("retention.ms");
+                        c.value = Some(S::from_static_str("1"));
+                        res.configs = vec![c.clone(), c];
+                        r.resources = vec![res];
+                        RequestKind::AlterConfigs(r)
+                    }
+                    ApiKey::IncrementalAlterConfigs => {
+                        let mut r = IncrementalAlterConfigsRequest::default();
+                        let mut res =
+                            incremental_alter_configs_request::AlterConfigsResource::default();
+                        res.resource_name = S::from_static_str("topic");
+                        let mut c = incremental_alter_configs_request::AlterableConfig::default();
+                        c.name = S::from_static_str("retention.ms");
+                        c.value = Some(S::from_static_str("1"));
+                        res.configs = vec![c.clone(), c];
+                        r.resources = vec![res];
+                        RequestKind::IncrementalAlterConfigs(r)
+                    }
+                    ApiKey::DescribeCluster => {
+                        RequestKind::DescribeCluster(DescribeClusterRequest::default())
                     }
                     ApiKey::FindCoordinator => {
                         let mut fc = FindCoordinatorRequest::default();
