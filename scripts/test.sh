@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh machine: installs what the tests need (Python clients in
+# .venv, kcat and file-system tools from apt), checks formatting and lints, builds once, runs
+# the Rust tests (log property/crash/power-cut tests, rdkafka integration tests) and the
+# Python client suites (confluent-kafka, kafka-python, kcat) against a real holdfast process.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+say() { printf '\n=== %s\n' "$*"; }
+
+say "setup: test dependencies"
+./scripts/setup-test-deps.sh
+
+say "cargo fmt --check"
+cargo fmt --all -- --check
+
+say "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+say "cargo build"
+cargo build --workspace --all-targets --quiet
+
+say "cargo test"
+cargo test --workspace --quiet 2>&1 | tee target/cargo-test.log
+# Surface skipped environment-dependent tests so a skip is never silent.
+grep -h "SKIPPED" target/cargo-test.log || true
+
+say "python client suites"
+./scripts/test-python.sh
