@@ -265,6 +265,9 @@ impl<'a> Cursor<'a> {
 /// One record of a batch, borrowed from the (decompressed) records buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RecordView<'a> {
+    /// The whole encoded record, length prefix included: copied verbatim when a batch is
+    /// rewritten (its deltas are relative to the batch, which keeps its base values).
+    pub raw: &'a [u8],
     pub attributes: i8,
     pub timestamp_delta: i64,
     pub offset_delta: i32,
@@ -356,10 +359,32 @@ fn snappy_decompress(body: &[u8]) -> Result<Vec<u8>, InvalidBatch> {
 
 /// Calls `f` for every record of a batch, checking the record structure, count and offset
 /// deltas as it goes.
-pub fn for_each_record<F>(h: &BatchHeader, batch: &[u8], mut f: F) -> Result<(), InvalidBatch>
+pub fn for_each_record<F>(h: &BatchHeader, batch: &[u8], f: F) -> Result<(), InvalidBatch>
 where
     F: FnMut(&RecordView<'_>) -> Result<(), InvalidBatch>,
 {
+    for_each_record_inner(h, batch, false, f)
+}
+
+/// Like [`for_each_record`] for stored batches, which compaction may have thinned: offset
+/// deltas must increase but may skip, and the count need not match the last offset delta.
+pub fn for_each_stored_record<F>(h: &BatchHeader, batch: &[u8], f: F) -> Result<(), InvalidBatch>
+where
+    F: FnMut(&RecordView<'_>) -> Result<(), InvalidBatch>,
+{
+    for_each_record_inner(h, batch, true, f)
+}
+
+fn for_each_record_inner<F>(
+    h: &BatchHeader,
+    batch: &[u8],
+    sparse_deltas: bool,
+    mut f: F,
+) -> Result<(), InvalidBatch>
+where
+    F: FnMut(&RecordView<'_>) -> Result<(), InvalidBatch>,
+{
+    let mut prev_delta = 0i32;
     if h.records_count < 0 || h.records_count > MAX_RECORDS_PER_BATCH {
         return Err(InvalidBatch::InvalidRecord(format!(
             "record count {}",
@@ -369,6 +394,7 @@ where
     let records = records_bytes(h, batch)?;
     let mut c = Cursor { b: &records, at: 0 };
     for expected_delta in 0..h.records_count {
+        let record_start = c.at;
         let len = c.varint("record length")?;
         if len < 0 {
             return Err(InvalidBatch::Corrupt(format!(
@@ -400,12 +426,20 @@ where
                 "record length does not match its fields".into(),
             ));
         }
-        if offset_delta != expected_delta {
+        if offset_delta != expected_delta && !sparse_deltas {
             return Err(InvalidBatch::InvalidRecord(format!(
                 "record offset delta {offset_delta}, expected {expected_delta}"
             )));
         }
+        if sparse_deltas && (offset_delta < prev_delta || offset_delta > h.last_offset_delta) {
+            return Err(InvalidBatch::Corrupt(format!(
+                "record offset delta {offset_delta} out of order"
+            )));
+        }
+        prev_delta = offset_delta.saturating_add(1);
+        let raw = &records[record_start..c.at];
         f(&RecordView {
+            raw,
             attributes,
             timestamp_delta,
             offset_delta,
@@ -417,7 +451,7 @@ where
     if c.at != records.len() {
         return Err(InvalidBatch::Corrupt("bytes after the last record".into()));
     }
-    if h.records_count > 0 && h.last_offset_delta != h.records_count - 1 {
+    if !sparse_deltas && h.records_count > 0 && h.last_offset_delta != h.records_count - 1 {
         return Err(InvalidBatch::InvalidRecord(format!(
             "last offset delta {} does not match {} records",
             h.last_offset_delta, h.records_count
@@ -528,6 +562,80 @@ pub fn set_max_timestamp(batch: &mut [u8], log_append_time: bool, max_timestamp:
         .copy_from_slice(&max_timestamp.to_be_bytes());
     let crc = compute_crc(batch);
     batch[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+}
+
+/// Compresses a records section with `codec` (the Java client's xerial framing for snappy).
+pub fn compress(codec: Compression, plain: &[u8]) -> Result<Vec<u8>, InvalidBatch> {
+    use std::io::Write;
+    let fail = |e: String| InvalidBatch::Corrupt(format!("recompression failed: {e}"));
+    Ok(match codec {
+        Compression::None => plain.to_vec(),
+        Compression::Gzip => {
+            let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            w.write_all(plain).map_err(|e| fail(e.to_string()))?;
+            w.finish().map_err(|e| fail(e.to_string()))?
+        }
+        Compression::Snappy => {
+            let mut out = XERIAL_MAGIC.to_vec();
+            out.extend_from_slice(&1i32.to_be_bytes());
+            out.extend_from_slice(&1i32.to_be_bytes());
+            let mut enc = snap::raw::Encoder::new();
+            for block in plain.chunks(32 * 1024) {
+                let c = enc.compress_vec(block).map_err(|e| fail(e.to_string()))?;
+                out.extend_from_slice(&(c.len() as u32).to_be_bytes());
+                out.extend_from_slice(&c);
+            }
+            out
+        }
+        Compression::Lz4 => {
+            let mut w = lz4_flex::frame::FrameEncoder::new(Vec::new());
+            w.write_all(plain).map_err(|e| fail(e.to_string()))?;
+            w.finish().map_err(|e| fail(e.to_string()))?
+        }
+        Compression::Zstd => zstd::encode_all(plain, 3).map_err(|e| fail(e.to_string()))?,
+    })
+}
+
+/// Rewrites a stored batch keeping only the records `keep` accepts (by absolute offset).
+/// Returns `Ok(None)` when no record is kept, the original bytes when all are, otherwise
+/// a new batch with the same base offset, last offset delta, epoch, producer fields and
+/// codec, the kept records copied verbatim, and a fresh CRC.
+pub fn retain_records<F>(
+    h: &BatchHeader,
+    batch: &[u8],
+    mut keep: F,
+) -> Result<Option<Vec<u8>>, InvalidBatch>
+where
+    F: FnMut(i64, &RecordView<'_>) -> bool,
+{
+    let mut kept = Vec::new();
+    let mut kept_count = 0i32;
+    let mut total = 0i32;
+    for_each_stored_record(h, batch, |r| {
+        total += 1;
+        if keep(h.base_offset + i64::from(r.offset_delta), r) {
+            kept.extend_from_slice(r.raw);
+            kept_count += 1;
+        }
+        Ok(())
+    })?;
+    if kept_count == 0 {
+        return Ok(None);
+    }
+    if kept_count == total {
+        return Ok(Some(batch[..h.total_size()].to_vec()));
+    }
+    let codec = h.compression().unwrap_or(Compression::None);
+    let body = compress(codec, &kept)?;
+    let mut out = Vec::with_capacity(HEADER_SIZE + body.len());
+    out.extend_from_slice(&batch[..HEADER_SIZE]);
+    out.extend_from_slice(&body);
+    let len = (out.len() - LOG_OVERHEAD) as i32;
+    out[LENGTH_OFFSET..LENGTH_OFFSET + 4].copy_from_slice(&len.to_be_bytes());
+    out[RECORDS_COUNT_OFFSET..RECORDS_COUNT_OFFSET + 4].copy_from_slice(&kept_count.to_be_bytes());
+    let crc = compute_crc(&out);
+    out[CRC_OFFSET..CRC_OFFSET + 4].copy_from_slice(&crc.to_be_bytes());
+    Ok(Some(out))
 }
 
 /// Builds an uncompressed v2 batch (used by tests, tools and the broker's own control records).

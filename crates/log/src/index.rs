@@ -9,7 +9,7 @@ use crate::error::{LogError, Result};
 
 const MAGIC: &[u8; 4] = b"HFIX";
 const VERSION: u8 = 1;
-const HEADER_SIZE: usize = 4 + 1 + 3 + 8 + 8 + 8 + 8 + 8 + 4 + 4;
+const HEADER_SIZE: usize = 4 + 1 + 3 + 8 + 8 + 8 + 8 + 8 + 8 + 4 + 4 + 4 + 4;
 const OFFSET_ENTRY_SIZE: usize = 8;
 const TIME_ENTRY_SIZE: usize = 12;
 
@@ -41,6 +41,11 @@ pub(crate) struct SegmentIndex {
     pub max_timestamp: i64,
     /// Base offset of the batch holding `max_timestamp`.
     pub max_timestamp_offset: i64,
+    /// Position and CRC of the last batch in the covered bytes: checked against the segment
+    /// on load, so an index left over from a segment since rewritten (compaction) or cut is
+    /// never trusted.
+    pub last_batch_position: u64,
+    pub last_batch_crc: u32,
 }
 
 impl SegmentIndex {
@@ -85,6 +90,9 @@ impl SegmentIndex {
         b.extend_from_slice(&self.next_offset.to_be_bytes());
         b.extend_from_slice(&self.max_timestamp.to_be_bytes());
         b.extend_from_slice(&self.max_timestamp_offset.to_be_bytes());
+        b.extend_from_slice(&self.last_batch_position.to_be_bytes());
+        b.extend_from_slice(&self.last_batch_crc.to_be_bytes());
+        b.extend_from_slice(&0u32.to_be_bytes());
         b.extend_from_slice(&(self.offsets.len() as u32).to_be_bytes());
         b.extend_from_slice(&(self.times.len() as u32).to_be_bytes());
         for e in &self.offsets {
@@ -118,8 +126,10 @@ impl SegmentIndex {
         let next_offset = i64_at(24);
         let max_timestamp = i64_at(32);
         let max_timestamp_offset = i64_at(40);
-        let n_off = u32_at(48) as usize;
-        let n_time = u32_at(52) as usize;
+        let last_batch_position = i64_at(48) as u64;
+        let last_batch_crc = u32_at(56);
+        let n_off = u32_at(64) as usize;
+        let n_time = u32_at(68) as usize;
         if covered_bytes > segment_len
             || body.len() != HEADER_SIZE + n_off * OFFSET_ENTRY_SIZE + n_time * TIME_ENTRY_SIZE
             || next_offset < base_offset
@@ -159,6 +169,8 @@ impl SegmentIndex {
             next_offset,
             max_timestamp,
             max_timestamp_offset,
+            last_batch_position,
+            last_batch_crc,
         })
     }
 
@@ -200,6 +212,8 @@ mod tests {
             next_offset: 112,
             max_timestamp: 77,
             max_timestamp_offset: 103,
+            last_batch_position: 8500,
+            last_batch_crc: 0xdead_beef,
         };
         let b = idx.encode(100);
         assert_eq!(SegmentIndex::decode(&b, 100, 9000), Some(idx.clone()));

@@ -10,6 +10,7 @@
 //! wire protocol beyond the record batch format. Time is always passed in (`now_ms`).
 
 pub mod batch;
+pub mod compaction;
 pub mod config;
 pub mod epoch;
 pub mod error;
@@ -21,6 +22,7 @@ pub mod producer;
 mod segment;
 pub mod testkit;
 
+pub use compaction::{CompactionOutput, CompactionPlan, CompactionReport};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use epoch::EpochEntry;
 pub use error::{InvalidBatch, LogError, ProducerError, Result};

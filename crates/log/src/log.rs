@@ -162,6 +162,9 @@ pub struct Log {
     last_flush_ms: i64,
     last_checkpoint_ms: i64,
     checkpointed_recovery_point: i64,
+    /// Closed segments below this offset have been compacted (memory only: after a
+    /// restart compaction starts over, which is idempotent).
+    cleaned_up_to: i64,
 }
 
 impl Log {
@@ -189,7 +192,8 @@ impl Log {
             let Some(name) = name.to_str() else { continue };
             if let Some(base) = segment::parse_file_name(name, segment::LOG_SUFFIX) {
                 bases.push(base);
-            } else if name.ends_with(".tmp") {
+            } else if name.ends_with(".tmp") || name.ends_with(".cleaned") {
+                // An interrupted atomic write or compaction: the original is still in place.
                 // An interrupted atomic write: the target still holds the previous version.
                 let _ = std::fs::remove_file(entry.path());
             }
@@ -330,6 +334,7 @@ impl Log {
             last_flush_ms: now_ms,
             last_checkpoint_ms: now_ms,
             checkpointed_recovery_point: log_end,
+            cleaned_up_to: log_start_offset,
         };
         // Everything that survived recovery is now fsynced: make it durable before serving.
         log.sync_all_segments()?;
@@ -759,6 +764,18 @@ impl Log {
         {
             self.roll()?;
         }
+        // max.compaction.lag.ms: a record may not stay uncompactable (in the active segment)
+        // for longer than this.
+        let seg = self.active();
+        if self.config.cleanup_policy.compact
+            && !seg.is_empty()
+            && seg
+                .first_append_ms
+                .is_some_and(|t| now_ms.saturating_sub(t) >= self.config.max_compaction_lag_ms)
+            && self.corruption.is_none()
+        {
+            self.roll()?;
+        }
         self.producers.expire(now_ms, PRODUCER_ID_EXPIRATION_MS);
         if now_ms.saturating_sub(self.last_checkpoint_ms) >= CHECKPOINT_INTERVAL_MS {
             self.checkpoint(now_ms)?;
@@ -890,7 +907,7 @@ impl Log {
             position: pos,
             reason: e.to_string(),
         };
-        batch::for_each_record(h, &b, |r| {
+        batch::for_each_stored_record(h, &b, |r| {
             let ts = if h.is_log_append_time() {
                 h.max_timestamp
             } else {
@@ -1066,7 +1083,7 @@ impl Log {
         } else if let Some((pos, h)) = seg.find(offset)? {
             let new_end = h.base_offset;
             seg.truncate_to_position(pos, new_end)?;
-            seg.recompute_max_timestamp()?;
+            seg.recompute_summary()?;
         } else {
             // Nothing at or after `offset` among the valid batches; bytes past them (a corrupt
             // batch left in place for the operator) go now.
@@ -1093,6 +1110,130 @@ impl Log {
             },
         )?;
         Ok(())
+    }
+
+    /// Bytes in closed segments not yet compacted (the cleaner's backlog), for compacted
+    /// topics; 0 otherwise.
+    pub fn compaction_dirty_bytes(&self) -> u64 {
+        if !self.config.cleanup_policy.compact {
+            return 0;
+        }
+        let active = self.active().base_offset;
+        self.segments
+            .range(self.cleaned_up_to..active)
+            .map(|(_, s)| s.size)
+            .sum()
+    }
+
+    pub fn compaction_cleaned_up_to(&self) -> i64 {
+        self.cleaned_up_to
+    }
+
+    /// The closed segments a compaction pass may clean now: from the log start up to the
+    /// first segment younger than `min.compaction.lag.ms`. `None` if not compacted or
+    /// nothing is new since the last pass.
+    pub fn compaction_plan(&self, now_ms: i64) -> Option<crate::compaction::CompactionPlan> {
+        if !self.config.cleanup_policy.compact || self.corruption.is_some() {
+            return None;
+        }
+        let active = self.active().base_offset;
+        let horizon = now_ms.saturating_sub(self.config.min_compaction_lag_ms);
+        let segments: Vec<_> = self
+            .segments
+            .range(..active)
+            .map(|(_, s)| s)
+            .take_while(|s| s.index.max_timestamp <= horizon)
+            .map(|s| crate::compaction::PlannedSegment {
+                base_offset: s.base_offset,
+                path: s.path.clone(),
+                file: Arc::clone(&s.file),
+                size: s.size,
+                max_timestamp: s.index.max_timestamp,
+            })
+            .collect();
+        let newest = segments.last().map(|s| s.base_offset)?;
+        if newest < self.cleaned_up_to {
+            // Every cleanable segment was cleaned by an earlier pass. (Tombstones that expire
+            // later are removed by the next pass that has a new segment to clean.)
+            return None;
+        }
+        Some(crate::compaction::CompactionPlan {
+            segments,
+            delete_horizon_ms: now_ms.saturating_sub(self.config.delete_retention_ms),
+            max_map_entries: crate::compaction::DEFAULT_MAX_MAP_ENTRIES,
+            io_bytes_per_sec: None,
+        })
+    }
+
+    /// Swaps cleaned segments in. A segment that changed since the plan was made (deleted by
+    /// retention, cut by truncation) is skipped and its cleaned file removed.
+    pub fn install_compaction(
+        &mut self,
+        out: crate::compaction::CompactionOutput,
+    ) -> Result<crate::compaction::CompactionReport> {
+        let mut report = crate::compaction::CompactionReport {
+            records_removed: out.records_removed,
+            tombstones_removed: out.tombstones_removed,
+            ..Default::default()
+        };
+        let active = self.active().base_offset;
+        let max_batch_bytes = (self
+            .config
+            .segment_bytes
+            .max(self.config.max_message_bytes as u64))
+        .max(1 << 20)
+            + (1 << 20);
+        let mut renamed = false;
+        for c in out.cleaned {
+            let current = self
+                .segments
+                .get(&c.base_offset)
+                .filter(|s| s.base_offset != active && s.size == c.original_size);
+            let Some(seg) = current else {
+                let _ = std::fs::remove_file(&c.cleaned_path);
+                continue;
+            };
+            let path = seg.path.clone();
+            let mut seg = self.segments.remove(&c.base_offset).expect("present");
+            seg.remove_index_file()?;
+            std::fs::rename(&c.cleaned_path, &path).map_err(|e| LogError::io(&path, e))?;
+            renamed = true;
+            let (new_seg, fault) =
+                Segment::open(path.clone(), c.base_offset, true, max_batch_bytes)?;
+            if let Some(f) = fault {
+                return Err(LogError::Corruption {
+                    path,
+                    offset: c.base_offset,
+                    position: f.position,
+                    reason: f.reason,
+                });
+            }
+            self.segments.insert(c.base_offset, new_seg);
+            report.segments_rewritten += 1;
+            report.bytes_before += c.original_size;
+            report.bytes_after += c.cleaned_size;
+        }
+        if renamed {
+            fsutil::sync_dir(&self.dir)?;
+        }
+        self.cleaned_up_to = self.cleaned_up_to.max(out.clean_end.min(active));
+        report.cleaned_up_to = self.cleaned_up_to;
+        Ok(report)
+    }
+
+    /// One whole compaction pass in the caller's thread (tests and tools; the broker runs
+    /// the plan outside the partition lock).
+    pub fn compact(&mut self, now_ms: i64) -> Result<crate::compaction::CompactionReport> {
+        match self.compaction_plan(now_ms) {
+            None => Ok(crate::compaction::CompactionReport {
+                cleaned_up_to: self.cleaned_up_to,
+                ..Default::default()
+            }),
+            Some(plan) => {
+                let out = plan.run()?;
+                self.install_compaction(out)
+            }
+        }
     }
 
     /// Clean close: fsync everything, write indexes, producer snapshot and a clean checkpoint.

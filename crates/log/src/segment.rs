@@ -106,7 +106,8 @@ impl Segment {
             .map_err(|e| LogError::io(&path, e))?;
         let len = file.metadata().map_err(|e| LogError::io(&path, e))?.len();
         let index_path = path.with_extension(INDEX_SUFFIX);
-        let loaded = SegmentIndex::load(&index_path, base_offset, len)?;
+        let loaded = SegmentIndex::load(&index_path, base_offset, len)?
+            .filter(|idx| Self::index_matches(&file, idx));
         let (index, start, persisted) = match loaded {
             // A validating scan starts from the beginning: the index says nothing about CRCs.
             Some(idx) if !validate => {
@@ -137,6 +138,26 @@ impl Segment {
         };
         let fault = seg.scan_from(start, len, validate, max_batch_bytes)?;
         Ok((seg, fault))
+    }
+
+    /// Whether the index's last batch is where and what the index says: an index written for
+    /// another version of this segment fails this check.
+    fn index_matches(file: &File, idx: &SegmentIndex) -> bool {
+        if idx.covered_bytes == 0 {
+            return true;
+        }
+        let mut hb = [0u8; HEADER_SIZE];
+        if file
+            .read_exact_at(&mut hb, idx.last_batch_position)
+            .is_err()
+        {
+            return false;
+        }
+        BatchHeader::parse(&hb).is_some_and(|h| {
+            h.crc == idx.last_batch_crc
+                && idx.last_batch_position + h.total_size() as u64 == idx.covered_bytes
+                && h.last_offset() + 1 == idx.next_offset
+        })
     }
 
     /// Scans batches from `pos` to `len`, extending the in-memory index.
@@ -261,6 +282,8 @@ impl Segment {
         }
         self.index.next_offset = h.last_offset() + 1;
         self.index.covered_bytes = pos + h.total_size() as u64;
+        self.index.last_batch_position = pos;
+        self.index.last_batch_crc = h.crc;
         self.index_persisted = false;
     }
 
@@ -353,21 +376,25 @@ impl Segment {
         Ok(())
     }
 
-    /// Recomputes max timestamp after a truncation (scan of headers).
-    pub(crate) fn recompute_max_timestamp(&mut self) -> Result<()> {
+    /// Recomputes max timestamp and last batch after a truncation (scan of headers).
+    pub(crate) fn recompute_summary(&mut self) -> Result<()> {
         let mut max = -1;
         let mut at = self.base_offset;
         let mut pos = 0;
+        let (mut last_pos, mut last_crc) = (0, 0);
         while pos < self.size {
             let h = self.header_at(pos)?;
             if h.max_timestamp > max {
                 max = h.max_timestamp;
                 at = h.base_offset;
             }
+            (last_pos, last_crc) = (pos, h.crc);
             pos += h.total_size() as u64;
         }
         self.index.max_timestamp = max;
         self.index.max_timestamp_offset = at;
+        self.index.last_batch_position = last_pos;
+        self.index.last_batch_crc = last_crc;
         Ok(())
     }
 }
