@@ -16,6 +16,8 @@ pub mod epoch;
 pub mod error;
 pub mod flush;
 mod fsutil;
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod log;
 pub mod producer;
