@@ -97,3 +97,41 @@ def test_offsets_for_times_and_end_offsets(broker):
         assert c.end_offsets([tp])[tp] == 4
     finally:
         c.close()
+
+
+def test_fetch_sessions_across_partitions_and_waves(broker):
+    """kafka-python uses incremental fetch sessions (KIP-227): partitions whose data did not
+    change are left out of responses, so a broker bug there shows up as stalled partitions."""
+    import time
+    from kafka.admin import KafkaAdminClient, NewTopic
+    topic = unique_topic("kp-sess")
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    admin.create_topics([NewTopic(topic, 3, 1)])
+    admin.close()
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    c = KafkaConsumer(bootstrap_servers=broker.bootstrap, enable_auto_commit=False, group_id=None,
+                      fetch_max_wait_ms=200)
+    tps = [TopicPartition(topic, i) for i in range(3)]
+    c.assign(tps)
+    c.seek_to_beginning()
+    expected = {i: [] for i in range(3)}
+    got = {i: [] for i in range(3)}
+    try:
+        for wave in range(6):
+            # Each wave writes to a different subset of partitions.
+            for i in range(3):
+                if (wave + i) % 2 == 0:
+                    for j in range(5):
+                        v = b"w%d-p%d-%d" % (wave, i, j)
+                        p.send(topic, value=v, partition=i)
+                        expected[i].append(v)
+            p.flush(30)
+            deadline = time.monotonic() + 20
+            while any(len(got[i]) < len(expected[i]) for i in range(3)):
+                assert time.monotonic() < deadline, (wave, {i: len(got[i]) for i in got})
+                for tp, msgs in c.poll(timeout_ms=200).items():
+                    got[tp.partition].extend(m.value for m in msgs)
+        assert got == expected
+    finally:
+        c.close()
+        p.close()

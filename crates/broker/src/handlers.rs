@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use kafka_protocol::messages::create_topics_response::CreatableTopicResult;
 use kafka_protocol::messages::delete_topics_response::DeletableTopicResult;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
 use kafka_protocol::messages::list_offsets_response::{
     ListOffsetsPartitionResponse, ListOffsetsTopicResponse,
 };
@@ -21,9 +20,9 @@ use kafka_protocol::messages::metadata_response::{
 use kafka_protocol::messages::produce_response::{PartitionProduceResponse, TopicProduceResponse};
 use kafka_protocol::messages::{
     ApiKey, BrokerId, CreateTopicsRequest, CreateTopicsResponse, DeleteTopicsRequest,
-    DeleteTopicsResponse, FetchRequest, FetchResponse, InitProducerIdRequest,
-    InitProducerIdResponse, ListOffsetsRequest, ListOffsetsResponse, MetadataRequest,
-    MetadataResponse, ProduceRequest, ProduceResponse, RequestKind, ResponseKind, TopicName,
+    DeleteTopicsResponse, InitProducerIdRequest, InitProducerIdResponse, ListOffsetsRequest,
+    ListOffsetsResponse, MetadataRequest, MetadataResponse, ProduceRequest, ProduceResponse,
+    RequestKind, ResponseKind, TopicName,
 };
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
@@ -49,7 +48,9 @@ fn tn(s: &str) -> TopicName {
 }
 
 /// Runs blocking work (file I/O) off the tokio workers.
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
     match tokio::task::spawn_blocking(f).await {
         Ok(v) => Some(v),
         Err(e) => {
@@ -347,126 +348,6 @@ impl Broker {
         Reply::Later(Box::pin(async move {
             Some(ResponseKind::Produce(produce_response(wait.await)))
         }))
-    }
-
-    // ---------------------------------------------------------------- Fetch
-
-    async fn fetch(self: Arc<Self>, req: FetchRequest, version: i16) -> Option<FetchResponse> {
-        if req.session_id != 0 {
-            let mut r = FetchResponse::default();
-            r.error_code = ec::FETCH_SESSION_ID_NOT_FOUND;
-            return Some(r);
-        }
-        let req = Arc::new(req);
-        let max_wait = Duration::from_millis(req.max_wait_ms.clamp(0, 300_000) as u64);
-        let deadline = tokio::time::Instant::now() + max_wait;
-        let mut rx = self.subscribe_data();
-        loop {
-            rx.borrow_and_update();
-            let b = Arc::clone(&self);
-            let r = Arc::clone(&req);
-            let (resp, bytes, errors) = blocking(move || b.fetch_once(&r, version)).await?;
-            let now = tokio::time::Instant::now();
-            if bytes >= req.min_bytes.max(0) as usize
-                || errors
-                || now >= deadline
-                || self.is_stopping()
-            {
-                return Some(resp);
-            }
-            if tokio::time::timeout_at(deadline, rx.changed())
-                .await
-                .is_err()
-            {
-                // Deadline: one last look, then answer whatever there is.
-                let b = Arc::clone(&self);
-                let r = Arc::clone(&req);
-                return blocking(move || b.fetch_once(&r, version))
-                    .await
-                    .map(|x| x.0);
-            }
-        }
-    }
-
-    /// One pass over the fetch request (blocking). Returns the response, the record bytes in
-    /// it and whether any partition has an error.
-    fn fetch_once(&self, req: &FetchRequest, version: i16) -> (FetchResponse, usize, bool) {
-        let mut resp = FetchResponse::default();
-        let mut total = 0usize;
-        let mut errors = false;
-        let max_bytes = if req.max_bytes > 0 {
-            req.max_bytes as usize
-        } else {
-            usize::MAX
-        };
-        for t in &req.topics {
-            let topic = if version >= 13 {
-                self.topic_by_id(t.topic_id)
-            } else {
-                self.topic(t.topic.0.as_str())
-            };
-            let mut tr = FetchableTopicResponse::default();
-            if version >= 13 {
-                tr.topic_id = t.topic_id;
-            } else {
-                tr.topic = t.topic.clone();
-            }
-            for fp in &t.partitions {
-                let mut pd = PartitionData::default();
-                pd.partition_index = fp.partition;
-                pd.aborted_transactions = if req.isolation_level == 1 {
-                    Some(Vec::new())
-                } else {
-                    None
-                };
-                pd.records = Some(Bytes::new());
-                let part = topic.as_ref().and_then(|t| {
-                    usize::try_from(fp.partition)
-                        .ok()
-                        .and_then(|i| t.partitions.get(i))
-                });
-                match part {
-                    None => {
-                        pd.error_code = if version >= 13 && topic.is_none() {
-                            ec::UNKNOWN_TOPIC_ID
-                        } else {
-                            ec::UNKNOWN_TOPIC_OR_PARTITION
-                        };
-                        pd.high_watermark = -1;
-                        errors = true;
-                    }
-                    Some(p) => {
-                        let budget = (fp.partition_max_bytes.max(0) as usize)
-                            .min(max_bytes.saturating_sub(total));
-                        match read_partition(
-                            p,
-                            fp.fetch_offset,
-                            fp.current_leader_epoch,
-                            budget,
-                            total == 0,
-                        ) {
-                            Ok((hw, start, data)) => {
-                                pd.high_watermark = hw;
-                                pd.last_stable_offset = hw;
-                                pd.log_start_offset = start;
-                                total += data.len();
-                                pd.records = Some(data);
-                            }
-                            Err((code, hw, start)) => {
-                                pd.error_code = code;
-                                pd.high_watermark = hw;
-                                pd.last_stable_offset = hw;
-                                pd.log_start_offset = start;
-                                errors = true;
-                            }
-                        }
-                    }
-                }
-                tr.partitions.push(pd);
-            }
-            resp.responses.push(tr);
-        }
-        (resp, total, errors)
     }
 
     // ---------------------------------------------------------------- ListOffsets
@@ -1183,7 +1064,7 @@ fn check_epoch(requested: i32, current: i32) -> Result<(), i16> {
 
 /// Reads a partition for a fetch (blocking): (high watermark, log start, records) or
 /// (error, high watermark, log start).
-fn read_partition(
+pub(crate) fn read_partition(
     p: &Partition,
     offset: i64,
     leader_epoch: i32,

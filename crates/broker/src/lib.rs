@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod errors;
+mod fetch;
 pub mod handlers;
 pub mod meta;
 pub mod server;

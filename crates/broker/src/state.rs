@@ -152,6 +152,7 @@ pub struct Broker {
     producer_ids: Mutex<(i64, i64)>,
     advertised: OnceLock<(String, i32)>,
     stopping: AtomicBool,
+    pub(crate) fetch_sessions: crate::fetch::FetchSessions,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -200,6 +201,7 @@ impl Broker {
             producer_ids: Mutex::new((0, 0)),
             advertised: OnceLock::new(),
             stopping: AtomicBool::new(false),
+            fetch_sessions: Default::default(),
         }))
     }
 
