@@ -46,6 +46,9 @@ pub(crate) struct SegmentIndex {
     /// never trusted.
     pub last_batch_position: u64,
     pub last_batch_crc: u32,
+    /// Memory only: `offsets` and `times` were dropped (closed segment); look them up in the
+    /// index file, which was written or validated when this was set.
+    pub entries_on_disk: bool,
 }
 
 impl SegmentIndex {
@@ -171,6 +174,7 @@ impl SegmentIndex {
             max_timestamp_offset,
             last_batch_position,
             last_batch_crc,
+            entries_on_disk: false,
         })
     }
 
@@ -184,6 +188,83 @@ impl SegmentIndex {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(LogError::io(path, e)),
         }
+    }
+}
+
+fn read_at(f: &std::fs::File, at: u64, buf: &mut [u8]) -> Option<()> {
+    use std::os::unix::fs::FileExt;
+    f.read_exact_at(buf, at).ok()
+}
+
+/// Entry counts from an index file's header.
+fn counts(f: &std::fs::File) -> Option<(u64, u64)> {
+    let mut h = [0u8; 8];
+    read_at(f, 64, &mut h)?;
+    let n_off = u64::from(u32::from_be_bytes(h[..4].try_into().ok()?));
+    let n_time = u64::from(u32::from_be_bytes(h[4..].try_into().ok()?));
+    Some((n_off, n_time))
+}
+
+/// [`SegmentIndex::floor_position`] by binary search in the file (O(log n) reads; the page
+/// cache keeps hot index pages, as Kafka's mmap does). `None` if the file is unreadable.
+pub(crate) fn floor_position_on_disk(path: &Path, relative_offset: u32) -> Option<(u32, u32)> {
+    let f = std::fs::File::open(path).ok()?;
+    let (n, _) = counts(&f)?;
+    let entry = |i: u64| -> Option<(u32, u32)> {
+        let mut b = [0u8; 8];
+        read_at(
+            &f,
+            HEADER_SIZE as u64 + i * OFFSET_ENTRY_SIZE as u64,
+            &mut b,
+        )?;
+        Some((
+            u32::from_be_bytes(b[..4].try_into().ok()?),
+            u32::from_be_bytes(b[4..].try_into().ok()?),
+        ))
+    };
+    // Find the number of entries with relative offset <= target.
+    let (mut lo, mut hi) = (0u64, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if entry(mid)?.0 <= relative_offset {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        Some((0, 0))
+    } else {
+        entry(lo - 1)
+    }
+}
+
+/// [`SegmentIndex::time_floor`] by binary search in the file.
+pub(crate) fn time_floor_on_disk(path: &Path, timestamp: i64) -> Option<u32> {
+    let f = std::fs::File::open(path).ok()?;
+    let (n_off, n) = counts(&f)?;
+    let base = HEADER_SIZE as u64 + n_off * OFFSET_ENTRY_SIZE as u64;
+    let entry = |i: u64| -> Option<(i64, u32)> {
+        let mut b = [0u8; 12];
+        read_at(&f, base + i * TIME_ENTRY_SIZE as u64, &mut b)?;
+        Some((
+            i64::from_be_bytes(b[..8].try_into().ok()?),
+            u32::from_be_bytes(b[8..].try_into().ok()?),
+        ))
+    };
+    let (mut lo, mut hi) = (0u64, n);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if entry(mid)?.0 < timestamp {
+            lo = mid + 1;
+        } else {
+            hi = mid;
+        }
+    }
+    if lo == 0 {
+        Some(0)
+    } else {
+        entry(lo - 1).map(|e| e.1)
     }
 }
 
@@ -214,6 +295,7 @@ mod tests {
             max_timestamp_offset: 103,
             last_batch_position: 8500,
             last_batch_crc: 0xdead_beef,
+            entries_on_disk: false,
         };
         let b = idx.encode(100);
         assert_eq!(SegmentIndex::decode(&b, 100, 9000), Some(idx.clone()));

@@ -18,6 +18,7 @@ pub mod flush;
 mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
+mod handles;
 mod index;
 mod log;
 pub mod producer;
@@ -29,4 +30,5 @@ pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use epoch::EpochEntry;
 pub use error::{InvalidBatch, LogError, ProducerError, Result};
 pub use flush::{DurableWait, DurableWatch, FlushStats, Flusher};
+pub use handles::{open_segment_handles, set_open_segment_limit};
 pub use log::{AppendOutcome, Corruption, Log, ReadSlice, RecoveryReport, RetentionReport};

@@ -254,7 +254,7 @@ impl Log {
             {
                 let offset = seg.next_offset();
                 let file_len = seg
-                    .file
+                    .file()?
                     .metadata()
                     .map_err(|e| LogError::io(&seg.path, e))?
                     .len();
@@ -299,6 +299,13 @@ impl Log {
             let start = checkpoint.map(|c| c.log_start_offset).unwrap_or(0).max(0);
             segments.insert(start, Segment::create(dir, start)?);
             fsutil::sync_dir(dir)?;
+        }
+        // Closed segments keep only a summary in memory; their entries stay in index files.
+        let last_base = segments.keys().next_back().copied();
+        for (base, seg) in segments.iter_mut() {
+            if Some(*base) != last_base {
+                seg.close_entries()?;
+            }
         }
         let first_base = segments.keys().next().copied().unwrap_or(0);
         let log_start_offset = checkpoint
@@ -354,9 +361,20 @@ impl Log {
         Ok((log, report))
     }
 
+    fn max_batch_bytes(&self) -> u64 {
+        (self
+            .config
+            .segment_bytes
+            .max(self.config.max_message_bytes as u64))
+        .max(1 << 20)
+            + (1 << 20)
+    }
+
     fn sync_all_segments(&self) -> Result<()> {
         for s in self.segments.values() {
-            s.file.sync_data().map_err(|e| LogError::io(&s.path, e))?;
+            s.file()?
+                .sync_data()
+                .map_err(|e| LogError::io(&s.path, e))?;
         }
         Ok(())
     }
@@ -509,15 +527,15 @@ impl Log {
             return Ok(());
         }
         {
+            // The old segment is fsynced before the new one exists, whatever the flush
+            // policy: a crash can then never leave a later segment on disk behind a lost
+            // tail (a gap).
             let old = self.active_mut();
-            old.persist_index()?;
+            old.active_file()
+                .sync_data()
+                .map_err(|e| LogError::io(&old.path, e))?;
+            old.close_entries()?;
         }
-        // The old segment is fsynced before the new one exists, whatever the flush policy: a
-        // crash can then never leave a later segment on disk behind a lost tail (a gap).
-        let old = self.active();
-        old.file
-            .sync_data()
-            .map_err(|e| LogError::io(&old.path, e))?;
         self.durable.advance(next);
         let seg = Segment::create(&self.dir, next)?;
         fsutil::sync_dir(&self.dir)?;
@@ -668,11 +686,11 @@ impl Log {
     }
 
     fn roll_at(&mut self, base: i64) -> Result<()> {
-        self.active_mut().persist_index()?;
-        let old = self.active();
-        old.file
+        let old = self.active_mut();
+        old.active_file()
             .sync_data()
             .map_err(|e| LogError::io(&old.path, e))?;
+        old.close_entries()?;
         self.durable.advance(self.log_end_offset());
         let seg = Segment::create(&self.dir, base)?;
         fsutil::sync_dir(&self.dir)?;
@@ -691,9 +709,10 @@ impl Log {
         let interval = self.config.index_interval_bytes;
         let seg = self.active_mut();
         let start = seg.size;
-        if let Err(e) = seg.file.write_all_at(records, start) {
+        let file = seg.active_file();
+        if let Err(e) = file.write_all_at(records, start) {
             let path = seg.path.clone();
-            if let Err(e2) = seg.file.set_len(start) {
+            if let Err(e2) = file.set_len(start) {
                 let why =
                     format!("write failed ({e}) and the partial write could not be removed ({e2})");
                 tracing::error!(segment = %path.display(), "{why}");
@@ -716,11 +735,8 @@ impl Log {
         let end = self.log_end_offset();
         match self.config.flush_policy {
             FlushPolicy::EveryAppend => {
-                self.flusher.request(
-                    Arc::clone(&self.active().file),
-                    Arc::clone(&self.durable),
-                    end,
-                );
+                self.flusher
+                    .request(self.active().active_file(), Arc::clone(&self.durable), end);
             }
             FlushPolicy::Interval { messages, .. } => {
                 self.unflushed_messages += records;
@@ -738,11 +754,8 @@ impl Log {
         self.unflushed_messages = 0;
         self.last_flush_ms = now_ms;
         if self.durable.durable_end() < end {
-            self.flusher.request(
-                Arc::clone(&self.active().file),
-                Arc::clone(&self.durable),
-                end,
-            );
+            self.flusher
+                .request(self.active().active_file(), Arc::clone(&self.durable), end);
         }
     }
 
@@ -856,7 +869,7 @@ impl Log {
                 pos += size;
             }
             return Ok(ReadSlice {
-                file: Some(Arc::clone(&seg.file)),
+                file: Some(seg.file()?),
                 position: start,
                 len: len as usize,
                 first_batch_offset: first.base_offset,
@@ -873,9 +886,8 @@ impl Log {
             {
                 continue;
             }
-            let rel = seg.index.time_floor(timestamp_ms);
-            let (_, start) = seg.index.floor_position(rel);
-            let mut pos = u64::from(start);
+            let rel = seg.time_floor(timestamp_ms);
+            let mut pos = seg.position_for(rel)?;
             while let Some((p, h)) = seg.scan_headers(pos, |h| {
                 h.max_timestamp >= timestamp_ms && h.last_offset() >= self.log_start_offset
             })? {
@@ -1075,7 +1087,9 @@ impl Log {
             std::fs::remove_file(p).map_err(|e| LogError::io(p, e))?;
             let _ = std::fs::remove_file(p.with_extension(segment::INDEX_SUFFIX));
         }
+        let max_batch_bytes = self.max_batch_bytes();
         let seg = self.active_mut();
+        seg.reopen_entries(max_batch_bytes)?;
         if seg.base_offset > offset {
             // Only one segment left and it starts after the target: empty it.
             let base = seg.base_offset;
@@ -1143,12 +1157,15 @@ impl Log {
             .range(..active)
             .map(|(_, s)| s)
             .take_while(|s| s.index.max_timestamp <= horizon)
-            .map(|s| crate::compaction::PlannedSegment {
-                base_offset: s.base_offset,
-                path: s.path.clone(),
-                file: Arc::clone(&s.file),
-                size: s.size,
-                max_timestamp: s.index.max_timestamp,
+            .map_while(|s| {
+                // A segment whose file cannot be opened ends the plan (kept a prefix).
+                Some(crate::compaction::PlannedSegment {
+                    base_offset: s.base_offset,
+                    path: s.path.clone(),
+                    file: s.file().ok()?,
+                    size: s.size,
+                    max_timestamp: s.index.max_timestamp,
+                })
             })
             .collect();
         let newest = segments.last().map(|s| s.base_offset)?;
@@ -1208,6 +1225,8 @@ impl Log {
                     reason: f.reason,
                 });
             }
+            let mut new_seg = new_seg;
+            new_seg.close_entries()?;
             self.segments.insert(c.base_offset, new_seg);
             report.segments_rewritten += 1;
             report.bytes_before += c.original_size;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::batch::{self, BatchHeader, HEADER_SIZE};
 use crate::error::{LogError, Result};
+use crate::handles::FileHandle;
 use crate::index::{OffsetEntry, SegmentIndex, TimeEntry};
 
 pub(crate) const LOG_SUFFIX: &str = "log";
@@ -30,7 +31,7 @@ pub(crate) fn parse_file_name(name: &str, suffix: &str) -> Option<i64> {
 pub(crate) struct Segment {
     pub base_offset: i64,
     pub path: PathBuf,
-    pub file: Arc<File>,
+    handle: FileHandle,
     /// Bytes of valid batches; the file is never longer after open or truncation.
     pub size: u64,
     pub index: SegmentIndex,
@@ -55,6 +56,99 @@ impl Segment {
         self.path.with_extension(INDEX_SUFFIX)
     }
 
+    /// The segment's open file (reopened on demand for closed segments).
+    pub(crate) fn file(&self) -> Result<Arc<File>> {
+        self.handle.get()
+    }
+
+    /// The file of the active segment, which is always open.
+    pub(crate) fn active_file(&self) -> Arc<File> {
+        Arc::clone(
+            self.handle
+                .pinned_file()
+                .expect("the active segment's file is pinned open"),
+        )
+    }
+
+    /// The segment is closed: write its index file and keep only the summary in memory;
+    /// lookups then binary-search the index file, and the file handle may be evicted.
+    pub(crate) fn close_entries(&mut self) -> Result<()> {
+        self.persist_index()?;
+        self.index.offsets = Vec::new();
+        self.index.times = Vec::new();
+        self.index.entries_on_disk = true;
+        self.handle.unpin();
+        Ok(())
+    }
+
+    /// The segment becomes active again (after a truncation): entries back in memory.
+    pub(crate) fn reopen_entries(&mut self, max_batch_bytes: u64) -> Result<()> {
+        self.handle.pin()?;
+        if !self.index.entries_on_disk {
+            return Ok(());
+        }
+        let file = self.file()?;
+        let loaded = SegmentIndex::load(&self.index_path(), self.base_offset, self.size)?
+            .filter(|idx| idx.covered_bytes == self.size && Self::index_matches(&file, idx));
+        match loaded {
+            Some(idx) => {
+                self.index = idx;
+                self.index_persisted = true;
+            }
+            None => {
+                let size = self.size;
+                self.index = SegmentIndex {
+                    next_offset: self.base_offset,
+                    max_timestamp: -1,
+                    max_timestamp_offset: self.base_offset,
+                    ..Default::default()
+                };
+                self.size = 0;
+                if let Some(f) = self.scan_from(0, size, false, max_batch_bytes)? {
+                    return Err(LogError::Corruption {
+                        path: self.path.clone(),
+                        offset: self.index.next_offset,
+                        position: f.position,
+                        reason: f.reason,
+                    });
+                }
+            }
+        }
+        self.bytes_since_index_entry = 0;
+        Ok(())
+    }
+
+    /// Where to start scanning for `relative_offset`: (relative offset, position).
+    fn floor_position(&self, relative_offset: u32) -> Result<(u32, u32)> {
+        if !self.index.entries_on_disk {
+            return Ok(self.index.floor_position(relative_offset));
+        }
+        let found = crate::index::floor_position_on_disk(&self.index_path(), relative_offset);
+        if let Some((rel, pos)) = found {
+            // Trust but verify: the entry must point at the batch it names.
+            if self
+                .header_at(u64::from(pos))
+                .is_ok_and(|h| h.base_offset == self.base_offset + i64::from(rel))
+            {
+                return Ok((rel, pos));
+            }
+        }
+        Ok((0, 0))
+    }
+
+    /// Relative offset from which to scan for the first batch with max timestamp >= `ts`.
+    pub(crate) fn time_floor(&self, timestamp: i64) -> u32 {
+        if !self.index.entries_on_disk {
+            return self.index.time_floor(timestamp);
+        }
+        crate::index::time_floor_on_disk(&self.index_path(), timestamp).unwrap_or(0)
+    }
+
+    /// Position from which to scan for the batch with relative offset >= `rel`.
+    pub(crate) fn position_for(&self, relative_offset: u32) -> Result<u64> {
+        Ok(u64::from(self.floor_position(relative_offset)?.1))
+    }
+
     pub(crate) fn next_offset(&self) -> i64 {
         self.index.next_offset
     }
@@ -74,8 +168,8 @@ impl Segment {
             .map_err(|e| LogError::io(&path, e))?;
         Ok(Segment {
             base_offset,
+            handle: FileHandle::pinned(&path, file),
             path,
-            file: Arc::new(file),
             size: 0,
             index: SegmentIndex {
                 next_offset: base_offset,
@@ -128,8 +222,8 @@ impl Segment {
         };
         let mut seg = Segment {
             base_offset,
+            handle: FileHandle::pinned(&path, file),
             path,
-            file: Arc::new(file),
             size: start,
             index,
             index_persisted: persisted,
@@ -184,7 +278,7 @@ impl Segment {
                 )));
             }
             let mut hb = [0u8; HEADER_SIZE];
-            self.file
+            self.file()?
                 .read_exact_at(&mut hb, pos)
                 .map_err(|e| LogError::io(&self.path, e))?;
             let Some(h) = BatchHeader::parse(&hb) else {
@@ -209,7 +303,7 @@ impl Segment {
             }
             if validate {
                 buf.resize(total as usize, 0);
-                self.file
+                self.file()?
                     .read_exact_at(&mut buf, pos)
                     .map_err(|e| LogError::io(&self.path, e))?;
                 if let Err(e) = batch::check_frame(&buf) {
@@ -228,7 +322,8 @@ impl Segment {
     /// Whether a whole, CRC-valid batch starts at `pos`.
     fn valid_batch_at(&self, pos: u64, len: u64, max_batch_bytes: u64) -> bool {
         let mut hb = [0u8; HEADER_SIZE];
-        if pos + HEADER_SIZE as u64 > len || self.file.read_exact_at(&mut hb, pos).is_err() {
+        let Ok(file) = self.file() else { return false };
+        if pos + HEADER_SIZE as u64 > len || file.read_exact_at(&mut hb, pos).is_err() {
             return false;
         }
         let Some(h) = BatchHeader::parse(&hb) else {
@@ -243,7 +338,7 @@ impl Segment {
             return false;
         }
         let mut buf = vec![0u8; total as usize];
-        self.file.read_exact_at(&mut buf, pos).is_ok() && batch::check_frame(&buf).is_ok()
+        file.read_exact_at(&mut buf, pos).is_ok() && batch::check_frame(&buf).is_ok()
     }
 
     /// Updates the in-memory index for a batch written (or found) at `pos`.
@@ -311,7 +406,7 @@ impl Segment {
     /// Reads the batch header at `pos`.
     pub(crate) fn header_at(&self, pos: u64) -> Result<BatchHeader> {
         let mut hb = [0u8; HEADER_SIZE];
-        self.file
+        self.file()?
             .read_exact_at(&mut hb, pos)
             .map_err(|e| LogError::io(&self.path, e))?;
         BatchHeader::parse(&hb).ok_or_else(|| LogError::Corruption {
@@ -326,7 +421,7 @@ impl Segment {
     /// the index entry at or before it. `None` when the segment has no such batch.
     pub(crate) fn find(&self, offset: i64) -> Result<Option<(u64, BatchHeader)>> {
         let rel = (offset.max(self.base_offset) - self.base_offset).min(i64::from(u32::MAX)) as u32;
-        let (_, start) = self.index.floor_position(rel);
+        let (_, start) = self.floor_position(rel)?;
         self.scan_headers(u64::from(start), |h| h.last_offset() >= offset)
     }
 
@@ -353,19 +448,24 @@ impl Segment {
     /// Reads the whole batch at `pos`.
     pub(crate) fn read_batch(&self, pos: u64, h: &BatchHeader) -> Result<Vec<u8>> {
         let mut b = vec![0u8; h.total_size()];
-        self.file
+        self.file()?
             .read_exact_at(&mut b, pos)
             .map_err(|e| LogError::io(&self.path, e))?;
         Ok(b)
     }
 
-    /// Cuts the segment (file and index) to `position` bytes and fsyncs it.
+    /// Cuts the segment (file and index) to `position` bytes and fsyncs it. The segment must
+    /// be active (entries in memory).
     pub(crate) fn truncate_to_position(&mut self, position: u64, next_offset: i64) -> Result<()> {
+        assert!(
+            !self.index.entries_on_disk,
+            "only the active segment is truncated"
+        );
         self.remove_index_file()?;
-        self.file
+        self.file()?
             .set_len(position)
             .map_err(|e| LogError::io(&self.path, e))?;
-        self.file
+        self.file()?
             .sync_all()
             .map_err(|e| LogError::io(&self.path, e))?;
         self.size = position;

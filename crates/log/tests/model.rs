@@ -268,6 +268,8 @@ fn tempdir(seed: u64) -> std::path::PathBuf {
 
 #[test]
 fn random_operations_match_the_model() {
+    // A tiny handle cache so that evictions and reopens happen all the time.
+    holdfast_log::set_open_segment_limit(3);
     let seeds: u64 = std::env::var("HOLDFAST_MODEL_SEEDS")
         .ok()
         .and_then(|v| v.parse().ok())
