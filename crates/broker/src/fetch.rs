@@ -140,7 +140,11 @@ impl FetchSessions {
                     parts,
                     last_used: Instant::now(),
                 });
-                tracing::debug!(session = id, partitions = targets.len(), "fetch session created");
+                tracing::debug!(
+                    session = id,
+                    partitions = targets.len(),
+                    "fetch session created"
+                );
                 return id;
             }
         }

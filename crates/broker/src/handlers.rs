@@ -254,7 +254,7 @@ impl Broker {
                 let mut mp = MetadataResponsePartition::default();
                 mp.partition_index = p.index;
                 mp.leader_id = BrokerId(self.config.node_id);
-                mp.leader_epoch = p.lock().leader_epoch;
+                mp.leader_epoch = p.leader_epoch();
                 mp.replica_nodes = vec![BrokerId(self.config.node_id)];
                 mp.isr_nodes = vec![BrokerId(self.config.node_id)];
                 mp

@@ -64,6 +64,8 @@ pub struct Partition {
     waits_fsync: AtomicBool,
     /// High watermark floor: the HW never moves back.
     hw: AtomicI64,
+    /// Copy of `PartitionState::leader_epoch` for readers that must not take the lock.
+    epoch_copy: std::sync::atomic::AtomicI32,
 }
 
 impl Partition {
@@ -76,6 +78,7 @@ impl Partition {
             log_start: AtomicI64::new(0),
             waits_fsync: AtomicBool::new(log.config().flush_policy.ack_waits_for_fsync()),
             hw: AtomicI64::new(0),
+            epoch_copy: std::sync::atomic::AtomicI32::new(0),
             state: Mutex::new(PartitionState {
                 log: None,
                 leader_epoch: 0,
@@ -105,6 +108,11 @@ impl Partition {
             log.config().flush_policy.ack_waits_for_fsync(),
             Ordering::SeqCst,
         );
+    }
+
+    /// The leader epoch, without taking the partition lock (Metadata).
+    pub fn leader_epoch(&self) -> i32 {
+        self.epoch_copy.load(Ordering::SeqCst)
     }
 
     pub fn log_end_offset(&self) -> i64 {

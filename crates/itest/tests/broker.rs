@@ -344,3 +344,46 @@ async fn pipelined_requests_are_answered_in_order() -> Result<()> {
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_values_zero_one_all_and_invalid() -> Result<()> {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let b = Broker::start()?;
+    for acks in ["0", "1", "all"] {
+        let p: FutureProducer = ClientConfig::new()
+            .set("bootstrap.servers", &b.addr)
+            .set("acks", acks)
+            .set("enable.idempotence", "false")
+            .create()?;
+        let r = p
+            .send(
+                FutureRecord::to("acks").partition(0).key("k").payload(acks),
+                Duration::from_secs(30),
+            )
+            .await;
+        assert!(r.is_ok(), "acks={acks}: {r:?}");
+    }
+    let p: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &b.addr)
+        .set("acks", "2")
+        .set("enable.idempotence", "false")
+        .set("retries", "0")
+        .create()?;
+    let r = p
+        .send(
+            FutureRecord::to("acks")
+                .partition(0)
+                .key("k")
+                .payload("two"),
+            Duration::from_secs(30),
+        )
+        .await;
+    match r {
+        Err((KafkaError::MessageProduction(RDKafkaErrorCode::InvalidRequiredAcks), _)) => {}
+        other => bail!("acks=2: expected INVALID_REQUIRED_ACKS, got {other:?}"),
+    }
+    let got = consume(&b, "acks", 3)?;
+    let values: Vec<Vec<u8>> = got.into_iter().filter_map(|m| m.2).collect();
+    assert_eq!(values, vec![b"0".to_vec(), b"1".to_vec(), b"all".to_vec()]);
+    Ok(())
+}
