@@ -54,10 +54,12 @@ class Broker:
                     del self.stderr_lines[:1000]
 
         threading.Thread(target=pump_stdout, daemon=True).start()
-        threading.Thread(target=pump_stderr, daemon=True).start()
+        err_thread = threading.Thread(target=pump_stderr, daemon=True)
+        err_thread.start()
         deadline = time.monotonic() + timeout
         while not ready.wait(0.05):
             if self.proc.poll() is not None:
+                err_thread.join(5)  # the pipe reaches EOF once the process is gone
                 raise RuntimeError("holdfast exited with %s:\n%s" % (self.proc.returncode, "".join(self.stderr_lines[-50:])))
             if time.monotonic() > deadline:
                 self.kill()

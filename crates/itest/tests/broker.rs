@@ -24,6 +24,10 @@ struct Broker {
 
 impl Broker {
     fn start() -> Result<Broker> {
+        Broker::start_with(&[])
+    }
+
+    fn start_with(extra: &[&str]) -> Result<Broker> {
         let bin = match std::env::var_os("HOLDFAST_BIN") {
             Some(b) => PathBuf::from(b),
             None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/holdfast"),
@@ -45,6 +49,7 @@ impl Broker {
             .args(["serve", "--data-dir"])
             .arg(&dir)
             .args(["--listen", &addr])
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -385,5 +390,35 @@ async fn acks_values_zero_one_all_and_invalid() -> Result<()> {
     let got = consume(&b, "acks", 3)?;
     let values: Vec<Vec<u8>> = got.into_iter().filter_map(|m| m.2).collect();
     assert_eq!(values, vec![b"0".to_vec(), b"1".to_vec(), b"all".to_vec()]);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_connections_refuses_extra_connections_and_frees_slots() -> Result<()> {
+    let b = Broker::start_with(&["--set", "max.connections=2"])?;
+    let mut first = connect(&b)?;
+    first.write_all(&api_versions_frame(0, 1))?;
+    assert_eq!(read_response(&mut first)?, (1, 0));
+    let mut second = connect(&b)?;
+    second.write_all(&api_versions_frame(0, 2))?;
+    assert_eq!(read_response(&mut second)?, (2, 0));
+    // The third is accepted by the kernel and closed by the broker.
+    let third = connect(&b)?;
+    expect_closed(third, "third connection")?;
+    // Closing one frees its slot (the broker notices the close asynchronously: poll).
+    drop(first);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut s = connect(&b)?;
+        s.write_all(&api_versions_frame(0, 3))?;
+        match read_response(&mut s) {
+            Ok(r) => {
+                assert_eq!(r, (3, 0));
+                break;
+            }
+            Err(_) if Instant::now() < deadline => continue,
+            Err(e) => return Err(e.context("slot never freed")),
+        }
+    }
     Ok(())
 }
