@@ -135,3 +135,26 @@ def test_fetch_sessions_across_partitions_and_waves(broker):
     finally:
         c.close()
         p.close()
+
+
+def test_describe_log_dirs(broker):
+    from kafka.admin import KafkaAdminClient
+    topic = unique_topic("kp-ld")
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap)
+    for i in range(20):
+        p.send(topic, value=b"x" * 100)
+    p.flush(30)
+    p.close()
+    admin = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        out = admin.describe_log_dirs(topic_partitions={topic: [0]})
+    finally:
+        admin.close()
+    (broker_entry,) = out
+    assert broker_entry["broker"] == 1
+    (log_dir,) = broker_entry["log_dirs"]
+    assert log_dir["error_code"] == 0 and log_dir["log_dir"] == broker.data_dir
+    (t,) = log_dir["topics"]
+    assert t["name"] == topic
+    (part,) = t["partitions"]
+    assert part["partition_index"] == 0 and part["partition_size"] >= 20 * 100

@@ -142,6 +142,14 @@ impl Broker {
                         .map(ResponseKind::IncrementalAlterConfigs),
                 )
             }
+            RequestKind::DescribeLogDirs(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.describe_log_dirs(r))
+                        .await
+                        .map(ResponseKind::DescribeLogDirs),
+                )
+            }
             RequestKind::DescribeCluster(_) => {
                 Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
             }
@@ -823,6 +831,51 @@ impl Broker {
             }
             resp.responses.push(r);
         }
+        resp
+    }
+
+    /// One log dir (the data dir); partition sizes from the logs. Total and usable bytes stay
+    /// -1 ("unknown") for now.
+    fn describe_log_dirs(
+        &self,
+        req: kafka_protocol::messages::DescribeLogDirsRequest,
+    ) -> kafka_protocol::messages::DescribeLogDirsResponse {
+        use kafka_protocol::messages::describe_log_dirs_response::{
+            DescribeLogDirsPartition, DescribeLogDirsResult, DescribeLogDirsTopic,
+        };
+        let wanted: Option<BTreeMap<String, Vec<i32>>> = req.topics.map(|ts| {
+            ts.into_iter()
+                .map(|t| (t.topic.0.as_str().to_string(), t.partitions))
+                .collect()
+        });
+        let mut dir = DescribeLogDirsResult::default();
+        dir.log_dir = sb(&self.config.data_dir.display().to_string());
+        for t in self.all_topics() {
+            let parts: Vec<i32> = match &wanted {
+                None => (0..t.meta.partitions).collect(),
+                Some(w) => match w.get(&t.meta.name) {
+                    Some(p) => p.clone(),
+                    None => continue,
+                },
+            };
+            let mut dt = DescribeLogDirsTopic::default();
+            dt.name = tn(&t.meta.name);
+            for idx in parts {
+                let Some(p) = usize::try_from(idx).ok().and_then(|i| t.partitions.get(i)) else {
+                    continue;
+                };
+                let size = p.lock().log.as_ref().map(|l| l.size_bytes());
+                if let Some(size) = size {
+                    let mut dp = DescribeLogDirsPartition::default();
+                    dp.partition_index = idx;
+                    dp.partition_size = i64::try_from(size).unwrap_or(i64::MAX);
+                    dt.partitions.push(dp);
+                }
+            }
+            dir.topics.push(dt);
+        }
+        let mut resp = kafka_protocol::messages::DescribeLogDirsResponse::default();
+        resp.results = vec![dir];
         resp
     }
 

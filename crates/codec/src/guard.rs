@@ -143,6 +143,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::AlterConfigs => 2,
         ApiKey::IncrementalAlterConfigs => 1,
         ApiKey::DescribeCluster => 0,
+        ApiKey::DescribeLogDirs => 2,
         _ => i16::MAX,
     }
 }
@@ -376,6 +377,13 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                 w.tagged_fields()
             })?;
             w.skip(1)?; // validate_only
+        }
+        ApiKey::DescribeLogDirs => {
+            w.array(true, |w| {
+                w.string()?;
+                w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
         }
         ApiKey::DescribeCluster => {
             w.skip(1)?; // include_cluster_authorized_operations

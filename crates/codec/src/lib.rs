@@ -45,6 +45,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
+    (ApiKey::DescribeLogDirs, 1, 4),
 ];
 
 /// The version range we support for `key`, if any.
@@ -534,6 +535,14 @@ mod tests {
                         res.configs = vec![c.clone(), c];
                         r.resources = vec![res];
                         RequestKind::IncrementalAlterConfigs(r)
+                    }
+                    ApiKey::DescribeLogDirs => {
+                        let mut r = DescribeLogDirsRequest::default();
+                        let mut t = describe_log_dirs_request::DescribableLogDirTopic::default();
+                        t.topic = name();
+                        t.partitions = vec![0, 1];
+                        r.topics = Some(vec![t.clone(), t]);
+                        RequestKind::DescribeLogDirs(r)
                     }
                     ApiKey::DescribeCluster => {
                         RequestKind::DescribeCluster(DescribeClusterRequest::default())
