@@ -305,6 +305,9 @@ pub struct BrokerConfig {
     pub socket_request_max_bytes: usize,
     /// `max.connections`
     pub max_connections: usize,
+    /// `queued.max.request.bytes`: request bytes read but not yet answered, broker-wide;
+    /// `None` (-1) is unbounded.
+    pub queued_max_request_bytes: Option<usize>,
     /// `holdfast.max.inflight.requests.per.connection`: pipelined requests read ahead.
     pub max_inflight_per_connection: usize,
     /// `log.retention.check.interval.ms`
@@ -326,6 +329,7 @@ impl BrokerConfig {
             auto_create_topics: true,
             socket_request_max_bytes: holdfast_codec::DEFAULT_MAX_REQUEST_BYTES,
             max_connections: 1024,
+            queued_max_request_bytes: Some(512 * 1024 * 1024),
             max_inflight_per_connection: 16,
             retention_check_interval_ms: 300_000,
             log_default_overrides: BTreeMap::new(),
@@ -346,6 +350,10 @@ impl BrokerConfig {
                     parse_i64(key, value, 64)?.min(i32::MAX as i64) as usize
             }
             "max.connections" => self.max_connections = parse_i64(key, value, 1)? as usize,
+            "queued.max.request.bytes" => {
+                let n = parse_i64(key, value, -1)?;
+                self.queued_max_request_bytes = if n < 0 { None } else { Some(n.max(1) as usize) };
+            }
             "holdfast.max.inflight.requests.per.connection" => {
                 self.max_inflight_per_connection = parse_i64(key, value, 1)?.min(1024) as usize
             }

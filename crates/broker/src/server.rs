@@ -13,7 +13,7 @@ use holdfast_codec::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
 use crate::handlers::Reply;
@@ -25,11 +25,20 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// A response slot: `Ok(None)` sends nothing (acks=0), `Err` closes the connection.
 type Slot = oneshot::Receiver<Result<Option<BytesMut>, ()>>;
 
+/// A pending response and the share of `queued.max.request.bytes` its request holds until
+/// the response is written.
+type InFlight = (Option<OwnedSemaphorePermit>, Slot);
+
 /// Serves until `shutdown` resolves, then drains connections. Does not close the logs:
 /// call [`Broker::shutdown`] afterwards.
 pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let permits = Arc::new(Semaphore::new(broker.config.max_connections));
+    // Request bytes read but not yet answered, across all connections.
+    let request_bytes = broker
+        .config
+        .queued_max_request_bytes
+        .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
     let mut conns = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(Arc::clone(&broker), stop_rx.clone()));
     tokio::pin!(shutdown);
@@ -52,8 +61,9 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
                 };
                 let b = Arc::clone(&broker);
                 let stop = stop_rx.clone();
+                let budget = request_bytes.clone();
                 conns.spawn(async move {
-                    connection(b, stream, peer, stop).await;
+                    connection(b, stream, peer, stop, budget).await;
                     drop(permit);
                 });
             }
@@ -104,16 +114,32 @@ async fn connection(
     stream: TcpStream,
     peer: SocketAddr,
     mut stop: watch::Receiver<bool>,
+    budget: Option<Arc<Semaphore>>,
 ) {
     let _ = stream.set_nodelay(true);
     tracing::debug!(%peer, "connection opened");
     let (mut rd, wr) = stream.into_split();
-    let (tx, rx) = mpsc::channel::<Slot>(broker.config.max_inflight_per_connection.max(1));
+    let (tx, rx) = mpsc::channel::<InFlight>(broker.config.max_inflight_per_connection.max(1));
     let writer = tokio::spawn(write_loop(wr, rx, peer));
     let decoder = FrameDecoder::new(broker.config.socket_request_max_bytes);
     let mut buf = BytesMut::with_capacity(16 * 1024);
     'conn: loop {
+        let mut held: Option<OwnedSemaphorePermit> = None;
         let frame = loop {
+            // Reserve the frame's bytes from the broker-wide budget before reading its body
+            // (Kafka's queued.max.request.bytes): when the budget is spent, stop reading.
+            if held.is_none() {
+                if let (Some(sem), Ok(Some(len))) = (&budget, decoder.peek_len(&buf)) {
+                    let want = len.clamp(1, sem_capacity(&broker)) as u32;
+                    tokio::select! {
+                        p = Arc::clone(sem).acquire_many_owned(want) => match p {
+                            Ok(p) => held = Some(p),
+                            Err(_) => break 'conn,
+                        },
+                        _ = stop.changed() => break 'conn,
+                    }
+                }
+            }
             match decoder.decode(&mut buf) {
                 Ok(Some(f)) => break f,
                 Ok(None) => {}
@@ -182,7 +208,7 @@ async fn connection(
             }
         }
         // Bounded: with max in-flight responses pending, stop reading until one is written.
-        if tx.send(orx).await.is_err() {
+        if tx.send((held, orx)).await.is_err() {
             break;
         }
     }
@@ -191,8 +217,18 @@ async fn connection(
     tracing::debug!(%peer, "connection closed");
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Slot>, peer: SocketAddr) {
-    while let Some(slot) = rx.recv().await {
+/// The most bytes one request may reserve: the whole budget (a frame larger than the budget
+/// but within socket.request.max.bytes waits for everything else to drain).
+fn sem_capacity(broker: &Broker) -> usize {
+    broker
+        .config
+        .queued_max_request_bytes
+        .unwrap_or(usize::MAX)
+        .clamp(1, u32::MAX as usize)
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<InFlight>, peer: SocketAddr) {
+    while let Some((_held, slot)) = rx.recv().await {
         match slot.await {
             Ok(Ok(Some(bytes))) => {
                 if let Err(e) = wr.write_all(&bytes).await {

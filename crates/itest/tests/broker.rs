@@ -422,3 +422,30 @@ async fn max_connections_refuses_extra_connections_and_frees_slots() -> Result<(
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_request_bytes_budget_stops_reading_until_freed() -> Result<()> {
+    let b = Broker::start_with(&["--set", "queued.max.request.bytes=1000"])?;
+    // A announces a 995-byte request and sends only part of it: it holds 995 of the 1000.
+    let mut hog = connect(&b)?;
+    hog.write_all(&995i32.to_be_bytes())?;
+    hog.write_all(&[0u8; 10])?;
+    // A complete 14-byte ApiVersions on another connection cannot get its bytes reserved...
+    let mut waiting = connect(&b)?;
+    waiting.set_read_timeout(Some(Duration::from_millis(500)))?;
+    waiting.write_all(&api_versions_frame(0, 5))?;
+    let mut one = [0u8; 1];
+    match waiting.read(&mut one) {
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) => {}
+        other => bail!("expected no answer while the budget is spent, got {other:?}"),
+    }
+    // ...until the hog goes away and its reservation is released.
+    drop(hog);
+    waiting.set_read_timeout(Some(Duration::from_secs(10)))?;
+    assert_eq!(read_response(&mut waiting)?, (5, 0));
+    Ok(())
+}
