@@ -2,6 +2,7 @@
 //!
 //! The binary is `target/debug/holdfast` (or `$HOLDFAST_BIN`); build it first:
 //! `cargo build -p holdfast && cargo test -p holdfast-itest --test broker`.
+//! `HOLDFAST_ITEST_LOG=inherit` shows the brokers' logs.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -20,6 +21,8 @@ struct Broker {
     child: Child,
     addr: String,
     dir: PathBuf,
+    /// The broker's stderr (its log); printed when the test fails.
+    log: PathBuf,
 }
 
 impl Broker {
@@ -45,13 +48,27 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("holdfast-itest-{}-{port}", std::process::id()));
         let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!(
+            "holdfast-itest-{}-{port}.stderr",
+            std::process::id()
+        ));
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(&bin)
             .args(["serve", "--data-dir"])
             .arg(&dir)
             .args(["--listen", &addr])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // HOLDFAST_ITEST_LOG=inherit shows the broker's log live; otherwise it goes to a
+            // file whose tail is printed if the test panics.
+            .stderr(
+                if std::env::var_os("HOLDFAST_ITEST_LOG").is_some_and(|v| v == "inherit") {
+                    Stdio::inherit()
+                } else {
+                    Stdio::from(log_file)
+                },
+            )
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -67,7 +84,12 @@ impl Broker {
             let _ = child.kill();
             bail!("holdfast did not report listening in 30 s");
         }
-        Ok(Broker { child, addr, dir })
+        Ok(Broker {
+            child,
+            addr,
+            dir,
+            log,
+        })
     }
 }
 
@@ -76,6 +98,16 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- holdfast log ({}), last lines:", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
