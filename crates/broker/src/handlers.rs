@@ -32,11 +32,16 @@ use crate::state::{now_ms, Broker, Partition};
 
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
 
-/// A handler's answer. `None` inside means "send nothing" (Produce with acks=0).
+/// A handler's answer. `None` as a response means the request could not be answered (an
+/// internal failure): the connection is closed rather than left waiting for a response that
+/// never comes.
 #[allow(clippy::large_enum_variant)] // one per in-flight request; moved once
 pub enum Reply {
     Now(Option<ResponseKind>),
     Later(ReplyFuture),
+    /// No response at all (Produce with acks=0) once the future completes; it still holds
+    /// an in-flight slot until then.
+    Quiet(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -348,9 +353,8 @@ impl Broker {
             // No response, but the durability wait still occupies one of the connection's
             // bounded in-flight slots (so acks=0 floods cannot pile up unbounded waiters) and
             // wakes long-polling fetches once the data is visible.
-            return Reply::Later(Box::pin(async move {
+            return Reply::Quiet(Box::pin(async move {
                 wait.await;
-                None
             }));
         }
         Reply::Later(Box::pin(async move {
