@@ -155,6 +155,14 @@ impl Broker {
                         .map(ResponseKind::DescribeLogDirs),
                 )
             }
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.offset_for_leader_epoch(r))
+                        .await
+                        .map(ResponseKind::OffsetForLeaderEpoch),
+                )
+            }
             RequestKind::DescribeCluster(_) => {
                 Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
             }
@@ -880,6 +888,54 @@ impl Broker {
         }
         let mut resp = kafka_protocol::messages::DescribeLogDirsResponse::default();
         resp.results = vec![dir];
+        resp
+    }
+
+    /// KIP-101/KIP-320: where a leader epoch ends. For consumers (replica id < 0) the end is
+    /// capped at the high watermark: they never see offsets beyond it.
+    fn offset_for_leader_epoch(
+        &self,
+        req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
+    ) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+        use kafka_protocol::messages::offset_for_leader_epoch_response::{
+            EpochEndOffset, OffsetForLeaderTopicResult,
+        };
+        let consumer = req.replica_id.0 < 0;
+        let mut resp = kafka_protocol::messages::OffsetForLeaderEpochResponse::default();
+        for t in req.topics {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            for op in t.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = op.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                match self.partition(t.topic.0.as_str(), op.partition) {
+                    None => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let hw = p.high_watermark();
+                        let st = p.lock();
+                        match (
+                            check_epoch(op.current_leader_epoch, st.leader_epoch),
+                            st.log.as_ref(),
+                        ) {
+                            (Err(code), _) => e.error_code = code,
+                            (Ok(()), None) => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                            (Ok(()), Some(log)) => {
+                                if let Some((epoch, end)) =
+                                    log.end_offset_for_epoch(op.leader_epoch)
+                                {
+                                    e.leader_epoch = epoch;
+                                    e.end_offset = if consumer { end.min(hw) } else { end };
+                                }
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
         resp
     }
 

@@ -481,3 +481,80 @@ async fn queued_request_bytes_budget_stops_reading_until_freed() -> Result<()> {
     assert_eq!(read_response(&mut waiting)?, (5, 0));
     Ok(())
 }
+
+/// OffsetForLeaderEpoch v3 for one topic: (partition, current_leader_epoch, leader_epoch).
+/// Returns (error, partition, leader_epoch, end_offset) per partition.
+fn offset_for_leader_epoch(
+    s: &mut TcpStream,
+    topic: &str,
+    parts: &[(i32, i32, i32)],
+) -> Result<Vec<(i16, i32, i32, i64)>> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&23i16.to_be_bytes());
+    body.extend_from_slice(&3i16.to_be_bytes());
+    body.extend_from_slice(&77i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // replica id: a consumer
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+    for (p, current, epoch) in parts {
+        for v in [p, current, epoch] {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    s.write_all(&(body.len() as i32).to_be_bytes())?;
+    s.write_all(&body)?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut r = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut r)?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let out = r.get(at..at + n).context("short response")?;
+        at += n;
+        Ok(out)
+    };
+    let i32_of = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    assert_eq!(i32_of(take(4)?), 77); // correlation id
+    take(4)?; // throttle
+    assert_eq!(i32_of(take(4)?), 1);
+    let name_len = i16::from_be_bytes(take(2)?.try_into()?) as usize;
+    take(name_len)?;
+    let n = i32_of(take(4)?);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let err = i16::from_be_bytes(take(2)?.try_into()?);
+        let p = i32_of(take(4)?);
+        let e = i32_of(take(4)?);
+        let end = i64::from_be_bytes(take(8)?.try_into()?);
+        out.push((err, p, e, end));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_reports_epoch_ends() -> Result<()> {
+    let b = Broker::start()?;
+    let p = producer(&b)?;
+    assert_eq!(produce_n(&p, "epochs", 5, "e").await?.len(), 5);
+    let mut s = connect(&b)?;
+    let r = offset_for_leader_epoch(
+        &mut s,
+        "epochs",
+        &[(0, -1, 0), (0, 0, 0), (0, 3, 0), (9, -1, 0)],
+    )?;
+    assert_eq!(
+        r[0],
+        (0, 0, 0, 5),
+        "epoch 0 ends at the end of the visible log"
+    );
+    assert_eq!(r[1], (0, 0, 0, 5));
+    assert_eq!(
+        r[2].0, 76,
+        "a newer current epoch than the leader's is UNKNOWN_LEADER_EPOCH"
+    );
+    assert_eq!(r[3].0, 3, "unknown partition");
+    Ok(())
+}
