@@ -538,16 +538,11 @@ mod tests {
                         RequestKind::IncrementalAlterConfigs(r)
                     }
                     ApiKey::OffsetForLeaderEpoch => {
+                        use offset_for_leader_epoch_request as ofle;
                         let mut r = OffsetForLeaderEpochRequest::default();
-                        let mut t =
-                            offset_for_leader_epoch_request::OffsetForLeaderTopic::default();
+                        let mut t = ofle::OffsetForLeaderTopic::default();
                         t.topic = name();
-                        t.partitions =
-                            vec![
-                                offset_for_leader_epoch_request::OffsetForLeaderPartition::default(
-                                );
-                                2
-                            ];
+                        t.partitions = vec![ofle::OffsetForLeaderPartition::default(); 2];
                         r.topics = vec![t];
                         RequestKind::OffsetForLeaderEpoch(r)
                     }
