@@ -463,22 +463,34 @@ async fn queued_request_bytes_budget_stops_reading_until_freed() -> Result<()> {
     hog.write_all(&995i32.to_be_bytes())?;
     hog.write_all(&[0u8; 10])?;
     // A complete 14-byte ApiVersions on another connection cannot get its bytes reserved...
-    let mut waiting = connect(&b)?;
-    waiting.set_read_timeout(Some(Duration::from_millis(500)))?;
-    waiting.write_all(&api_versions_frame(0, 5))?;
-    let mut one = [0u8; 1];
-    match waiting.read(&mut one) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => bail!("expected no answer while the budget is spent, got {other:?}"),
+    // The hog's reservation happens on its own connection task, so a request sent right
+    // after may still be served: retry on fresh connections until one is held back.
+    let mut held = None;
+    for correlation in 5..45 {
+        let mut waiting = connect(&b)?;
+        waiting.set_read_timeout(Some(Duration::from_millis(500)))?;
+        waiting.write_all(&api_versions_frame(0, correlation))?;
+        let mut one = [0u8; 1];
+        match waiting.read(&mut one) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held = Some((waiting, correlation));
+                break;
+            }
+            Ok(1) => continue, // served before the hog's bytes were reserved
+            other => bail!("unexpected read while the budget is spent: {other:?}"),
+        }
     }
+    let (mut waiting, correlation) =
+        held.ok_or_else(|| anyhow::anyhow!("requests were never held back by the byte budget"))?;
     // ...until the hog goes away and its reservation is released.
     drop(hog);
     waiting.set_read_timeout(Some(Duration::from_secs(10)))?;
-    assert_eq!(read_response(&mut waiting)?, (5, 0));
+    assert_eq!(read_response(&mut waiting)?, (correlation, 0));
     Ok(())
 }
 
