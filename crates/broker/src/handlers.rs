@@ -205,6 +205,9 @@ impl Broker {
         let allow_create =
             self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         for (name, id) in requested {
+            // A non-zero topic id wins over the name, as in Kafka: the Java client asks by id
+            // with name "" (the field's default), not null.
+            let name = if id.is_nil() { name } else { None };
             let Some(name) = name else {
                 match self.topic_by_id(id) {
                     Some(t) => resp.topics.push(self.topic_metadata(&t)),
