@@ -128,7 +128,7 @@ public final class JavaClientCheck {
         p.put(ProducerConfig.ACKS_CONFIG, "all");
         p.put(ProducerConfig.ENABLE_IDEMPOTENCE_CONFIG, true);
         p.put(ProducerConfig.COMPRESSION_TYPE_CONFIG, compression);
-        p.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, (int) TIMEOUT.toMillis());
+        p.put(ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, 2 * (int) TIMEOUT.toMillis()); // >= linger + request timeout
         p.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
         p.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class.getName());
         p.putAll(extra);
@@ -332,6 +332,13 @@ public final class JavaClientCheck {
                 check(e.getCause() instanceof UnknownTopicOrPartitionException, "describe deleted: " + e.getCause());
             }
             check(!a.listTopics().names().get().contains(topic), "listTopics still has " + topic);
+
+            // Delete by topic id (DeleteTopics v6 with a null name).
+            String topic2 = topic + "-byid";
+            org.apache.kafka.common.Uuid id2 = a.createTopics(List.of(new NewTopic(topic2, 1, (short) 1)))
+                    .topicId(topic2).get();
+            a.deleteTopics(org.apache.kafka.common.TopicCollection.ofTopicIds(List.of(id2))).all().get();
+            check(!a.listTopics().names().get().contains(topic2), "listTopics still has " + topic2);
         }
     }
 

@@ -1,0 +1,287 @@
+"""The Java client (kafka-clients) and Apache Kafka's own command-line tools against holdfast.
+
+The jars come from scripts/setup-java-deps.sh (into .deps/java); without them every test here
+skips with the reason printed. Each tool runs as `java -cp '.deps/java/lib/*' <main class>`,
+exactly what bin/kafka-*.sh would run. Consumer groups are not implemented, so every consumer
+here is assign-based (`--partition N --offset earliest`, or assign() in the Java program).
+
+With HOLDFAST_JAVA_VERSIONS=FILE, the request versions each tool sent (read from the client's
+DEBUG log of NetworkClient) are appended to FILE: docs/compat/java.md was written from that.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT, unique_topic
+
+DEPS = os.path.join(ROOT, ".deps", "java")
+LIB = os.path.join(DEPS, "lib")
+CLASSES = os.path.join(DEPS, "classes")
+JAVA = shutil.which("java")
+TOOL_TIMEOUT = 180  # seconds for one JVM run; every run below ends by itself far sooner
+
+TOPICS = "org.apache.kafka.tools.TopicCommand"
+CONSOLE_PRODUCER = "org.apache.kafka.tools.ConsoleProducer"
+CONSOLE_CONSUMER = "org.apache.kafka.tools.consumer.ConsoleConsumer"
+VERIFIABLE_PRODUCER = "org.apache.kafka.tools.VerifiableProducer"
+PRODUCER_PERF = "org.apache.kafka.tools.ProducerPerformance"
+CLIENT_CHECK = "dev.holdfast.compat.JavaClientCheck"
+
+
+def _missing():
+    if JAVA is None:
+        return "java not on PATH"
+    if not glob.glob(os.path.join(LIB, "kafka-clients-*.jar")) or not glob.glob(os.path.join(LIB, "kafka-tools-*.jar")):
+        return "no Kafka jars in %s (run scripts/setup-java-deps.sh)" % LIB
+    if not os.path.exists(os.path.join(CLASSES, "dev", "holdfast", "compat", "JavaClientCheck.class")):
+        return "Java test program not compiled in %s (run scripts/setup-java-deps.sh)" % CLASSES
+    return None
+
+
+_MISSING = _missing()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason="SKIPPED Java tests: %s" % _MISSING)
+
+_SENT = re.compile(r"Sending (\w+) request with header RequestHeader\(apiKey=(\w+), apiVersion=(\d+)")
+
+
+def java(main, args, stdin=None, what=None, timeout=TOOL_TIMEOUT):
+    """Runs one JVM; returns CompletedProcess. Client logs go to stderr (slf4j-simple, WARN),
+    plus NetworkClient at DEBUG so the request versions sent can be read back."""
+    cmd = [
+        JAVA,
+        "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",  # 2 shared cores: start fast
+        "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
+        "-Dorg.slf4j.simpleLogger.log.org.apache.kafka.clients.NetworkClient=debug",
+        "-cp", os.path.join(LIB, "*") + os.pathsep + CLASSES,
+        main,
+    ] + list(args)
+    p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
+    versions = sorted({"%s v%s" % (m.group(2), m.group(3)) for m in _SENT.finditer(p.stderr)})
+    record = os.environ.get("HOLDFAST_JAVA_VERSIONS")
+    if record:
+        with open(record, "a") as f:
+            f.write("%s: %s\n" % (what or main.rsplit(".", 1)[-1], ", ".join(versions)))
+    return p
+
+
+def fail_text(p):
+    """The tool's output minus the DEBUG lines, for assertion messages."""
+    err = "\n".join(l for l in p.stderr.splitlines() if " DEBUG " not in l)
+    return "rc=%s\nstdout:\n%s\nstderr:\n%s" % (p.returncode, p.stdout[-4000:], err[-4000:])
+
+
+def topics(broker, *args, what=None):
+    return java(TOPICS, ["--bootstrap-server", broker.bootstrap] + list(args), what=what or "kafka-topics " + args[0])
+
+
+# ------------------------------------------------------------------ the Java client directly
+
+CLIENT_CHECKS = [
+    "produce-consume-none",
+    "produce-consume-gzip",
+    "produce-consume-snappy",
+    "produce-consume-lz4",
+    "produce-consume-zstd",
+    "bulk-multipartition",
+    "admin",
+    "offsets-for-times",
+    "delete-records",
+]
+
+
+@pytest.mark.parametrize("check", CLIENT_CHECKS)
+def test_java_client(broker, check):
+    p = java(CLIENT_CHECK, [broker.bootstrap, check], what="kafka-clients " + check)
+    assert p.returncode == 0 and ("PASS " + check) in p.stdout, fail_text(p)
+
+
+# ------------------------------------------------------------------ kafka-topics
+
+DESCRIBE_TOPIC_LINE = re.compile(
+    r"^Topic: (?P<topic>\S+)\tTopicId: (?P<id>\S+)\tPartitionCount: (?P<n>\d+)\t"
+    r"ReplicationFactor: (?P<rf>\d+)\tConfigs: (?P<configs>.*)$", re.M)
+DESCRIBE_PARTITION_LINE = re.compile(
+    r"^\tTopic: (?P<topic>\S+)\tPartition: (?P<p>\d+)\tLeader: (?P<leader>-?\d+)\t"
+    r"Replicas: (?P<replicas>[\d,]+)\tIsr: (?P<isr>[\d,]*)", re.M)
+
+
+def describe(broker, topic):
+    p = topics(broker, "--describe", "--topic", topic)
+    assert p.returncode == 0, fail_text(p)
+    head = DESCRIBE_TOPIC_LINE.search(p.stdout)
+    assert head, "unexpected --describe output:\n" + fail_text(p)
+    parts = [m.groupdict() for m in DESCRIBE_PARTITION_LINE.finditer(p.stdout)]
+    return head.groupdict(), parts, p.stdout
+
+
+def test_topics_create_list_describe(broker):
+    topic = unique_topic("jtopics")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "3", "--replication-factor", "1",
+               "--config", "retention.ms=86400000", "--config", "max.message.bytes=2000000")
+    assert p.returncode == 0, fail_text(p)
+    assert "Created topic %s." % topic in p.stdout, fail_text(p)
+
+    p = topics(broker, "--list")
+    assert p.returncode == 0, fail_text(p)
+    assert topic in p.stdout.split(), fail_text(p)
+
+    head, parts, out = describe(broker, topic)
+    assert head["topic"] == topic
+    assert head["n"] == "3" and head["rf"] == "1", out
+    assert head["id"] not in ("AAAAAAAAAAAAAAAAAAAAAA", ""), out
+    configs = dict(kv.split("=", 1) for kv in head["configs"].split(",") if kv)
+    assert configs.get("retention.ms") == "86400000", out
+    assert configs.get("max.message.bytes") == "2000000", out
+    assert sorted(int(x["p"]) for x in parts) == [0, 1, 2], out
+    for x in parts:
+        assert x["topic"] == topic
+        assert int(x["leader"]) >= 0, out
+        assert x["replicas"] == x["leader"] and x["isr"] == x["leader"], out
+
+
+def test_topics_create_existing(broker):
+    topic = unique_topic("jexists")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1", what="kafka-topics --create (existing)")
+    assert p.returncode != 0
+    assert "Topic '%s' already exists." % topic in p.stdout + p.stderr, fail_text(p)
+    p = topics(broker, "--create", "--if-not-exists", "--topic", topic, "--partitions", "1",
+               what="kafka-topics --create --if-not-exists")
+    assert p.returncode == 0, fail_text(p)
+
+
+def test_topics_alter_partitions(broker):
+    topic = unique_topic("jalter")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1", "--replication-factor", "1")
+    assert p.returncode == 0, fail_text(p)
+    p = topics(broker, "--alter", "--topic", topic, "--partitions", "4")
+    assert p.returncode == 0, fail_text(p)
+    head, parts, out = describe(broker, topic)
+    assert head["n"] == "4", out
+    assert sorted(int(x["p"]) for x in parts) == [0, 1, 2, 3], out
+    # Shrinking is refused, as by Kafka.
+    p = topics(broker, "--alter", "--topic", topic, "--partitions", "2", what="kafka-topics --alter (shrink)")
+    assert p.returncode != 0, fail_text(p)
+    assert "InvalidPartitionsException" in p.stdout + p.stderr, fail_text(p)
+
+
+def test_topics_delete(broker):
+    topic = unique_topic("jdelete")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "2")
+    assert p.returncode == 0, fail_text(p)
+    p = topics(broker, "--delete", "--topic", topic)
+    assert p.returncode == 0, fail_text(p)
+    p = topics(broker, "--list")
+    assert p.returncode == 0, fail_text(p)
+    assert topic not in p.stdout.split(), fail_text(p)
+    p = topics(broker, "--describe", "--topic", topic, what="kafka-topics --describe (deleted)")
+    assert p.returncode != 0
+    assert "does not exist" in p.stdout + p.stderr, fail_text(p)
+
+
+# ------------------------------------------------------------------ console producer / consumer
+
+@pytest.mark.parametrize("codec", ["none", "gzip", "snappy", "lz4", "zstd"])
+def test_console_producer_then_consumer(broker, codec):
+    topic = unique_topic("jconsole")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    n = 200
+    lines = ["key-%d:value %d with spaces, tabs\tand unicode \u00e9\u4e2d" % (i, i) for i in range(n)]
+    p = java(CONSOLE_PRODUCER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--compression-codec", codec,
+        "--reader-property", "parse.key=true", "--reader-property", "key.separator=:",
+        "--request-required-acks", "all",
+    ], stdin="\n".join(lines) + "\n", what="kafka-console-producer --compression-codec " + codec)
+    assert p.returncode == 0, fail_text(p)
+
+    p = java(CONSOLE_CONSUMER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", "0",
+        "--offset", "earliest", "--max-messages", str(n), "--timeout-ms", "60000",
+        "--formatter-property", "print.key=true", "--formatter-property", "key.separator=:",
+        "--formatter-property", "print.offset=true",
+    ], what="kafka-console-consumer --partition 0 --offset earliest")
+    assert p.returncode == 0, fail_text(p)
+    got = p.stdout.splitlines()
+    # In 4.x key.separator also separates the offset column.
+    want = ["Offset:%d:%s" % (i, line) for i, line in enumerate(lines)]
+    assert got == want, fail_text(p)
+    assert "Processed a total of %d messages" % n in p.stderr, fail_text(p)
+
+
+def test_console_consumer_offset_in_the_middle(broker):
+    topic = unique_topic("jmiddle")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    p = java(CONSOLE_PRODUCER, ["--bootstrap-server", broker.bootstrap, "--topic", topic],
+             stdin="".join("m%d\n" % i for i in range(10)), what="kafka-console-producer")
+    assert p.returncode == 0, fail_text(p)
+    p = java(CONSOLE_CONSUMER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", "0",
+        "--offset", "7", "--max-messages", "3", "--timeout-ms", "60000",
+    ], what="kafka-console-consumer --offset 7")
+    assert p.returncode == 0, fail_text(p)
+    assert p.stdout.splitlines() == ["m7", "m8", "m9"], fail_text(p)
+
+
+# ------------------------------------------------------------------ verifiable producer, perf test
+
+def test_verifiable_producer_all_acked(broker):
+    topic = unique_topic("jverif")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "3")
+    assert p.returncode == 0, fail_text(p)
+    n = 5000
+    p = java(VERIFIABLE_PRODUCER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic,
+        "--max-messages", str(n), "--acks", "-1",
+    ], what="kafka-verifiable-producer --acks -1")
+    assert p.returncode == 0, fail_text(p)
+    events = [json.loads(l) for l in p.stdout.splitlines() if l.startswith("{")]
+    by_name = {}
+    for e in events:
+        by_name.setdefault(e["name"], []).append(e)
+    assert not by_name.get("producer_send_error"), by_name.get("producer_send_error")[:5]
+    successes = by_name.get("producer_send_success", [])
+    assert len(successes) == n, fail_text(p)
+    assert sorted(int(e["value"]) for e in successes) == list(range(n))
+    # Offsets per partition are dense from 0: nothing acked twice, nothing skipped.
+    per_part = {}
+    for e in successes:
+        per_part.setdefault(e["partition"], []).append(e["offset"])
+    for part, offs in per_part.items():
+        assert sorted(offs) == list(range(len(offs))), "partition %s offsets not dense" % part
+    tool_data = by_name.get("tool_data")
+    assert tool_data and tool_data[-1]["sent"] == n and tool_data[-1]["acked"] == n, tool_data
+    assert by_name.get("shutdown_complete"), fail_text(p)
+
+    # Every acked record is readable.
+    total = 0
+    for part in sorted(per_part):
+        c = java(CONSOLE_CONSUMER, [
+            "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", str(part),
+            "--offset", "earliest", "--max-messages", str(len(per_part[part])), "--timeout-ms", "60000",
+        ], what="kafka-console-consumer")
+        assert c.returncode == 0, fail_text(c)
+        total += len(c.stdout.splitlines())
+    assert total == n
+
+
+def test_producer_perf_test(broker):
+    topic = unique_topic("jperf")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "2")
+    assert p.returncode == 0, fail_text(p)
+    n = 50000
+    p = java(PRODUCER_PERF, [
+        "--topic", topic, "--num-records", str(n), "--record-size", "200", "--throughput", "-1",
+        "--producer-props", "bootstrap.servers=" + broker.bootstrap, "acks=all", "compression.type=lz4",
+        "linger.ms=5",
+    ], what="kafka-producer-perf-test")
+    assert p.returncode == 0, fail_text(p)
+    # Final summary: "50000 records sent, N records/sec (...), ... ms avg latency, ..."
+    assert re.search(r"^%d records sent, [\d.]+ records/sec" % n, p.stdout, re.M), fail_text(p)
