@@ -285,3 +285,111 @@ def test_producer_perf_test(broker):
     assert p.returncode == 0, fail_text(p)
     # Final summary: "50000 records sent, N records/sec (...), ... ms avg latency, ..."
     assert re.search(r"^%d records sent, [\d.]+ records/sec" % n, p.stdout, re.M), fail_text(p)
+
+
+# ------------------------------------------------------------------ other admin tools
+
+GET_OFFSETS = "org.apache.kafka.tools.GetOffsetShell"
+DELETE_RECORDS = "org.apache.kafka.tools.DeleteRecordsCommand"
+LOG_DIRS = "org.apache.kafka.tools.LogDirsCommand"
+API_VERSIONS = "org.apache.kafka.tools.BrokerApiVersionsCommand"
+CONSUMER_GROUPS = "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand"
+
+
+def test_broker_api_versions(broker):
+    p = java(API_VERSIONS, ["--bootstrap-server", broker.bootstrap], what="kafka-broker-api-versions")
+    assert p.returncode == 0, fail_text(p)
+    usable = dict(re.findall(r"\t(\w+)\(\d+\): \d+ to \d+ \[usable: (\d+)\]", p.stdout))
+    # What the Java client and the tools above rely on, at the 4.x clients' newest versions.
+    for api, v in [("Produce", "11"), ("Fetch", "16"), ("ListOffsets", "8"), ("Metadata", "12"),
+                   ("ApiVersions", "4"), ("CreateTopics", "7"), ("DeleteTopics", "6"),
+                   ("InitProducerId", "4"), ("DeleteRecords", "2"), ("CreatePartitions", "3"),
+                   ("DescribeConfigs", "4"), ("DescribeCluster", "1"), ("DescribeLogDirs", "4")]:
+        assert usable.get(api) == v, "%s usable %s, expected %s\n%s" % (api, usable.get(api), v, p.stdout)
+
+
+def produce_lines(broker, topic, lines, what="kafka-console-producer"):
+    p = java(CONSOLE_PRODUCER, ["--bootstrap-server", broker.bootstrap, "--topic", topic],
+             stdin="".join(l + "\n" for l in lines), what=what)
+    assert p.returncode == 0, fail_text(p)
+
+
+def test_get_offsets_and_delete_records(broker, tmp_path):
+    topic = unique_topic("jget")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    produce_lines(broker, topic, ["r%d" % i for i in range(20)])
+
+    def offsets(*extra):
+        p = java(GET_OFFSETS, ["--bootstrap-server", broker.bootstrap, "--topic", topic] + list(extra),
+                 what="kafka-get-offsets " + " ".join(extra))
+        assert p.returncode == 0, fail_text(p)
+        return p.stdout.split()
+
+    assert offsets() == ["%s:0:20" % topic]                   # latest (default)
+    assert offsets("--time", "-2") == ["%s:0:0" % topic]      # earliest
+    # Max timestamp (ListOffsets v7+): as in Kafka, the first offset carrying the largest
+    # timestamp; several console-produced records share a millisecond, so read them.
+    p = java(CONSOLE_CONSUMER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", "0",
+        "--offset", "earliest", "--max-messages", "20", "--timeout-ms", "60000",
+        "--formatter-property", "print.timestamp=true", "--formatter-property", "print.offset=true",
+        "--formatter-property", "print.value=false",
+    ], what="kafka-console-consumer --formatter-property print.timestamp=true")
+    assert p.returncode == 0, fail_text(p)
+    stamps = [(int(ts), int(off)) for ts, off in re.findall(r"CreateTime:(\d+)\s+Offset:(\d+)", p.stdout)]
+    assert len(stamps) == 20, fail_text(p)
+    top = max(ts for ts, _ in stamps)
+    first_top = min(off for ts, off in stamps if ts == top)
+    assert offsets("--time", "-3") == ["%s:0:%d" % (topic, first_top)]
+
+    spec = tmp_path / "delete.json"
+    spec.write_text(json.dumps({"version": 1, "partitions": [{"topic": topic, "partition": 0, "offset": 12}]}))
+    p = java(DELETE_RECORDS, ["--bootstrap-server", broker.bootstrap, "--offset-json-file", str(spec)],
+             what="kafka-delete-records")
+    assert p.returncode == 0, fail_text(p)
+    assert re.search(r"partition: %s-0\s+low_watermark: 12" % re.escape(topic), p.stdout), fail_text(p)
+    assert offsets("--time", "-2") == ["%s:0:12" % topic]
+
+    p = java(CONSOLE_CONSUMER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", "0",
+        "--offset", "earliest", "--max-messages", "8", "--timeout-ms", "60000",
+    ], what="kafka-console-consumer")
+    assert p.returncode == 0, fail_text(p)
+    assert p.stdout.split() == ["r%d" % i for i in range(12, 20)], fail_text(p)
+
+
+def test_log_dirs(broker):
+    topic = unique_topic("jlogdirs")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "2")
+    assert p.returncode == 0, fail_text(p)
+    produce_lines(broker, topic, ["x" * 100] * 10)
+    p = java(LOG_DIRS, ["--bootstrap-server", broker.bootstrap, "--describe", "--topic-list", topic],
+             what="kafka-log-dirs --describe")
+    assert p.returncode == 0, fail_text(p)
+    doc = json.loads([l for l in p.stdout.splitlines() if l.startswith("{")][-1])
+    parts = {pp["partition"]: pp for b in doc["brokers"] for d in b["logDirs"] for pp in d["partitions"]}
+    assert set(parts) == {"%s-0" % topic, "%s-1" % topic}, doc
+    assert sum(pp["size"] for pp in parts.values()) > 1000, doc
+
+
+# ------------------------------------------------------------------ known gaps (consumer groups)
+
+@pytest.mark.xfail(reason="gap: consumer groups not implemented (ListGroups is not advertised)", strict=False)
+def test_consumer_groups_list(broker):
+    p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
+    assert p.returncode == 0 and "UnsupportedVersionException" not in p.stdout + p.stderr, fail_text(p)
+
+
+@pytest.mark.xfail(reason="gap: consumer groups not implemented (FindCoordinator answers COORDINATOR_NOT_AVAILABLE, "
+                          "the subscribing console consumer retries until --timeout-ms)", strict=False)
+def test_console_consumer_with_group(broker):
+    topic = unique_topic("jgroup")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    produce_lines(broker, topic, ["g0", "g1"])
+    p = java(CONSOLE_CONSUMER, [
+        "--bootstrap-server", broker.bootstrap, "--topic", topic, "--from-beginning",
+        "--max-messages", "2", "--timeout-ms", "5000",
+    ], what="kafka-console-consumer --from-beginning (group)")
+    assert p.returncode == 0 and p.stdout.split() == ["g0", "g1"], fail_text(p)
