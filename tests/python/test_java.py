@@ -11,13 +11,15 @@ DEBUG log of NetworkClient) are appended to FILE: docs/compat/java.md was writte
 import glob
 import json
 import os
+import queue
 import re
 import shutil
 import subprocess
+import threading
 
 import pytest
 
-from conftest import ROOT, unique_topic
+from conftest import ROOT, Broker, unique_topic
 
 DEPS = os.path.join(ROOT, ".deps", "java")
 LIB = os.path.join(DEPS, "lib")
@@ -49,10 +51,8 @@ pytestmark = pytest.mark.skipif(_MISSING is not None, reason="SKIPPED Java tests
 _SENT = re.compile(r"Sending (\w+) request with header RequestHeader\(apiKey=(\w+), apiVersion=(\d+)")
 
 
-def java(main, args, stdin=None, what=None, timeout=TOOL_TIMEOUT):
-    """Runs one JVM; returns CompletedProcess. Client logs go to stderr (slf4j-simple, WARN),
-    plus NetworkClient at DEBUG so the request versions sent can be read back."""
-    cmd = [
+def java_cmd(main, args):
+    return [
         JAVA,
         "-Xss1m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1",  # 2 shared cores: start fast
         "-Dorg.slf4j.simpleLogger.defaultLogLevel=warn",
@@ -60,6 +60,12 @@ def java(main, args, stdin=None, what=None, timeout=TOOL_TIMEOUT):
         "-cp", os.path.join(LIB, "*") + os.pathsep + CLASSES,
         main,
     ] + list(args)
+
+
+def java(main, args, stdin=None, what=None, timeout=TOOL_TIMEOUT):
+    """Runs one JVM; returns CompletedProcess. Client logs go to stderr (slf4j-simple, WARN),
+    plus NetworkClient at DEBUG so the request versions sent can be read back."""
+    cmd = java_cmd(main, args)
     p = subprocess.run(cmd, input=stdin, capture_output=True, text=True, timeout=timeout)
     versions = sorted({"%s v%s" % (m.group(2), m.group(3)) for m in _SENT.finditer(p.stderr)})
     record = os.environ.get("HOLDFAST_JAVA_VERSIONS")
@@ -142,6 +148,19 @@ def test_topics_create_list_describe(broker):
         assert x["topic"] == topic
         assert int(x["leader"]) >= 0, out
         assert x["replicas"] == x["leader"] and x["isr"] == x["leader"], out
+
+
+def test_topics_describe_by_topic_id(broker):
+    """--topic-id goes through Admin.describeTopics(TopicCollection.ofTopicIds): Metadata v12
+    with the id set and the name "" (regression: holdfast looked up the name "")."""
+    topic = unique_topic("jbyid")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "2")
+    assert p.returncode == 0, fail_text(p)
+    head, _, _ = describe(broker, topic)
+    p = topics(broker, "--describe", "--topic-id", head["id"], what="kafka-topics --describe --topic-id")
+    assert p.returncode == 0, fail_text(p)
+    m = DESCRIBE_TOPIC_LINE.search(p.stdout)
+    assert m and m.group("topic") == topic and m.group("id") == head["id"] and m.group("n") == "2", fail_text(p)
 
 
 def test_topics_create_existing(broker):
@@ -393,3 +412,89 @@ def test_console_consumer_with_group(broker):
         "--max-messages", "2", "--timeout-ms", "5000",
     ], what="kafka-console-consumer --from-beginning (group)")
     assert p.returncode == 0 and p.stdout.split() == ["g0", "g1"], fail_text(p)
+
+
+# ------------------------------------------------------------------ acked writes across a crash
+
+def test_idempotent_producer_acked_writes_survive_broker_kill(tmp_path):
+    """The Java idempotent producer (acks=all) writes while the broker is SIGKILLed and restarted
+    on the same port and data dir: every acknowledged record is stored, at its acked offset,
+    exactly once, and the producer ends without errors (it retries into the new process)."""
+    data = str(tmp_path / "data")
+    b = Broker(data, ["--set", "num.partitions=1"]).start()
+    port = b.port
+    topic = unique_topic("jcrash")
+    n, kill_after = 12000, 3000
+    proc = None
+    try:
+        p = topics(b, "--create", "--topic", topic, "--partitions", "2")
+        assert p.returncode == 0, fail_text(p)
+        proc = subprocess.Popen(java_cmd(CLIENT_CHECK, [b.bootstrap, "acked-log", topic, str(n)]),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        lines = queue.Queue()
+
+        def pump():
+            for line in proc.stdout:
+                lines.put(line.rstrip("\n"))
+            lines.put(None)
+
+        threading.Thread(target=pump, daemon=True).start()
+        err_tail = []
+        threading.Thread(target=lambda: err_tail.extend(proc.stderr), daemon=True).start()
+        acked, errors, done = {}, [], None
+
+        def take(deadline_s, stop):
+            nonlocal done
+            while not stop():
+                line = lines.get(timeout=deadline_s)
+                if line is None:
+                    return
+                parts = line.split(" ", 3)
+                if parts[0] == "ACK":
+                    assert parts[1] not in acked, "value %s acked twice" % parts[1]
+                    acked[parts[1]] = (int(parts[2]), int(parts[3]))
+                elif parts[0] == "ERR":
+                    errors.append(line)
+                elif parts[0] == "DONE":
+                    done = line
+
+        take(120, lambda: len(acked) >= kill_after)
+        b.kill()  # SIGKILL while rounds are in flight
+        acked_before_kill = len(acked)
+        b = Broker(data, ["--set", "num.partitions=1"])
+        b.port = port
+        b.start()
+        take(180, lambda: False)
+        assert proc.wait(60) == 0, "".join(err_tail[-40:])
+        assert done is not None, "producer did not finish:\n" + "".join(err_tail[-40:])
+        assert not errors, errors[:5]
+        assert len(acked) == n, "%d of %d acked (%d before the kill)" % (len(acked), n, acked_before_kill)
+        print("acked before the kill: %d of %d" % (acked_before_kill, n))
+
+        stored = {}
+        for part in (0, 1):
+            end = max([off for (pp, off) in acked.values() if pp == part], default=-1) + 1
+            if end == 0:
+                continue
+            c = java(CONSOLE_CONSUMER, [
+                "--bootstrap-server", b.bootstrap, "--topic", topic, "--partition", str(part),
+                "--offset", "earliest", "--max-messages", str(end), "--timeout-ms", "60000",
+                "--formatter-property", "print.offset=true", "--formatter-property", "key.separator= ",
+            ], what="kafka-console-consumer (after restart)")
+            assert c.returncode == 0, fail_text(c)
+            for line in c.stdout.splitlines():
+                m = re.match(r"Offset:(\d+) (\d+)$", line)
+                assert m, line
+                stored.setdefault(m.group(2), []).append((part, int(m.group(1))))
+        lost = [v for v in acked if v not in stored]
+        dups = {v: locs for v, locs in stored.items() if len(locs) > 1}
+        moved = [v for v, loc in acked.items() if v in stored and stored[v][0] != loc]
+        assert not lost, "%d acked records lost, e.g. %s" % (len(lost), lost[:10])
+        assert not dups, "%d records stored twice (idempotence across restart), e.g. %s" % (len(dups), list(dups.items())[:5])
+        assert not moved, "records not at their acked offset: %s" % moved[:10]
+    finally:
+        if proc and proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        rc = b.stop()
+        assert rc == 0, "broker did not shut down cleanly (rc=%s)" % rc

@@ -51,12 +51,21 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *   delete-records.
  * Prints "PASS <check>" or "FAIL <check>: <exception>" per check; exit 1 if any failed.
  * Every wait is a blocking client call with a deadline (Future.get, poll with timeout).
+ *
+ * JavaClientCheck BOOTSTRAP acked-log TOPIC N: sends values 0..N-1 (idempotent, acks=all) and
+ * prints "ACK value partition offset" / "ERR value exception" per record as
+ * the callbacks complete, then "DONE acked=A failed=F". The test kills and restarts the broker
+ * meanwhile and checks that every ACKed value is stored exactly once.
  */
 public final class JavaClientCheck {
     static final Duration TIMEOUT = Duration.ofSeconds(30);
     static String bootstrap;
 
     public static void main(String[] args) throws Exception {
+        if (args.length == 4 && args[1].equals("acked-log")) {
+            bootstrap = args[0];
+            System.exit(ackedLog(args[2], Integer.parseInt(args[3])));
+        }
         if (args.length < 2) {
             System.err.println("usage: JavaClientCheck BOOTSTRAP CHECK...");
             System.exit(2);
@@ -387,6 +396,39 @@ public final class JavaClientCheck {
             ConsumerRecord<byte[], byte[]> first = recs.iterator().next();
             check(first.offset() == 90 && "k90".equals(str(first.key())), "first after seek: " + first);
         }
+    }
+
+    static int ackedLog(String topic, int n) throws Exception {
+        // No flush until the end: sends stream, and many batches are in flight at the kill.
+        final java.util.concurrent.atomic.AtomicInteger acked = new java.util.concurrent.atomic.AtomicInteger();
+        final java.util.concurrent.atomic.AtomicInteger failed = new java.util.concurrent.atomic.AtomicInteger();
+        try (KafkaProducer<byte[], byte[]> p = producer("lz4", Map.of(
+                // Small batches, 5 in flight: the kill lands with produce requests outstanding.
+                ProducerConfig.LINGER_MS_CONFIG, 1,
+                ProducerConfig.BATCH_SIZE_CONFIG, 2048,
+                ProducerConfig.MAX_IN_FLIGHT_REQUESTS_PER_CONNECTION, 5,
+                ProducerConfig.REQUEST_TIMEOUT_MS_CONFIG, 10_000,
+                ProducerConfig.DELIVERY_TIMEOUT_MS_CONFIG, 120_000,
+                ProducerConfig.RECONNECT_BACKOFF_MAX_MS_CONFIG, 200))) {
+            for (int i = 0; i < n; i++) {
+                final int v = i;
+                p.send(new ProducerRecord<>(topic, bytes("k" + (v % 16)), bytes(Integer.toString(v))), (md, e) -> {
+                    synchronized (System.out) {
+                        if (e == null) {
+                            acked.incrementAndGet();
+                            System.out.println("ACK " + v + " " + md.partition() + " " + md.offset());
+                        } else {
+                            failed.incrementAndGet();
+                            System.out.println("ERR " + v + " " + e);
+                        }
+                        System.out.flush();
+                    }
+                });
+            }
+            p.flush();
+        }
+        System.out.println("DONE acked=" + acked.get() + " failed=" + failed.get());
+        return 0;
     }
 
     static void deleteRecords() throws Exception {
