@@ -32,7 +32,9 @@ else
     command -v mvn >/dev/null 2>&1 || skip "mvn not found"
     echo "setup-java-deps: fetching $(grep -o '<kafka.version>[^<]*' "$POM" | cut -d'>' -f2) jars with mvn dependency:copy-dependencies"
     tmp=$(mktemp -d "${TMPDIR:-/tmp}/holdfast-java-lib.XXXXXX")
-    if ! mvn -B -q -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
+    # HOLDFAST_MVN_FLAGS: extra flags for mvn (e.g. -o, -Dmaven.repo.local=...).
+    # shellcheck disable=SC2086
+    if ! mvn -B -q ${HOLDFAST_MVN_FLAGS:-} -f "$POM" dependency:copy-dependencies -DincludeScope=runtime \
             -DoutputDirectory="$tmp" >"$tmp.log" 2>&1; then
         tail -20 "$tmp.log" >&2
         rm -rf "$tmp" "$tmp.log"
