@@ -1168,7 +1168,9 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
     check_epoch(leader_epoch, epoch)?;
     let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
     match timestamp {
-        -2 => Ok((log.log_start_offset(), -1, epoch)),
+        // -4 is EARLIEST_LOCAL (ListOffsets v8+, KIP-405): with no tiered storage the local
+        // log starts at the log start offset, as Kafka answers for a non-tiered topic.
+        -2 | -4 => Ok((log.log_start_offset(), -1, epoch)),
         -1 => Ok((hw, -1, epoch)),
         -3 => match log.max_timestamp_offset() {
             Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
@@ -1180,7 +1182,7 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
             Ok(_) => Ok((-1, -1, -1)),
             Err(e) => Err(e.kafka_error_code()),
         },
-        // -4 (earliest local) and -5 (earliest tiered) need newer versions than we advertise.
+        // -5 (latest tiered) needs v9+, which we do not advertise.
         _ => Err(ec::INVALID_REQUEST),
     }
 }
