@@ -369,6 +369,8 @@ def test_get_offsets_and_delete_records(broker, tmp_path):
     assert p.returncode == 0, fail_text(p)
     assert re.search(r"partition: %s-0\s+low_watermark: 12" % re.escape(topic), p.stdout), fail_text(p)
     assert offsets("--time", "-2") == ["%s:0:12" % topic]
+    # Earliest-local (ListOffsets v8, KIP-405): no tiered storage, so the log start offset.
+    assert offsets("--time", "-4") == ["%s:0:12" % topic]
 
     p = java(CONSOLE_CONSUMER, [
         "--bootstrap-server", broker.bootstrap, "--topic", topic, "--partition", "0",
