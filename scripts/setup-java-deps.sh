@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer of the Java side of the compatibility tests:
-#   * kafka-clients and Apache Kafka's command-line tools (kafka-tools and what they need at run
+#   * kafka-clients and Apache Kafka's command-line tools (kafka-tools, and kafka_2.13 for
+#     kafka-configs, with what they need at run
 #     time) from Maven Central into .deps/java/lib (tests/java/pom.xml names them, one version);
 #   * the test program tests/java/src/** compiled with javac into .deps/java/classes.
 # Tools then run as: java -cp '.deps/java/lib/*' org.apache.kafka.tools.TopicCommand ...

@@ -394,6 +394,50 @@ def test_log_dirs(broker):
     assert sum(pp["size"] for pp in parts.values()) > 1000, doc
 
 
+CONFIGS = "kafka.admin.ConfigCommand"  # in kafka_2.13 (the server jar) in 4.x
+
+
+def test_configs_alter_describe_delete(broker):
+    topic = unique_topic("jconfigs")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+
+    def configs(*args, what):
+        p = java(CONFIGS, ["--bootstrap-server", broker.bootstrap, "--entity-type", "topics",
+                           "--entity-name", topic] + list(args), what=what)
+        assert p.returncode == 0, fail_text(p)
+        return p.stdout
+
+    def dynamic():
+        out = configs("--describe", what="kafka-configs --describe")
+        assert "Dynamic configs for topic %s are:" % topic in out, out
+        return dict(re.findall(r"^\s+([\w.]+)=(\S*) sensitive=", out, re.M))
+
+    assert dynamic() == {}
+    out = configs("--alter", "--add-config", "retention.ms=1000000,segment.bytes=10485760",
+                  what="kafka-configs --alter --add-config")
+    assert "Completed updating config for topic %s." % topic in out, out
+    assert dynamic() == {"retention.ms": "1000000", "segment.bytes": "10485760"}
+    configs("--alter", "--delete-config", "segment.bytes", what="kafka-configs --alter --delete-config")
+    assert dynamic() == {"retention.ms": "1000000"}
+    # kafka-topics shows the override too.
+    head, _, out = describe(broker, topic)
+    assert head["configs"] == "retention.ms=1000000", out
+
+    p = java(CONFIGS, ["--bootstrap-server", broker.bootstrap, "--entity-type", "topics", "--entity-name", topic,
+                       "--alter", "--add-config", "retention.ms=abc"], what="kafka-configs --alter (invalid)")
+    assert p.returncode != 0 and "InvalidConfigurationException" in p.stdout + p.stderr, fail_text(p)
+    assert dynamic() == {"retention.ms": "1000000"}
+
+
+def test_configs_describe_broker(broker):
+    p = java(CONFIGS, ["--bootstrap-server", broker.bootstrap, "--entity-type", "brokers", "--entity-name", "1",
+                       "--describe", "--all"], what="kafka-configs --describe --all (broker)")
+    assert p.returncode == 0, fail_text(p)
+    assert "All configs for broker 1 are:" in p.stdout, fail_text(p)
+    assert re.search(r"^\s+node.id=1 ", p.stdout, re.M), fail_text(p)
+
+
 # ------------------------------------------------------------------ known gaps (consumer groups)
 
 @pytest.mark.xfail(reason="gap: consumer groups not implemented (ListGroups is not advertised)", strict=False)
