@@ -32,11 +32,16 @@ use crate::state::{now_ms, Broker, Partition};
 
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
 
-/// A handler's answer. `None` inside means "send nothing" (Produce with acks=0).
+/// A handler's answer. `None` as a response means the request could not be answered (an
+/// internal failure): the connection is closed rather than left waiting for a response that
+/// never comes.
 #[allow(clippy::large_enum_variant)] // one per in-flight request; moved once
 pub enum Reply {
     Now(Option<ResponseKind>),
     Later(ReplyFuture),
+    /// No response at all (Produce with acks=0) once the future completes; it still holds
+    /// an in-flight slot until then.
+    Quiet(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -148,6 +153,14 @@ impl Broker {
                     blocking(move || b.describe_log_dirs(r))
                         .await
                         .map(ResponseKind::DescribeLogDirs),
+                )
+            }
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.offset_for_leader_epoch(r))
+                        .await
+                        .map(ResponseKind::OffsetForLeaderEpoch),
                 )
             }
             RequestKind::DescribeCluster(_) => {
@@ -351,9 +364,8 @@ impl Broker {
             // No response, but the durability wait still occupies one of the connection's
             // bounded in-flight slots (so acks=0 floods cannot pile up unbounded waiters) and
             // wakes long-polling fetches once the data is visible.
-            return Reply::Later(Box::pin(async move {
+            return Reply::Quiet(Box::pin(async move {
                 wait.await;
-                None
             }));
         }
         Reply::Later(Box::pin(async move {
@@ -879,6 +891,54 @@ impl Broker {
         }
         let mut resp = kafka_protocol::messages::DescribeLogDirsResponse::default();
         resp.results = vec![dir];
+        resp
+    }
+
+    /// KIP-101/KIP-320: where a leader epoch ends. For consumers (replica id < 0) the end is
+    /// capped at the high watermark: they never see offsets beyond it.
+    fn offset_for_leader_epoch(
+        &self,
+        req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
+    ) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+        use kafka_protocol::messages::offset_for_leader_epoch_response::{
+            EpochEndOffset, OffsetForLeaderTopicResult,
+        };
+        let consumer = req.replica_id.0 < 0;
+        let mut resp = kafka_protocol::messages::OffsetForLeaderEpochResponse::default();
+        for t in req.topics {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            for op in t.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = op.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                match self.partition(t.topic.0.as_str(), op.partition) {
+                    None => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let hw = p.high_watermark();
+                        let st = p.lock();
+                        match (
+                            check_epoch(op.current_leader_epoch, st.leader_epoch),
+                            st.log.as_ref(),
+                        ) {
+                            (Err(code), _) => e.error_code = code,
+                            (Ok(()), None) => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                            (Ok(()), Some(log)) => {
+                                if let Some((epoch, end)) =
+                                    log.end_offset_for_epoch(op.leader_epoch)
+                                {
+                                    e.leader_epoch = epoch;
+                                    e.end_offset = if consumer { end.min(hw) } else { end };
+                                }
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
         resp
     }
 

@@ -183,7 +183,10 @@ async fn connection(
                 let cid = header.correlation_id;
                 let encode = move |r: Option<kafka_protocol::messages::ResponseKind>| -> Result<Option<BytesMut>, ()> {
                     match r {
-                        None => Ok(None),
+                        None => {
+                            tracing::error!(%peer, ?api_key, "request failed internally: closing connection");
+                            Err(())
+                        }
                         Some(r) => encode_response(api_key, version, cid, &r).map(Some).map_err(|e| {
                             tracing::error!(%peer, error = %e, "encode failed: closing connection");
                         }),
@@ -198,6 +201,12 @@ async fn connection(
                         tokio::spawn(async move {
                             let r = fut.await;
                             let _ = otx.send(encode(r));
+                        });
+                    }
+                    Reply::Quiet(fut) => {
+                        tokio::spawn(async move {
+                            fut.await;
+                            let _ = otx.send(Ok(None));
                         });
                     }
                 }

@@ -522,14 +522,51 @@ impl Broker {
                         }
                     }
                 }
+                let plan = if retention {
+                    log.compaction_plan(now)
+                } else {
+                    None
+                };
                 p.refresh(log);
                 drop(st);
+                if let Some(plan) = plan {
+                    // The cleaner reads and writes closed segments without the partition
+                    // lock; only the swap of cleaned segments takes it.
+                    Self::compact(p, plan);
+                }
                 changed |= before != (p.high_watermark(), p.log_start_offset());
             }
         }
         // Interval flushes move the high watermark, retention the log start: wake fetches.
         if changed {
             self.notify_data();
+        }
+    }
+
+    fn compact(p: &Partition, plan: holdfast_log::CompactionPlan) {
+        let out = match plan.run() {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed");
+                return;
+            }
+        };
+        let mut st = p.lock();
+        let Some(log) = st.log.as_mut() else { return };
+        match log.install_compaction(out) {
+            Ok(r) if r.segments_rewritten > 0 => tracing::info!(
+                topic = %p.topic,
+                partition = p.index,
+                segments = r.segments_rewritten,
+                bytes_before = r.bytes_before,
+                bytes_after = r.bytes_after,
+                records_removed = r.records_removed,
+                "compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "installing compaction failed")
+            }
         }
     }
 

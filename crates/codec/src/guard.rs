@@ -144,6 +144,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::IncrementalAlterConfigs => 1,
         ApiKey::DescribeCluster => 0,
         ApiKey::DescribeLogDirs => 2,
+        ApiKey::OffsetForLeaderEpoch => 4,
         _ => i16::MAX,
     }
 }
@@ -377,6 +378,19 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                 w.tagged_fields()
             })?;
             w.skip(1)?; // validate_only
+        }
+        ApiKey::OffsetForLeaderEpoch => {
+            if v >= 3 {
+                w.skip(4)?; // replica_id
+            }
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4 + 4 + 4)?; // partition, current_leader_epoch, leader_epoch
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
         }
         ApiKey::DescribeLogDirs => {
             w.array(true, |w| {

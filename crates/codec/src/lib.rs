@@ -46,6 +46,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
 ];
 
 /// The version range we support for `key`, if any.
@@ -535,6 +536,15 @@ mod tests {
                         res.configs = vec![c.clone(), c];
                         r.resources = vec![res];
                         RequestKind::IncrementalAlterConfigs(r)
+                    }
+                    ApiKey::OffsetForLeaderEpoch => {
+                        use offset_for_leader_epoch_request as ofle;
+                        let mut r = OffsetForLeaderEpochRequest::default();
+                        let mut t = ofle::OffsetForLeaderTopic::default();
+                        t.topic = name();
+                        t.partitions = vec![ofle::OffsetForLeaderPartition::default(); 2];
+                        r.topics = vec![t];
+                        RequestKind::OffsetForLeaderEpoch(r)
                     }
                     ApiKey::DescribeLogDirs => {
                         let mut r = DescribeLogDirsRequest::default();
