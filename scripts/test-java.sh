@@ -11,7 +11,7 @@ fi
 cargo build -p holdfast
 export HOLDFAST_BIN="$PWD/target/debug/holdfast"
 set +e
-.venv/bin/python -m pytest tests/python/test_java.py -q -rs -p no:cacheprovider -W ignore::DeprecationWarning "$@"
+.venv/bin/python -m pytest tests/python/test_java.py -q -rsx -p no:cacheprovider -W ignore::DeprecationWarning "$@"
 rc=$?
 set -e
 exit $rc
