@@ -218,6 +218,9 @@ impl Broker {
         let allow_create =
             self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         for (name, id) in requested {
+            // A non-zero topic id wins over the name, as in Kafka: the Java client asks by id
+            // with name "" (the field's default), not null.
+            let name = if id.is_nil() { name } else { None };
             let Some(name) = name else {
                 match self.topic_by_id(id) {
                     Some(t) => resp.topics.push(self.topic_metadata(&t)),
@@ -1225,7 +1228,9 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
     check_epoch(leader_epoch, epoch)?;
     let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
     match timestamp {
-        -2 => Ok((log.log_start_offset(), -1, epoch)),
+        // -4 is EARLIEST_LOCAL (ListOffsets v8+, KIP-405): with no tiered storage the local
+        // log starts at the log start offset, as Kafka answers for a non-tiered topic.
+        -2 | -4 => Ok((log.log_start_offset(), -1, epoch)),
         -1 => Ok((hw, -1, epoch)),
         -3 => match log.max_timestamp_offset() {
             Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
@@ -1237,7 +1242,7 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
             Ok(_) => Ok((-1, -1, -1)),
             Err(e) => Err(e.kafka_error_code()),
         },
-        // -4 (earliest local) and -5 (earliest tiered) need newer versions than we advertise.
+        // -5 (latest tiered) needs v9+, which we do not advertise.
         _ => Err(ec::INVALID_REQUEST),
     }
 }
