@@ -440,14 +440,14 @@ def test_configs_describe_broker(broker):
 
 # ------------------------------------------------------------------ known gaps (consumer groups)
 
-@pytest.mark.xfail(reason="gap: consumer groups not implemented (ListGroups is not advertised)", strict=False)
+@pytest.mark.xfail(reason="gap: consumer groups not implemented (ListGroups is not advertised)", strict=True)
 def test_consumer_groups_list(broker):
     p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
     assert p.returncode == 0 and "UnsupportedVersionException" not in p.stdout + p.stderr, fail_text(p)
 
 
 @pytest.mark.xfail(reason="gap: consumer groups not implemented (FindCoordinator answers COORDINATOR_NOT_AVAILABLE, "
-                          "the subscribing console consumer retries until --timeout-ms)", strict=False)
+                          "the subscribing console consumer retries until --timeout-ms)", strict=True)
 def test_console_consumer_with_group(broker):
     topic = unique_topic("jgroup")
     p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
