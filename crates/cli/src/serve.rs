@@ -120,25 +120,6 @@ fn advertised(args: &ServeArgs, bound: SocketAddr) -> anyhow::Result<(String, i3
     Ok((host.to_string(), i32::from(bound.port())))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn environment_overrides_use_kafka_names() {
-        let mut cfg = BrokerConfig::new(PathBuf::from("/tmp/x"), "127.0.0.1:0".into());
-        let vars = vec![
-            ("HOLDFAST_NUM_PARTITIONS".to_string(), "7".to_string()),
-            ("HOLDFAST_BIN".to_string(), "/usr/bin/holdfast".to_string()),
-            ("PATH".to_string(), "/bin".to_string()),
-        ];
-        apply_env(&mut cfg, vars.into_iter()).expect("valid");
-        assert_eq!(cfg.num_partitions, 7);
-        let bad = vec![("HOLDFAST_NUM_PARTITIONS".to_string(), "many".to_string())];
-        assert!(apply_env(&mut cfg, bad.into_iter()).is_err());
-    }
-}
-
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -187,4 +168,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("holdfast stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_use_kafka_names() {
+        let mut cfg = BrokerConfig::new(PathBuf::from("/tmp/x"), "127.0.0.1:0".into());
+        let vars = vec![
+            ("HOLDFAST_NUM_PARTITIONS".to_string(), "7".to_string()),
+            ("HOLDFAST_BIN".to_string(), "/usr/bin/holdfast".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        apply_env(&mut cfg, vars.into_iter()).expect("valid");
+        assert_eq!(cfg.num_partitions, 7);
+        let bad = vec![("HOLDFAST_NUM_PARTITIONS".to_string(), "many".to_string())];
+        assert!(apply_env(&mut cfg, bad.into_iter()).is_err());
+    }
 }
