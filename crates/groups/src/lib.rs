@@ -614,12 +614,7 @@ impl Coordinator {
         Outcome::Wait(ticket)
     }
 
-    fn replace_static(
-        &mut self,
-        req: JoinRequest,
-        old: String,
-        now: i64,
-    ) -> Outcome<JoinResponse> {
+    fn replace_static(&mut self, req: JoinRequest, old: String, now: i64) -> Outcome<JoinResponse> {
         let new_id = self.new_member_id(&req.client_id);
         let gid = req.group_id.clone();
         let Some(g) = self.groups.get_mut(&gid) else {
@@ -652,9 +647,11 @@ impl Coordinator {
         }
         g.members.insert(new_id.clone(), m);
         let state = g.state;
-        if state == GroupState::Stable && same && !was_leader {
+        if state == GroupState::Stable && same {
             // KIP-345: a static member coming back within the session timeout gets its
-            // assignment without a rebalance of the others.
+            // assignment without a rebalance of the others. A returning leader gets the
+            // member list as before KIP-814: its SyncGroup in Stable returns the stored
+            // assignment, so its recomputation changes nothing.
             self.persist_group(&gid);
             let resp = self.current_join_response(&gid, &new_id);
             return Outcome::Now(resp);
@@ -759,8 +756,7 @@ impl Coordinator {
         let Some(g) = self.groups.get(gid) else {
             return;
         };
-        if g.state == GroupState::PreparingRebalance && g.initial_cap.is_none() && g.all_joined()
-        {
+        if g.state == GroupState::PreparingRebalance && g.initial_cap.is_none() && g.all_joined() {
             self.complete_join(gid, now);
         }
     }

@@ -184,10 +184,16 @@ fn static_member_rejoins_without_rebalance() {
     assert_eq!(j.len(), 2);
     let leader = j[0].1.leader.clone();
     let ids: Vec<String> = j.iter().map(|x| x.1.member_id.clone()).collect();
-    let follower = ids.iter().find(|i| **i != leader).cloned().unwrap_or_default();
+    let follower = ids
+        .iter()
+        .find(|i| **i != leader)
+        .cloned()
+        .unwrap_or_default();
     for id in &ids {
         let a = if *id == leader {
-            ids.iter().map(|i| (i.clone(), i.as_bytes().to_vec())).collect()
+            ids.iter()
+                .map(|i| (i.clone(), i.as_bytes().to_vec()))
+                .collect()
         } else {
             vec![]
         };
@@ -216,7 +222,16 @@ fn static_member_rejoins_without_rebalance() {
         c.heartbeat("g", 1, &follower, Some(instance), 1_001),
         FENCED_INSTANCE_ID
     );
-    match c.sync("g", 1, &r.member_id, Some(instance), None, None, vec![], 1_002) {
+    match c.sync(
+        "g",
+        1,
+        &r.member_id,
+        Some(instance),
+        None,
+        None,
+        vec![],
+        1_002,
+    ) {
         Outcome::Now(s) => assert_eq!(s.assignment, follower.as_bytes().to_vec()),
         o => panic!("{o:?}"),
     }
