@@ -23,6 +23,9 @@ use crate::state::{now_ms, Broker};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// A record of `__consumer_offsets`: key, value (`None` = tombstone).
+type KeyValue = (Vec<u8>, Option<Vec<u8>>);
+
 /// Bound on queued batches of coordinator writes (group metadata, tombstones).
 const WRITE_QUEUE: usize = 4096;
 
@@ -186,7 +189,7 @@ impl Broker {
     async fn append_offsets_records(
         self: &Arc<Self>,
         group: &str,
-        recs: Vec<(Vec<u8>, Option<Vec<u8>>)>,
+        recs: Vec<KeyValue>,
     ) -> Result<(), i16> {
         let n = self.groups().partitions;
         let index = records::partition_for(group, n);
@@ -253,7 +256,7 @@ impl Broker {
                 _ = stop.changed() => return,
             };
             let Some(w) = w else { return };
-            let mut by_group: BTreeMap<String, Vec<(Vec<u8>, Option<Vec<u8>>)>> = BTreeMap::new();
+            let mut by_group: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
             for x in w {
                 by_group.entry(x.group).or_default().push((x.key, x.value));
             }
