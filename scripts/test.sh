@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs what the tests need (Python clients in
 # .venv, kcat and file-system tools from apt), checks formatting and lints, builds once, runs
 # the Rust tests (log property/crash/power-cut tests, rdkafka integration tests) and the
-# Python client suites (confluent-kafka, kafka-python, kcat) against a real holdfast process.
+# client suites (confluent-kafka, kafka-python, kcat, the Java client and Apache Kafka's
+# command-line tools from Maven Central) against a real holdfast process.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,6 +11,7 @@ say() { printf '\n=== %s\n' "$*"; }
 
 say "setup: test dependencies"
 ./scripts/setup-test-deps.sh
+./scripts/setup-java-deps.sh
 
 say "cargo fmt --check"
 cargo fmt --all -- --check

@@ -1,17 +1,19 @@
-"""SIGKILL in the middle of an acks=all idempotent stream: every acknowledged record survives,
-exactly once and in order, after a restart on the same data directory."""
+"""SIGKILL or SIGTERM in the middle of an acks=all idempotent stream: every acknowledged record
+survives, exactly once and in order, after a restart on the same data directory."""
 import os
 import shutil
 import tempfile
 import threading
 import time
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from conftest import Broker, wait_until
 
 
-def test_sigkill_mid_stream_loses_no_acked_record():
+@pytest.mark.parametrize("how", ["sigkill", "sigterm"])
+def test_stop_mid_stream_loses_no_acked_record(how):
     data = tempfile.mkdtemp(prefix="holdfast-crash-")
     try:
         b = Broker(data).start()
@@ -54,7 +56,10 @@ def test_sigkill_mid_stream_loses_no_acked_record():
             except BufferError:
                 break
         p.poll(0)
-        b.kill()
+        if how == "sigkill":
+            b.kill()
+        else:
+            assert b.stop() == 0, "SIGTERM must finish in-flight requests and exit 0"
         with lock:
             acked_at_kill = len(acked)
         assert acked_at_kill >= 3000
@@ -69,7 +74,8 @@ def test_sigkill_mid_stream_loses_no_acked_record():
         try:
             # The restart noticed the unclean stop (and recovered; nothing may be damaged).
             wait_until(lambda: any("broker started" in line for line in b2.stderr_lines), what="startup log")
-            assert any("unclean stop" in line for line in b2.stderr_lines), "".join(b2.stderr_lines)
+            unclean = any("unclean stop" in line for line in b2.stderr_lines)
+            assert unclean == (how == "sigkill"), "".join(b2.stderr_lines)
             assert p.flush(60) == 0
             with lock:
                 assert not failed, failed[:5]

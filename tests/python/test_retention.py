@@ -76,3 +76,62 @@ def test_log_append_time_topic(fast_broker):
         assert before - 1000 <= ts <= after + 1000
     finally:
         c.close()
+
+
+def read_all(bootstrap, topic, hi):
+    """Every record of partition 0 from the log start up to `hi`: {offset: (key, value)}."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "rd-" + topic, "enable.auto.commit": False,
+                  "auto.offset.reset": "earliest"})
+    out = {}
+    try:
+        c.assign([TopicPartition(topic, 0, 0)])
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            m = c.poll(0.5)
+            if m is None or m.error() is not None:
+                continue
+            out[m.offset()] = (m.key(), m.value())
+            if m.offset() >= hi - 1:
+                break
+    finally:
+        c.close()
+    return out
+
+
+def test_compacted_topic_keeps_latest_value_per_key(fast_broker):
+    b = fast_broker
+    admin = AdminClient({"bootstrap.servers": b.bootstrap})
+    topic = unique_topic("compact")
+    fs = admin.create_topics([NewTopic(topic, 1, 1, config={
+        "cleanup.policy": "compact", "segment.bytes": "4000", "min.compaction.lag.ms": "0"})])
+    fs[topic].result(30)
+    p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 0, "batch.size": 1000,
+                  "compression.type": "lz4"})
+    failed = []
+    written = {}
+    for i in range(400):
+        key = b"key-%d" % (i % 10)
+        value = b"%04d-" % i + b"v" * 100
+        p.produce(topic, key=key, value=value, on_delivery=lambda e, m: e and failed.append(e))
+        written[i] = (key, value)
+        p.poll(0)
+    assert p.flush(30) == 0
+    assert not failed, failed[:3]
+    # A record without a key is refused on a compacted topic (INVALID_RECORD).
+    refused = []
+    p.produce(topic, value=b"no key", on_delivery=lambda e, m: refused.append(e))
+    p.flush(30)
+    assert refused and refused[0] is not None and refused[0].code() == 87, refused
+    # The background cleaner compacts the closed segments.
+    got = wait_until(lambda: (lambda r: r if len(r) < 400 else None)(read_all(b.bootstrap, topic, 400)),
+                     what="compaction", timeout=60)
+    latest = {}
+    for off, (k, v) in written.items():
+        latest[k] = off
+    for off, rec in got.items():
+        assert written[off] == rec, "offsets are preserved and values unchanged"
+    for k, off in latest.items():
+        assert off in got, "the latest value of every key survives"
+    for off, (k, _) in written.items():
+        if off not in got:
+            assert latest[k] > off, "only superseded records are removed"

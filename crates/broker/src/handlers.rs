@@ -32,11 +32,16 @@ use crate::state::{now_ms, Broker, Partition};
 
 pub type ReplyFuture = Pin<Box<dyn Future<Output = Option<ResponseKind>> + Send>>;
 
-/// A handler's answer. `None` inside means "send nothing" (Produce with acks=0).
+/// A handler's answer. `None` as a response means the request could not be answered (an
+/// internal failure): the connection is closed rather than left waiting for a response that
+/// never comes.
 #[allow(clippy::large_enum_variant)] // one per in-flight request; moved once
 pub enum Reply {
     Now(Option<ResponseKind>),
     Later(ReplyFuture),
+    /// No response at all (Produce with acks=0) once the future completes; it still holds
+    /// an in-flight slot until then.
+    Quiet(Pin<Box<dyn Future<Output = ()> + Send>>),
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -150,12 +155,17 @@ impl Broker {
                         .map(ResponseKind::DescribeLogDirs),
                 )
             }
+            RequestKind::OffsetForLeaderEpoch(r) => {
+                let b = Arc::clone(self);
+                Reply::Now(
+                    blocking(move || b.offset_for_leader_epoch(r))
+                        .await
+                        .map(ResponseKind::OffsetForLeaderEpoch),
+                )
+            }
             RequestKind::DescribeCluster(_) => {
                 Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
             }
-            RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
-                find_coordinator(r, version),
-            ))),
             _ => {
                 // The codec only lets through APIs of the supported table.
                 tracing::error!(
@@ -205,6 +215,9 @@ impl Broker {
         let allow_create =
             self.config.auto_create_topics && (version < 4 || req.allow_auto_topic_creation);
         for (name, id) in requested {
+            // A non-zero topic id wins over the name, as in Kafka: the Java client asks by id
+            // with name "" (the field's default), not null.
+            let name = if id.is_nil() { name } else { None };
             let Some(name) = name else {
                 match self.topic_by_id(id) {
                     Some(t) => resp.topics.push(self.topic_metadata(&t)),
@@ -255,6 +268,7 @@ impl Broker {
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.meta.name));
         mt.topic_id = t.meta.id;
+        mt.is_internal = t.meta.name == crate::groups::OFFSETS_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -303,7 +317,7 @@ impl Broker {
                 .map(|(topic, index, records)| {
                     let r = match b.partition(&topic, index) {
                         None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
-                        Some(p) => append(&p, records, now).map(|o| (o, p)),
+                        Some(p) => append_records(&p, records, now).map(|o| (o, p)),
                     };
                     (topic, index, r)
                 })
@@ -348,9 +362,8 @@ impl Broker {
             // No response, but the durability wait still occupies one of the connection's
             // bounded in-flight slots (so acks=0 floods cannot pile up unbounded waiters) and
             // wakes long-polling fetches once the data is visible.
-            return Reply::Later(Box::pin(async move {
+            return Reply::Quiet(Box::pin(async move {
                 wait.await;
-                None
             }));
         }
         Reply::Later(Box::pin(async move {
@@ -879,6 +892,54 @@ impl Broker {
         resp
     }
 
+    /// KIP-101/KIP-320: where a leader epoch ends. For consumers (replica id < 0) the end is
+    /// capped at the high watermark: they never see offsets beyond it.
+    fn offset_for_leader_epoch(
+        &self,
+        req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
+    ) -> kafka_protocol::messages::OffsetForLeaderEpochResponse {
+        use kafka_protocol::messages::offset_for_leader_epoch_response::{
+            EpochEndOffset, OffsetForLeaderTopicResult,
+        };
+        let consumer = req.replica_id.0 < 0;
+        let mut resp = kafka_protocol::messages::OffsetForLeaderEpochResponse::default();
+        for t in req.topics {
+            let mut tr = OffsetForLeaderTopicResult::default();
+            tr.topic = t.topic.clone();
+            for op in t.partitions {
+                let mut e = EpochEndOffset::default();
+                e.partition = op.partition;
+                e.leader_epoch = -1;
+                e.end_offset = -1;
+                match self.partition(t.topic.0.as_str(), op.partition) {
+                    None => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                    Some(p) => {
+                        let hw = p.high_watermark();
+                        let st = p.lock();
+                        match (
+                            check_epoch(op.current_leader_epoch, st.leader_epoch),
+                            st.log.as_ref(),
+                        ) {
+                            (Err(code), _) => e.error_code = code,
+                            (Ok(()), None) => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
+                            (Ok(()), Some(log)) => {
+                                if let Some((epoch, end)) =
+                                    log.end_offset_for_epoch(op.leader_epoch)
+                                {
+                                    e.leader_epoch = epoch;
+                                    e.end_offset = if consumer { end.min(hw) } else { end };
+                                }
+                            }
+                        }
+                    }
+                }
+                tr.partitions.push(e);
+            }
+            resp.topics.push(tr);
+        }
+        resp
+    }
+
     fn describe_cluster(&self) -> kafka_protocol::messages::DescribeClusterResponse {
         use kafka_protocol::messages::describe_cluster_response::DescribeClusterBroker;
         let mut r = kafka_protocol::messages::DescribeClusterResponse::default();
@@ -988,38 +1049,6 @@ fn config_type(name: &str) -> i8 {
 
 /// No group or transaction coordinator yet: every key gets COORDINATOR_NOT_AVAILABLE, which
 /// clients treat as retriable. Advertised because librdkafka ties features (LZ4) to it.
-fn find_coordinator(
-    req: kafka_protocol::messages::FindCoordinatorRequest,
-    version: i16,
-) -> kafka_protocol::messages::FindCoordinatorResponse {
-    use kafka_protocol::messages::find_coordinator_response::Coordinator;
-    const MESSAGE: &str = "Holdfast has no group or transaction coordinator yet.";
-    let mut r = kafka_protocol::messages::FindCoordinatorResponse::default();
-    if version >= 4 {
-        r.coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                let mut c = Coordinator::default();
-                c.key = key;
-                c.node_id = BrokerId(-1);
-                c.port = -1;
-                c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-                c.error_message = Some(sb(MESSAGE));
-                c
-            })
-            .collect();
-    } else {
-        r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-        if version >= 1 {
-            r.error_message = Some(sb(MESSAGE));
-        }
-        r.node_id = BrokerId(-1);
-        r.port = -1;
-    }
-    r
-}
-
 /// Kafka's ConfigResource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
 
@@ -1031,16 +1060,20 @@ type NewTopicSpec = (String, i32, BTreeMap<String, String>);
 
 /// What an append reports back to the produce response.
 #[derive(Clone)]
-struct Appended {
-    first_offset: i64,
-    durable_end: i64,
+pub(crate) struct Appended {
+    pub(crate) first_offset: i64,
+    pub(crate) durable_end: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
 }
 
-type ProduceResult = Result<Appended, (i16, Option<String>)>;
+pub(crate) type ProduceResult = Result<Appended, (i16, Option<String>)>;
 
-fn append(p: &Arc<Partition>, records: Option<Bytes>, now: i64) -> ProduceResult {
+pub(crate) fn append_records(
+    p: &Arc<Partition>,
+    records: Option<Bytes>,
+    now: i64,
+) -> ProduceResult {
     let Some(records) = records else {
         return Err((ec::CORRUPT_MESSAGE, Some("null record set".into())));
     };
@@ -1165,7 +1198,9 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
     check_epoch(leader_epoch, epoch)?;
     let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
     match timestamp {
-        -2 => Ok((log.log_start_offset(), -1, epoch)),
+        // -4 is EARLIEST_LOCAL (ListOffsets v8+, KIP-405): with no tiered storage the local
+        // log starts at the log start offset, as Kafka answers for a non-tiered topic.
+        -2 | -4 => Ok((log.log_start_offset(), -1, epoch)),
         -1 => Ok((hw, -1, epoch)),
         -3 => match log.max_timestamp_offset() {
             Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
@@ -1177,7 +1212,7 @@ fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64,
             Ok(_) => Ok((-1, -1, -1)),
             Err(e) => Err(e.kafka_error_code()),
         },
-        // -4 (earliest local) and -5 (earliest tiered) need newer versions than we advertise.
+        // -5 (latest tiered) needs v9+, which we do not advertise.
         _ => Err(ec::INVALID_REQUEST),
     }
 }

@@ -3,8 +3,8 @@
 //! Every file is replaced atomically: write a temporary file, fsync, rename, fsync the dir.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use uuid::Uuid;
@@ -27,29 +27,23 @@ fn io_err(path: &Path) -> impl FnOnce(io::Error) -> MetaError + '_ {
     }
 }
 
-/// Replaces `path` with `contents` atomically and durably.
-pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), MetaError> {
-    let tmp = path.with_extension("tmp");
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .open(&tmp)
-        .map_err(io_err(&tmp))?;
-    f.write_all(contents).map_err(io_err(&tmp))?;
-    f.sync_all().map_err(io_err(&tmp))?;
-    drop(f);
-    fs::rename(&tmp, path).map_err(io_err(path))?;
-    if let Some(dir) = path.parent() {
-        sync_dir(dir)?;
+fn from_log(e: holdfast_log::LogError) -> MetaError {
+    match e {
+        holdfast_log::LogError::Io { path, source } => MetaError::Io { path, source },
+        other => MetaError::Malformed {
+            path: PathBuf::new(),
+            reason: other.to_string(),
+        },
     }
-    Ok(())
+}
+
+/// Replaces `path` with `contents` atomically and durably (the log crate's atomic replace).
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<(), MetaError> {
+    holdfast_log::fsutil::write_atomic(path, contents).map_err(from_log)
 }
 
 pub fn sync_dir(dir: &Path) -> Result<(), MetaError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(io_err(dir))
+    holdfast_log::fsutil::sync_dir(dir).map_err(from_log)
 }
 
 /// What the broker knows of a topic beyond its partition logs.

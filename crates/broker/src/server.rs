@@ -41,6 +41,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
         .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
     let mut conns = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(Arc::clone(&broker), stop_rx.clone()));
+    broker.spawn_group_tasks(stop_rx.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -183,14 +184,29 @@ async fn connection(
                 let cid = header.correlation_id;
                 let encode = move |r: Option<kafka_protocol::messages::ResponseKind>| -> Result<Option<BytesMut>, ()> {
                     match r {
-                        None => Ok(None),
+                        None => {
+                            tracing::error!(%peer, ?api_key, "request failed internally: closing connection");
+                            Err(())
+                        }
                         Some(r) => encode_response(api_key, version, cid, &r).map(Some).map_err(|e| {
                             tracing::error!(%peer, error = %e, "encode failed: closing connection");
                         }),
                     }
                 };
                 tracing::trace!(%peer, ?api_key, version, cid, "request");
-                match broker.handle(api_key, version, body).await {
+                let reply = if crate::groups::is_group_api(api_key) {
+                    broker
+                        .handle_group(
+                            version,
+                            body,
+                            header.client_id.as_deref().unwrap_or(""),
+                            peer,
+                        )
+                        .await
+                } else {
+                    broker.handle(api_key, version, body).await
+                };
+                match reply {
                     Reply::Now(r) => {
                         let _ = otx.send(encode(r));
                     }
@@ -198,6 +214,12 @@ async fn connection(
                         tokio::spawn(async move {
                             let r = fut.await;
                             let _ = otx.send(encode(r));
+                        });
+                    }
+                    Reply::Quiet(fut) => {
+                        tokio::spawn(async move {
+                            fut.await;
+                            let _ = otx.send(Ok(None));
                         });
                     }
                 }

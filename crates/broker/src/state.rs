@@ -31,6 +31,8 @@ pub enum BrokerError {
     Flusher(std::io::Error),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("group coordinator: {0}")]
+    Groups(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -161,6 +163,7 @@ pub struct Broker {
     advertised: OnceLock<(String, i32)>,
     stopping: AtomicBool,
     pub(crate) fetch_sessions: crate::fetch::FetchSessions,
+    pub(crate) groups: crate::groups::GroupService,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -198,7 +201,12 @@ impl Broker {
             );
         }
         let (data_tx, _) = watch::channel(0);
-        Ok(Arc::new(Broker {
+        let groups = crate::groups::GroupService::new(
+            config.groups.clone(),
+            config.offsets_topic_partitions,
+            config.offsets_retention_check_interval_ms,
+        );
+        let broker = Arc::new(Broker {
             config,
             cluster_id,
             meta,
@@ -210,7 +218,10 @@ impl Broker {
             advertised: OnceLock::new(),
             stopping: AtomicBool::new(false),
             fetch_sessions: Default::default(),
-        }))
+            groups,
+        });
+        broker.load_groups().map_err(BrokerError::Groups)?;
+        Ok(broker)
     }
 
     pub fn set_advertised(&self, host: String, port: i32) {
@@ -522,14 +533,51 @@ impl Broker {
                         }
                     }
                 }
+                let plan = if retention {
+                    log.compaction_plan(now)
+                } else {
+                    None
+                };
                 p.refresh(log);
                 drop(st);
+                if let Some(plan) = plan {
+                    // The cleaner reads and writes closed segments without the partition
+                    // lock; only the swap of cleaned segments takes it.
+                    Self::compact(p, plan);
+                }
                 changed |= before != (p.high_watermark(), p.log_start_offset());
             }
         }
         // Interval flushes move the high watermark, retention the log start: wake fetches.
         if changed {
             self.notify_data();
+        }
+    }
+
+    fn compact(p: &Partition, plan: holdfast_log::CompactionPlan) {
+        let out = match plan.run() {
+            Ok(out) => out,
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "compaction failed");
+                return;
+            }
+        };
+        let mut st = p.lock();
+        let Some(log) = st.log.as_mut() else { return };
+        match log.install_compaction(out) {
+            Ok(r) if r.segments_rewritten > 0 => tracing::info!(
+                topic = %p.topic,
+                partition = p.index,
+                segments = r.segments_rewritten,
+                bytes_before = r.bytes_before,
+                bytes_after = r.bytes_after,
+                records_removed = r.records_removed,
+                "compacted"
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "installing compaction failed")
+            }
         }
     }
 

@@ -2,6 +2,7 @@
 //!
 //! The binary is `target/debug/holdfast` (or `$HOLDFAST_BIN`); build it first:
 //! `cargo build -p holdfast && cargo test -p holdfast-itest --test broker`.
+//! `HOLDFAST_ITEST_LOG=inherit` shows the brokers' logs.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -20,6 +21,8 @@ struct Broker {
     child: Child,
     addr: String,
     dir: PathBuf,
+    /// The broker's stderr (its log); printed when the test fails.
+    log: PathBuf,
 }
 
 impl Broker {
@@ -45,13 +48,27 @@ impl Broker {
         let dir =
             std::env::temp_dir().join(format!("holdfast-itest-{}-{port}", std::process::id()));
         let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!(
+            "holdfast-itest-{}-{port}.stderr",
+            std::process::id()
+        ));
+        let log_file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut child = Command::new(&bin)
             .args(["serve", "--data-dir"])
             .arg(&dir)
             .args(["--listen", &addr])
             .args(extra)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            // HOLDFAST_ITEST_LOG=inherit shows the broker's log live; otherwise it goes to a
+            // file whose tail is printed if the test panics.
+            .stderr(
+                if std::env::var_os("HOLDFAST_ITEST_LOG").is_some_and(|v| v == "inherit") {
+                    Stdio::inherit()
+                } else {
+                    Stdio::from(log_file)
+                },
+            )
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -67,7 +84,12 @@ impl Broker {
             let _ = child.kill();
             bail!("holdfast did not report listening in 30 s");
         }
-        Ok(Broker { child, addr, dir })
+        Ok(Broker {
+            child,
+            addr,
+            dir,
+            log,
+        })
     }
 }
 
@@ -76,6 +98,16 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            eprintln!("--- holdfast log ({}), last lines:", self.log.display());
+            for l in tail.into_iter().rev() {
+                eprintln!("{l}");
+            }
+        } else {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 
@@ -431,21 +463,110 @@ async fn queued_request_bytes_budget_stops_reading_until_freed() -> Result<()> {
     hog.write_all(&995i32.to_be_bytes())?;
     hog.write_all(&[0u8; 10])?;
     // A complete 14-byte ApiVersions on another connection cannot get its bytes reserved...
-    let mut waiting = connect(&b)?;
-    waiting.set_read_timeout(Some(Duration::from_millis(500)))?;
-    waiting.write_all(&api_versions_frame(0, 5))?;
-    let mut one = [0u8; 1];
-    match waiting.read(&mut one) {
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) => {}
-        other => bail!("expected no answer while the budget is spent, got {other:?}"),
+    // The hog's reservation happens on its own connection task, so a request sent right
+    // after may still be served: retry on fresh connections until one is held back.
+    let mut held = None;
+    for correlation in 5..45 {
+        let mut waiting = connect(&b)?;
+        waiting.set_read_timeout(Some(Duration::from_millis(500)))?;
+        waiting.write_all(&api_versions_frame(0, correlation))?;
+        let mut one = [0u8; 1];
+        match waiting.read(&mut one) {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                held = Some((waiting, correlation));
+                break;
+            }
+            Ok(1) => continue, // served before the hog's bytes were reserved
+            other => bail!("unexpected read while the budget is spent: {other:?}"),
+        }
     }
+    let (mut waiting, correlation) =
+        held.ok_or_else(|| anyhow::anyhow!("requests were never held back by the byte budget"))?;
     // ...until the hog goes away and its reservation is released.
     drop(hog);
     waiting.set_read_timeout(Some(Duration::from_secs(10)))?;
-    assert_eq!(read_response(&mut waiting)?, (5, 0));
+    assert_eq!(read_response(&mut waiting)?, (correlation, 0));
+    Ok(())
+}
+
+/// OffsetForLeaderEpoch v3 for one topic: (partition, current_leader_epoch, leader_epoch).
+/// Returns (error, partition, leader_epoch, end_offset) per partition.
+fn offset_for_leader_epoch(
+    s: &mut TcpStream,
+    topic: &str,
+    parts: &[(i32, i32, i32)],
+) -> Result<Vec<(i16, i32, i32, i64)>> {
+    let mut body = Vec::new();
+    body.extend_from_slice(&23i16.to_be_bytes());
+    body.extend_from_slice(&3i16.to_be_bytes());
+    body.extend_from_slice(&77i32.to_be_bytes());
+    body.extend_from_slice(&(-1i16).to_be_bytes());
+    body.extend_from_slice(&(-1i32).to_be_bytes()); // replica id: a consumer
+    body.extend_from_slice(&1i32.to_be_bytes());
+    body.extend_from_slice(&(topic.len() as i16).to_be_bytes());
+    body.extend_from_slice(topic.as_bytes());
+    body.extend_from_slice(&(parts.len() as i32).to_be_bytes());
+    for (p, current, epoch) in parts {
+        for v in [p, current, epoch] {
+            body.extend_from_slice(&v.to_be_bytes());
+        }
+    }
+    s.write_all(&(body.len() as i32).to_be_bytes())?;
+    s.write_all(&body)?;
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len)?;
+    let mut r = vec![0u8; i32::from_be_bytes(len) as usize];
+    s.read_exact(&mut r)?;
+    let mut at = 0usize;
+    let mut take = |n: usize| -> Result<&[u8]> {
+        let out = r.get(at..at + n).context("short response")?;
+        at += n;
+        Ok(out)
+    };
+    let i32_of = |b: &[u8]| i32::from_be_bytes([b[0], b[1], b[2], b[3]]);
+    assert_eq!(i32_of(take(4)?), 77); // correlation id
+    take(4)?; // throttle
+    assert_eq!(i32_of(take(4)?), 1);
+    let name_len = i16::from_be_bytes(take(2)?.try_into()?) as usize;
+    take(name_len)?;
+    let n = i32_of(take(4)?);
+    let mut out = Vec::new();
+    for _ in 0..n {
+        let err = i16::from_be_bytes(take(2)?.try_into()?);
+        let p = i32_of(take(4)?);
+        let e = i32_of(take(4)?);
+        let end = i64::from_be_bytes(take(8)?.try_into()?);
+        out.push((err, p, e, end));
+    }
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offset_for_leader_epoch_reports_epoch_ends() -> Result<()> {
+    let b = Broker::start()?;
+    let p = producer(&b)?;
+    assert_eq!(produce_n(&p, "epochs", 5, "e").await?.len(), 5);
+    let mut s = connect(&b)?;
+    let r = offset_for_leader_epoch(
+        &mut s,
+        "epochs",
+        &[(0, -1, 0), (0, 0, 0), (0, 3, 0), (9, -1, 0)],
+    )?;
+    assert_eq!(
+        r[0],
+        (0, 0, 0, 5),
+        "epoch 0 ends at the end of the visible log"
+    );
+    assert_eq!(r[1], (0, 0, 0, 5));
+    assert_eq!(
+        r[2].0, 76,
+        "a newer current epoch than the leader's is UNKNOWN_LEADER_EPOCH"
+    );
+    assert_eq!(r[3].0, 3, "unknown partition");
     Ok(())
 }

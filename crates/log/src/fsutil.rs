@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::error::{LogError, Result};
 
 /// fsyncs a directory so that entries created, renamed or removed in it survive a power cut.
-pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+pub fn sync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| LogError::io(dir, e))
@@ -15,7 +15,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
 
 /// Replaces `path` with `contents` atomically: write a temporary file, fsync it, rename it
 /// over the target, fsync the directory. A crash leaves either the old or the new file.
-pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+pub fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
         .write(true)

@@ -15,7 +15,7 @@ pub mod config;
 pub mod epoch;
 pub mod error;
 pub mod flush;
-mod fsutil;
+pub mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 mod handles;

@@ -34,6 +34,7 @@ struct Args {
     partitions: i32,
     acks: String,
     broker_pid: Option<u32>,
+    warmup_seconds: f64,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -46,6 +47,7 @@ fn parse_args() -> anyhow::Result<Args> {
         partitions: 8,
         acks: "all".into(),
         broker_pid: None,
+        warmup_seconds: 2.0,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -64,6 +66,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--partitions" => a.partitions = val()?.parse()?,
             "--acks" => a.acks = val()?,
             "--broker-pid" => a.broker_pid = Some(val()?.parse()?),
+            "--warmup" => a.warmup_seconds = val()?.parse()?,
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -88,6 +91,8 @@ fn parse_args() -> anyhow::Result<Args> {
 /// Per-message delivery accounting: latency from the scheduled send time to the ack.
 struct Ctx {
     start: Instant,
+    /// Messages scheduled before this (the warm-up: metadata, connections) are not measured.
+    measure_from_ns: u64,
     hist: Mutex<Histogram<u64>>,
     acked: AtomicU64,
     failed: AtomicU64,
@@ -99,6 +104,7 @@ impl ProducerContext for Ctx {
     type DeliveryOpaque = Box<u64>;
     fn delivery(&self, result: &DeliveryResult<'_>, scheduled_ns: Box<u64>) {
         match result {
+            Ok(_) if *scheduled_ns < self.measure_from_ns => {}
             Ok(_) => {
                 let now = self.start.elapsed().as_nanos() as u64;
                 let us = now.saturating_sub(*scheduled_ns) / 1000;
@@ -186,8 +192,10 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
         r.map_err(|(t, e)| anyhow!("create topic {t}: {e}"))?;
     }
     let start = Instant::now();
+    let measure_from_ns = (args.warmup_seconds * 1e9) as u64;
     let ctx = Ctx {
         start,
+        measure_from_ns,
         hist: Mutex::new(hist()),
         acked: AtomicU64::new(0),
         failed: AtomicU64::new(0),
@@ -239,6 +247,10 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
                     if let Some(p) = m.payload() {
                         if p.len() >= 8 {
                             let sched = u64::from_be_bytes(p[..8].try_into().unwrap_or([0; 8]));
+                            if sched < measure_from_ns {
+                                consumed.fetch_add(1, Ordering::Relaxed);
+                                continue;
+                            }
                             let us =
                                 (start.elapsed().as_nanos() as u64).saturating_sub(sched) / 1000;
                             let _ = h.record(us.max(1));
@@ -253,8 +265,9 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
     let mut payload = vec![0x42u8; size.max(8)];
     let measure_from = Instant::now();
     let mut sent: u64 = 0;
+    let total_seconds = args.warmup_seconds + args.seconds;
     let interval_ns = args.rate.map(|r| (1e9 / r) as u64);
-    while measure_from.elapsed().as_secs_f64() < args.seconds {
+    while measure_from.elapsed().as_secs_f64() < total_seconds {
         let now_ns = start.elapsed().as_nanos() as u64;
         let scheduled = match interval_ns {
             Some(iv) => {
@@ -285,8 +298,8 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
         }
         sent += 1;
     }
+    let elapsed = (measure_from.elapsed().as_secs_f64() - args.warmup_seconds).max(1e-9);
     producer.flush(Duration::from_secs(60))?;
-    let elapsed = measure_from.elapsed().as_secs_f64();
     target.store(sent, Ordering::Relaxed);
     stop.store(true, Ordering::Relaxed);
     let e2e = e2e_thread
