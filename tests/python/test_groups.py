@@ -336,3 +336,13 @@ def test_kafka_python_group_consumer(broker):
     c.commit()
     assert c.committed(KTP(topic, 0)) == 10 and c.committed(KTP(topic, 1)) == 10
     c.close()
+
+
+def test_clients_cannot_write_the_offsets_topic(broker):
+    p = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 10000})
+    errors = []
+    p.produce("__consumer_offsets", value=b"forged", partition=0, on_delivery=lambda e, m: errors.append(e))
+    p.flush(20)
+    assert len(errors) == 1 and errors[0] is not None, errors
+    md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
+    assert "__consumer_offsets" in md.topics
