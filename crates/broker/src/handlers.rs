@@ -316,6 +316,11 @@ impl Broker {
             work.into_iter()
                 .map(|(topic, index, records)| {
                     let r = match b.partition(&topic, index) {
+                        // Only the group coordinator writes its internal topic (as in Kafka).
+                        Some(_) if topic == crate::groups::OFFSETS_TOPIC => Err((
+                            ec::INVALID_TOPIC_EXCEPTION,
+                            Some(format!("Cannot append to internal topic {topic}")),
+                        )),
                         None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
                         Some(p) => append_records(&p, records, now).map(|o| (o, p)),
                     };

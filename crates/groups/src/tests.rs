@@ -336,3 +336,95 @@ fn protocol_selection_and_inconsistent_protocol() {
     // One vote each: the tie goes to the first member's preference.
     assert!(j.iter().all(|(_, r)| r.protocol_name.is_some()));
 }
+
+#[test]
+fn leader_that_never_syncs_is_removed_and_the_other_member_rebalances() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    let a = join_id(&mut c, "g", 0);
+    wait(c.join(req("g", &a), 0));
+    let b = join_id(&mut c, "g", 1);
+    wait(c.join(req("g", &b), 1));
+    c.tick(200);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 2);
+    let leader = j[0].1.leader.clone();
+    let other = if leader == a { b.clone() } else { a.clone() };
+    let ts = match c.sync("g", 1, &other, None, None, None, vec![], 300) {
+        Outcome::Wait(t) => t,
+        o => panic!("{o:?}"),
+    };
+    // Stale generation and unknown members get their errors without touching the group.
+    assert!(matches!(
+        c.sync("g", 0, &other, None, None, None, vec![], 301),
+        Outcome::Now(SyncResponse {
+            error: ILLEGAL_GENERATION,
+            ..
+        })
+    ));
+    assert!(matches!(
+        c.sync("g", 1, "ghost", None, None, None, vec![], 301),
+        Outcome::Now(SyncResponse {
+            error: UNKNOWN_MEMBER_ID,
+            ..
+        })
+    ));
+    assert_eq!(c.group_state("g"), Some(GroupState::CompletingRebalance));
+    // The leader neither syncs nor heartbeats: its session (10 s) ends first.
+    assert_eq!(c.next_deadline(), Some(200 + 10_000));
+    c.tick(200 + 10_000);
+    let done = c.take_completions();
+    assert!(done.iter().any(
+        |x| matches!(x, Completion::Sync(t, s) if *t == ts && s.error == REBALANCE_IN_PROGRESS)
+    ));
+    assert_eq!(
+        c.heartbeat("g", 1, &leader, None, 30_300),
+        UNKNOWN_MEMBER_ID
+    );
+    wait(c.join(req("g", &other), 30_400));
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].1.generation, 2);
+    assert_eq!(j[0].1.leader, other);
+}
+
+#[test]
+fn pending_member_that_never_rejoins_expires() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    let a = join_id(&mut c, "g", 0);
+    assert_eq!(c.next_deadline(), Some(10_000));
+    c.tick(10_000);
+    match c.join(req("g", &a), 10_001) {
+        Outcome::Now(r) => assert_eq!(r.error, UNKNOWN_MEMBER_ID),
+        o => panic!("{o:?}"),
+    }
+    // Session timeouts outside the broker's bounds are refused.
+    let mut r = req("g", "");
+    r.session_timeout_ms = 10;
+    match c.join(r, 10_002) {
+        Outcome::Now(r) => assert_eq!(r.error, INVALID_SESSION_TIMEOUT),
+        o => panic!("{o:?}"),
+    }
+}
+
+#[test]
+fn initial_delay_window_restarts_per_member_and_is_capped() {
+    let cfg = Config {
+        initial_rebalance_delay_ms: 1_000,
+        ..Config::default()
+    };
+    let mut c = Coordinator::new(cfg, "t");
+    let mut ids = Vec::new();
+    for i in 0..5 {
+        let now = i * 500;
+        let id = join_id(&mut c, "g", now);
+        wait(c.join(req("g", &id), now));
+        ids.push(id);
+    }
+    // Last join at 2000: window ends at 3000.
+    c.tick(2_999);
+    assert!(c.take_completions().is_empty());
+    c.tick(3_000);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 5);
+    assert!(j.iter().all(|(_, r)| r.generation == 1));
+}
