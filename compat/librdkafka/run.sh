@@ -255,7 +255,8 @@ for entry in "${TESTS_LIST[@]}"; do
     printf '%s %-8s %6ss  %s\n' "$t" "$RESULT" "$SECS" "$DETAIL"
     case $RESULT in
         PASSED) passed=$((passed + 1)) ;;
-        SKIPPED) skipped=$((skipped + 1)) ;;
+        # An allow-listed test that skips proves nothing: it counts as failed.
+        SKIPPED) if [[ $MODE == survey ]]; then skipped=$((skipped + 1)); else failed=$((failed + 1)); fi ;;
         *) failed=$((failed + 1)) ;;
     esac
     if [[ $MODE == survey ]]; then
@@ -268,4 +269,4 @@ echo "librdkafka: $passed passed, $failed failed"
 if [[ $MODE == survey ]]; then
     exit 0
 fi
-[[ $failed -eq 0 && $skipped -eq 0 ]]
+[[ $failed -eq 0 ]]
