@@ -169,6 +169,8 @@ impl Broker {
     /// Opens the data directory: metadata, then every partition log (recovering them).
     /// Blocking.
     pub fn open(config: BrokerConfig) -> Result<Arc<Broker>, BrokerError> {
+        // Reads (and loudly logs) the test-only negative-control switch once, at start.
+        crate::handlers::unsafe_ack_before_fsync();
         std::fs::create_dir_all(&config.data_dir)?;
         let meta = MetaStore::open(&config.data_dir)?;
         let cluster_id = meta.cluster_id()?;
