@@ -58,7 +58,11 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
     let mut add = |v: &mut Verdict, class: &'static str, what: String, ops: Vec<Event>| {
         let n = classes.entry(class).or_insert(0);
         *n += 1;
-        let ops = if *n <= DETAIL_PER_CLASS { ops } else { Vec::new() };
+        let ops = if *n <= DETAIL_PER_CLASS {
+            ops
+        } else {
+            Vec::new()
+        };
         v.anomalies.push(Anomaly { class, what, ops });
     };
 
@@ -193,7 +197,12 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
                                 what += &format!("; that offset now holds {other:?}");
                             }
                         }
-                        add(&mut v, "lost-acknowledged-write", what + " missing from the final read", ops);
+                        add(
+                            &mut v,
+                            "lost-acknowledged-write",
+                            what + " missing from the final read",
+                            ops,
+                        );
                     }
                     Some(place) => {
                         v.acked_found += 1;
@@ -202,7 +211,9 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
                                 add(
                                     &mut v,
                                     "ack-offset-mismatch",
-                                    format!("value {val:?} acknowledged at {ack:?}, read at {place:?}"),
+                                    format!(
+                                        "value {val:?} acknowledged at {ack:?}, read at {place:?}"
+                                    ),
                                     ops,
                                 );
                             }
@@ -239,7 +250,8 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
     }
 
     // Per-producer order: one session's values to one partition land in send order.
-    let mut per: BTreeMap<(String, i32), Vec<(u64, i64, &Send)>> = BTreeMap::new();
+    type Placed<'a> = Vec<(u64, i64, &'a Send)>;
+    let mut per: BTreeMap<(String, i32), Placed<'_>> = BTreeMap::new();
     for s in sends.values() {
         let (Some(val), Some(p)) = (s.invoke.value.as_deref(), s.invoke.partition) else {
             continue;

@@ -2,7 +2,7 @@
 //! the broker's data directory, and the broker process. Every piece is a Drop guard, so
 //! processes, mounts and files are cleaned up on success, error and panic alike.
 
-use std::fs::{File, OpenOptions};
+use std::fs::OpenOptions;
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +39,8 @@ pub struct WorkDir {
 
 impl WorkDir {
     pub fn create(tag: &str) -> anyhow::Result<WorkDir> {
-        let path = std::env::temp_dir().join(format!("holdfast-chaos-{tag}-{}", std::process::id()));
+        let path =
+            std::env::temp_dir().join(format!("holdfast-chaos-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
         Ok(WorkDir { path })
@@ -72,7 +73,10 @@ impl Disk {
         let image = work.join("disk-0.img");
         let mount_point = work.join("mnt");
         std::fs::create_dir_all(&mount_point)?;
-        sh("truncate", &["-s", &format!("{IMAGE_MB}M"), path_str(&image)?])?;
+        sh(
+            "truncate",
+            &["-s", &format!("{IMAGE_MB}M"), path_str(&image)?],
+        )?;
         // -m 0: no blocks reserved for root (the broker runs as root here).
         sh("mkfs.ext4", &["-q", "-F", "-m", "0", path_str(&image)?])?;
         let mut d = Disk {
@@ -89,7 +93,12 @@ impl Disk {
     fn mount(&mut self) -> anyhow::Result<()> {
         sh(
             "mount",
-            &["-o", "loop", path_str(&self.image)?, path_str(&self.mount_point)?],
+            &[
+                "-o",
+                "loop",
+                path_str(&self.image)?,
+                path_str(&self.mount_point)?,
+            ],
         )?;
         self.mounted = true;
         Ok(())
@@ -196,7 +205,9 @@ impl Broker {
         log: &Path,
         unsafe_ack_before_fsync: bool,
     ) -> anyhow::Result<Broker> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
         Ok(Broker {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
@@ -279,7 +290,10 @@ impl Broker {
             }
             Err(_) => {
                 let _ = self.kill();
-                bail!("broker did not listen within {deadline:?}; see {}", self.log.display())
+                bail!(
+                    "broker did not listen within {deadline:?}; see {}",
+                    self.log.display()
+                )
             }
         }
     }
@@ -349,9 +363,4 @@ impl Drop for Broker {
 
 pub fn is_root() -> bool {
     sh("id", &["-u"]).map(|s| s.trim() == "0").unwrap_or(false)
-}
-
-/// Opens (creates) a file for appending harness notes.
-pub fn append_file(p: &Path) -> anyhow::Result<File> {
-    Ok(OpenOptions::new().create(true).append(true).open(p)?)
 }

@@ -106,6 +106,8 @@ pub struct Recorder {
     start: Instant,
     next_op: AtomicU64,
     overflow: AtomicBool,
+    /// Count of acknowledged sends, for a nemesis that strikes right after an ack.
+    acks: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -122,6 +124,7 @@ impl Recorder {
             start: Instant::now(),
             next_op: AtomicU64::new(0),
             overflow: AtomicBool::new(false),
+            acks: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 out: BufWriter::new(f),
                 events: Vec::new(),
@@ -146,7 +149,27 @@ impl Recorder {
         self.overflow.load(Ordering::Relaxed)
     }
 
+    pub fn acks(&self) -> u64 {
+        self.acks.load(Ordering::SeqCst)
+    }
+
+    /// Waits (bounded) until a send is acknowledged after the call; true if one was.
+    pub fn wait_for_ack(&self, deadline: std::time::Duration) -> bool {
+        let n = self.acks();
+        let t = Instant::now();
+        while t.elapsed() < deadline {
+            if self.acks() > n {
+                return true;
+            }
+            std::thread::sleep(std::time::Duration::from_micros(20));
+        }
+        false
+    }
+
     pub fn record(&self, mut e: Event) {
+        if e.kind == Kind::Ok && e.f == F::Send {
+            self.acks.fetch_add(1, Ordering::SeqCst);
+        }
         let Ok(mut g) = self.inner.lock() else {
             return;
         };

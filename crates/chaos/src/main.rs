@@ -22,7 +22,10 @@ use crate::env::{Broker, Disk, WorkDir};
 use crate::history::{Event, Kind, Recorder, F};
 
 #[derive(Parser)]
-#[command(name = "holdfast-chaos", about = "Fault-injection harness for holdfast")]
+#[command(
+    name = "holdfast-chaos",
+    about = "Fault-injection harness for holdfast"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -112,12 +115,14 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::DiskFull,
         ],
         "none" => vec![],
-        _ => bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, none)"),
+        _ => {
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, none)")
+        }
     })
 }
 
 /// The schedule: a function of (scenario, seed, seconds) only. A 3 s quiet warm-up, then
-/// alternating quiet periods (1-3 s) and faults, ending 3 s before the heal.
+/// alternating quiet periods (0.7-2.5 s) and faults, ending 3 s before the heal.
 fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>> {
     let kinds = kinds(scenario)?;
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -127,14 +132,14 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
     if kinds.is_empty() {
         return Ok(out);
     }
-    // Bounded: every iteration advances t by at least 1 s.
+    // Bounded: every iteration advances t by at least 0.7 s.
     while t < end {
-        t += rng.u64(1000..3000);
+        t += rng.u64(700..2500);
         let kind = kinds[rng.usize(0..kinds.len())];
         let hold = match kind {
             FaultKind::Kill => rng.u64(100..1500),
-            FaultKind::Pause => rng.u64(500..3000),
-            FaultKind::PowerCut => rng.u64(100..1000),
+            FaultKind::Pause => rng.u64(500..6500),
+            FaultKind::PowerCut => rng.u64(100..700),
             FaultKind::DiskFull => rng.u64(1000..4000),
         };
         if t + hold + 3000 > end {
@@ -156,7 +161,12 @@ fn main() {
         Cmd::Plan(a) => match plan(&a.scenario, a.seed, a.seconds) {
             Ok(p) => {
                 for f in p {
-                    println!("{:>7} ms  {:<9} hold {} ms", f.at_ms, f.kind.name(), f.hold_ms);
+                    println!(
+                        "{:>7} ms  {:<9} hold {} ms",
+                        f.at_ms,
+                        f.kind.name(),
+                        f.hold_ms
+                    );
                 }
                 0
             }
@@ -201,7 +211,11 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         PathBuf::from(format!(
             "chaos-out/{}{}-{}",
             a.scenario,
-            if a.unsafe_ack_before_fsync { "-unsafe" } else { "" },
+            if a.unsafe_ack_before_fsync {
+                "-unsafe"
+            } else {
+                ""
+            },
             a.seed
         ))
     });
@@ -214,7 +228,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
             .context("locating the holdfast binary")?,
     };
     if !broker_bin.exists() {
-        bail!("broker binary {} not found (use --broker-bin)", broker_bin.display());
+        bail!(
+            "broker binary {} not found (use --broker-bin)",
+            broker_bin.display()
+        );
     }
 
     // Drop order matters: locals drop in reverse, so the broker dies before the disk is
@@ -268,8 +285,13 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
         let start_us = rec.now_us();
-        let detail = match inject(f, &mut broker, disk.as_mut()) {
-            Ok(d) => d,
+        let detail = match inject(f, &mut broker, disk.as_mut(), &rec) {
+            Ok(d) => {
+                if d.contains("BROKER HAD EXITED") {
+                    restart_failures.push(format!("{} at {} ms: {d}", f.kind.name(), f.at_ms));
+                }
+                d
+            }
             Err(e) => {
                 restart_failures.push(format!("{} at {} ms: {e:#}", f.kind.name(), f.at_ms));
                 format!("FAILED: {e:#}")
@@ -310,7 +332,8 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         notes.push(format!("workload thread error: {e:#}"));
     }
     // Liveness: produce and fetch must work within deadlines after healing.
-    let probe = workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
+    let probe =
+        workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
     let fr = workload::final_read(&bootstrap, &rec, Duration::from_secs(60));
     let (bounds, reached) = match &fr {
         Ok(f) => (f.bounds.clone(), f.reached.clone()),
@@ -320,7 +343,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         }
     };
     if rec.overflowed() {
-        bail!("history exceeded {} events; run shorter", history::MAX_EVENTS);
+        bail!(
+            "history exceeded {} events; run shorter",
+            history::MAX_EVENTS
+        );
     }
     let events = rec.finish()?;
     broker.stop();
@@ -372,7 +398,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     print!("{text}");
     std::fs::write(out.join("report.txt"), &text)?;
     std::fs::write(out.join("timeline.svg"), report::svg(&summary, &events))?;
-    println!("chaos: wrote {}/report.txt, timeline.svg, history.jsonl, broker.log", out.display());
+    println!(
+        "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, broker.log",
+        out.display()
+    );
     drop(broker);
     drop(disk);
     drop(work);
@@ -388,14 +417,23 @@ fn sleep_until(rec: &Recorder, ms: u64) {
 }
 
 /// Injects one fault, holds it, heals it. Returns a description.
-fn inject(f: &Planned, broker: &mut Broker, disk: Option<&mut Disk>) -> anyhow::Result<String> {
+fn inject(
+    f: &Planned,
+    broker: &mut Broker,
+    disk: Option<&mut Disk>,
+    rec: &Recorder,
+) -> anyhow::Result<String> {
     let hold = Duration::from_millis(f.hold_ms);
     match f.kind {
         FaultKind::Kill => {
             broker.kill()?;
             std::thread::sleep(hold);
             let up = broker.start(Duration::from_secs(30))?;
-            Ok(format!("SIGKILL, down {} ms, restarted in {} ms", f.hold_ms, up.as_millis()))
+            Ok(format!(
+                "SIGKILL, down {} ms, restarted in {} ms",
+                f.hold_ms,
+                up.as_millis()
+            ))
         }
         FaultKind::Pause => {
             broker.pause()?;
@@ -405,12 +443,16 @@ fn inject(f: &Planned, broker: &mut Broker, disk: Option<&mut Disk>) -> anyhow::
         }
         FaultKind::PowerCut => {
             let disk = disk.context("power cut without a disk image")?;
+            // Strike right after a client saw an acknowledgement: the write behind it must
+            // already be durable, so this is the moment an early ack is most exposed.
+            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
             broker.kill()?;
             let copy = disk.cut_power()?;
             std::thread::sleep(hold);
             let up = broker.start(Duration::from_secs(30))?;
             Ok(format!(
-                "SIGKILL + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms",
+                "SIGKILL{} + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms",
+                if after_ack { " right after an ack" } else { "" },
                 copy.as_millis(),
                 f.hold_ms,
                 up.as_millis()
@@ -421,7 +463,11 @@ fn inject(f: &Planned, broker: &mut Broker, disk: Option<&mut Disk>) -> anyhow::
             let n = disk.fill()?;
             std::thread::sleep(hold);
             disk.unfill()?;
-            let mut d = format!("filled {} MiB for {} ms, filler removed", n >> 20, f.hold_ms);
+            let mut d = format!(
+                "filled {} MiB for {} ms, filler removed",
+                n >> 20,
+                f.hold_ms
+            );
             if !broker.alive() {
                 // The broker exited on ENOSPC: a finding, reported; restart to continue.
                 d += "; BROKER HAD EXITED, restarted";

@@ -37,7 +37,12 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");
     }
-    let _ = writeln!(o, "\nfaults ({} planned, {} applied):", s.planned.len(), s.applied.len());
+    let _ = writeln!(
+        o,
+        "\nfaults ({} planned, {} applied):",
+        s.planned.len(),
+        s.applied.len()
+    );
     for f in &s.applied {
         let _ = writeln!(
             o,
@@ -67,7 +72,11 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
     }
     match &s.probe {
         Ok(d) => {
-            let _ = writeln!(o, "liveness: produce to every partition acknowledged {} ms after healing", d.as_millis());
+            let _ = writeln!(
+                o,
+                "liveness: produce to every partition acknowledged {} ms after healing",
+                d.as_millis()
+            );
         }
         Err(e) => {
             let _ = writeln!(o, "liveness: FAILED: {e}");
@@ -98,15 +107,15 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
         .iter()
         .filter(|a| a.class == "lost-acknowledged-write")
         .count();
-    let _ = writeln!(
-        o,
-        "\nacknowledged writes lost: {lost} of {}",
-        v.acked
-    );
+    let _ = writeln!(o, "\nacknowledged writes lost: {lost} of {}", v.acked);
     let _ = writeln!(
         o,
         "VERDICT: {}",
-        if v.anomalies.is_empty() { "PASS" } else { "FAIL" }
+        if v.anomalies.is_empty() {
+            "PASS"
+        } else {
+            "FAIL"
+        }
     );
     o
 }
@@ -120,7 +129,10 @@ pub fn svg(s: &RunSummary, events: &[Event]) -> String {
     let mut acks = vec![0u64; nb];
     let mut fails = vec![0u64; nb];
     let mut lat: Vec<Vec<u64>> = vec![Vec::new(); nb];
-    for e in events.iter().filter(|e| e.f == F::Send && e.value.is_some()) {
+    for e in events
+        .iter()
+        .filter(|e| e.f == F::Send && e.value.is_some())
+    {
         let b = (e.t_us / BUCKET_US) as usize;
         match e.kind {
             Kind::Invoke => {
@@ -160,7 +172,11 @@ pub fn svg(s: &RunSummary, events: &[Event]) -> String {
         r#"<text x="{left}" y="14">holdfast-chaos {} seed {}{}: faults (shaded), acks/s (blue), failed+info/s (red); ack latency p50 (green) and max (orange)</text>"#,
         s.scenario,
         s.seed,
-        if s.unsafe_ack_before_fsync { " NEGATIVE CONTROL" } else { "" }
+        if s.unsafe_ack_before_fsync {
+            " NEGATIVE CONTROL"
+        } else {
+            ""
+        }
     );
     let colors: BTreeMap<&str, &str> = [
         ("kill", "#f4a3a3"),

@@ -126,10 +126,11 @@ fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
 /// Creates the topic (auto-created by metadata with num.partitions=4) and waits until every
 /// partition has a leader.
 pub fn create_topic(bootstrap: &str, deadline: Duration) -> anyhow::Result<()> {
-    let rec_dummy: ThreadedProducer<rdkafka::producer::DefaultProducerContext> = ClientConfig::new()
-        .set("bootstrap.servers", bootstrap)
-        .set("log_level", "3")
-        .create()?;
+    let rec_dummy: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
+        ClientConfig::new()
+            .set("bootstrap.servers", bootstrap)
+            .set("log_level", "3")
+            .create()?;
     let t = Instant::now();
     while t.elapsed() < deadline {
         if let Ok(md) = rec_dummy
@@ -158,7 +159,12 @@ pub struct Workload {
 }
 
 impl Workload {
-    pub fn start(bootstrap: &str, rec: &Arc<Recorder>, seed: u64, rate_per_producer: u32) -> Workload {
+    pub fn start(
+        bootstrap: &str,
+        rec: &Arc<Recorder>,
+        seed: u64,
+        rate_per_producer: u32,
+    ) -> Workload {
         let stop = Arc::new(AtomicBool::new(false));
         let mut producers = Vec::new();
         for i in 0..PRODUCERS {
@@ -288,20 +294,17 @@ fn consume_loop(
     }
     c.assign(&tpl)?;
     while !stop.load(Ordering::SeqCst) && !rec.overflowed() {
-        match c.poll(Duration::from_millis(100)) {
-            Some(Ok(m)) => {
-                let v = m
-                    .payload()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                rec.record(
-                    Event::new(Kind::Ok, F::Poll, &process, rec.next_op())
-                        .value(&v)
-                        .partition(m.partition())
-                        .offset(m.offset()),
-                );
-            }
-            Some(Err(_)) | None => {}
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let v = m
+                .payload()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            rec.record(
+                Event::new(Kind::Ok, F::Poll, &process, rec.next_op())
+                    .value(&v)
+                    .partition(m.partition())
+                    .offset(m.offset()),
+            );
         }
     }
     Ok(())
@@ -362,12 +365,15 @@ pub struct FinalRead {
     pub bounds: BTreeMap<i32, (i64, i64)>,
     /// partition -> next offset reached.
     pub reached: BTreeMap<i32, i64>,
-    pub records: usize,
 }
 
 /// A fresh consumer reads every partition from log start to the high watermark (recorded
 /// as final-read events). The caller fails the run unless every partition was covered.
-pub fn final_read(bootstrap: &str, rec: &Arc<Recorder>, deadline: Duration) -> anyhow::Result<FinalRead> {
+pub fn final_read(
+    bootstrap: &str,
+    rec: &Arc<Recorder>,
+    deadline: Duration,
+) -> anyhow::Result<FinalRead> {
     let t = Instant::now();
     let c = consumer(bootstrap, "chaos-final")?;
     let mut bounds = BTreeMap::new();
@@ -390,35 +396,26 @@ pub fn final_read(bootstrap: &str, rec: &Arc<Recorder>, deadline: Duration) -> a
         reached.insert(p, low);
     }
     c.assign(&tpl)?;
-    let mut records = 0;
     let done = |reached: &BTreeMap<i32, i64>| {
         bounds
             .iter()
             .all(|(p, (_, high))| reached.get(p).copied().unwrap_or(0) >= *high)
     };
     while !done(&reached) && t.elapsed() < deadline {
-        match c.poll(Duration::from_millis(200)) {
-            Some(Ok(m)) => {
-                let v = m
-                    .payload()
-                    .map(|b| String::from_utf8_lossy(b).into_owned())
-                    .unwrap_or_default();
-                rec.record(
-                    Event::new(Kind::Ok, F::FinalRead, "final", rec.next_op())
-                        .value(&v)
-                        .partition(m.partition())
-                        .offset(m.offset()),
-                );
-                records += 1;
-                let r = reached.entry(m.partition()).or_insert(0);
-                *r = (*r).max(m.offset() + 1);
-            }
-            Some(Err(_)) | None => {}
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(200)) {
+            let v = m
+                .payload()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            rec.record(
+                Event::new(Kind::Ok, F::FinalRead, "final", rec.next_op())
+                    .value(&v)
+                    .partition(m.partition())
+                    .offset(m.offset()),
+            );
+            let r = reached.entry(m.partition()).or_insert(0);
+            *r = (*r).max(m.offset() + 1);
         }
     }
-    Ok(FinalRead {
-        bounds,
-        reached,
-        records,
-    })
+    Ok(FinalRead { bounds, reached })
 }
