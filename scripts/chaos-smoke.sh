@@ -2,7 +2,8 @@
 # Chaos smoke test: a short seeded run of each fault scenario against a real holdfast broker
 # (each must PASS the history checker) and the negative control, a power-cut run against a
 # broker that acknowledges before fsync (it must FAIL with lost acknowledged writes, or the
-# harness proves nothing). Exits 0 only if every expectation holds. About 2 minutes.
+# harness proves nothing), and a kill run against a broker without producer deduplication (it
+# must FAIL with duplicates). Exits 0 only if every expectation holds. About 2 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -19,9 +20,10 @@ passed=0
 failed=0
 skipped=0
 
-# expect NAME pass|fail ARGS...: run one scenario and compare the verdict.
+# expect NAME pass|fail:CLASS ARGS...: run one scenario and compare the verdict; a run
+# expected to fail must fail with anomalies of CLASS.
 expect() {
-    local name=$1 want=$2
+    local name=$1 want=${2%%:*} class=${2#*:}
     shift 2
     local log="$OUT/$name.txt"
     timeout 150 "$BIN/holdfast-chaos" run "$@" --out "$OUT/$name" >"$log" 2>&1
@@ -35,12 +37,14 @@ expect() {
     esac
     local lost
     lost=$(grep -m1 '^acknowledged writes lost' "$log" || true)
+    lost="$lost; anomalies: $(grep -m1 '^anomalies:' "$log" | cut -d' ' -f2)"
+    [ "$want" = fail ] && lost="$lost; $class: $(grep -m1 "^  $class: " "$log" | cut -d: -f2 | tr -d ' ')"
     if [ "$got" = skipped ]; then
         skipped=$((skipped + 1))
         echo "chaos: $name SKIPPED: $(grep -m1 SKIPPED "$log")"
         return
     fi
-    if [ "$got" = "$want" ] && { [ "$want" = pass ] || grep -q 'lost-acknowledged-write' "$log"; }; then
+    if [ "$got" = "$want" ] && { [ "$want" = pass ] || grep -q "^  $class: [1-9]" "$log"; }; then
         passed=$((passed + 1))
         echo "chaos: $name: expected $want, got $got ($lost)"
     else
@@ -54,7 +58,8 @@ expect kill pass --scenario kill --seed 1 --seconds 12
 expect pause pass --scenario pause --seed 4 --seconds 15
 expect disk-full pass --scenario disk-full --seed 1 --seconds 12
 expect power-cut pass --scenario power-cut --seed 3 --seconds 20 --rate 2000
-expect power-cut-ack-before-fsync fail --scenario power-cut --seed 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+expect power-cut-ack-before-fsync fail:lost-acknowledged-write --scenario power-cut --seed 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+expect kill-no-dedup fail:duplicate --scenario kill --seed 1 --seconds 12 --unsafe-no-dedup
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
 echo "chaos: reports in $OUT"

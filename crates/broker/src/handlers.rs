@@ -71,6 +71,22 @@ pub fn unsafe_ack_before_fsync() -> bool {
     })
 }
 
+/// Test-only negative control for the chaos harness: `HOLDFAST_UNSAFE_NO_DEDUP=1` turns off
+/// idempotent-producer deduplication in the log (retries are appended again). Off unless the
+/// variable is exactly `1`; read once (at broker start).
+pub fn unsafe_no_dedup_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("HOLDFAST_UNSAFE_NO_DEDUP").is_ok_and(|v| v == "1") {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_NO_DEDUP=1: idempotent producer deduplication is OFF; \
+                 retried batches WILL be duplicated (test-only negative control)"
+            );
+            holdfast_log::producer::set_unsafe_no_dedup(true);
+        }
+    });
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {

@@ -192,7 +192,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub port: u16,
     log: PathBuf,
-    unsafe_ack_before_fsync: bool,
+    /// Negative-control switches passed to the broker (`HOLDFAST_UNSAFE_*`).
+    unsafe_env: Vec<&'static str>,
     child: Option<Child>,
     paused: bool,
     pub starts: u32,
@@ -203,7 +204,7 @@ impl Broker {
         bin: &Path,
         data_dir: &Path,
         log: &Path,
-        unsafe_ack_before_fsync: bool,
+        unsafe_env: Vec<&'static str>,
     ) -> anyhow::Result<Broker> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
@@ -213,7 +214,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             port,
             log: log.to_path_buf(),
-            unsafe_ack_before_fsync,
+            unsafe_env,
             child: None,
             paused: false,
             starts: 0,
@@ -249,10 +250,14 @@ impl Broker {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
-        if self.unsafe_ack_before_fsync {
-            cmd.env("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC", "1");
-        } else {
-            cmd.env_remove("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
+        for var in [
+            "HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC",
+            "HOLDFAST_UNSAFE_NO_DEDUP",
+        ] {
+            cmd.env_remove(var);
+        }
+        for var in &self.unsafe_env {
+            cmd.env(var, "1");
         }
         let mut child = cmd
             .spawn()

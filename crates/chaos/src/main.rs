@@ -58,6 +58,10 @@ struct RunArgs {
     /// Negative control: start the broker with HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC=1.
     #[arg(long)]
     unsafe_ack_before_fsync: bool,
+    /// Negative control: start the broker with HOLDFAST_UNSAFE_NO_DEDUP=1 (retries appended
+    /// again).
+    #[arg(long)]
+    unsafe_no_dedup: bool,
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
@@ -192,6 +196,7 @@ pub struct RunSummary {
     pub seed: u64,
     pub seconds: u64,
     pub unsafe_ack_before_fsync: bool,
+    pub unsafe_no_dedup: bool,
     pub data_dir: String,
     pub planned: Vec<Planned>,
     pub applied: Vec<Applied>,
@@ -265,12 +270,14 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         None => work.path.join("data"),
     };
     let mut disk = disk;
-    let mut broker = Broker::new(
-        &broker_bin,
-        &data_dir,
-        &out.join("broker.log"),
-        a.unsafe_ack_before_fsync,
-    )?;
+    let mut unsafe_env = Vec::new();
+    if a.unsafe_ack_before_fsync {
+        unsafe_env.push("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
+    }
+    if a.unsafe_no_dedup {
+        unsafe_env.push("HOLDFAST_UNSAFE_NO_DEDUP");
+    }
+    let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));
     broker.start(Duration::from_secs(30))?;
     let bootstrap = broker.bootstrap();
@@ -380,6 +387,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         seed: a.seed,
         seconds: a.seconds,
         unsafe_ack_before_fsync: a.unsafe_ack_before_fsync,
+        unsafe_no_dedup: a.unsafe_no_dedup,
         data_dir: if disk.is_some() {
             format!("loop-mounted ext4 image ({} MiB)", env::IMAGE_MB)
         } else {

@@ -23,6 +23,12 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
             ""
         }
     );
+    if s.unsafe_no_dedup {
+        let _ = writeln!(
+            o,
+            "NEGATIVE CONTROL: broker deduplication of idempotent retries is OFF"
+        );
+    }
     let _ = writeln!(
         o,
         "data dir: {}; broker started {} times; wall time {:.1} s",
