@@ -57,8 +57,8 @@ expect() {
 expect kill pass --scenario kill --seed 1 --seconds 12
 expect pause pass --scenario pause --seed 4 --seconds 15
 expect disk-full pass --scenario disk-full --seed 1 --seconds 12
-expect power-cut pass --scenario power-cut --seed 3 --seconds 20 --rate 2000
-expect power-cut-ack-before-fsync fail:lost-acknowledged-write --scenario power-cut --seed 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
+expect power-cut-ack-before-fsync fail:lost-acknowledged-write --scenario power-cut --seed 2 --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect kill-no-dedup fail:duplicate --scenario kill --seed 1 --seconds 15 --rate 1500 --unsafe-no-dedup
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
