@@ -26,7 +26,7 @@ expect() {
     local name=$1 want=${2%%:*} class=${2#*:}
     shift 2
     local log="$OUT/$name.txt"
-    timeout 150 "$BIN/holdfast-chaos" run "$@" --out "$OUT/$name" >"$log" 2>&1
+    timeout -k 20 150 "$BIN/holdfast-chaos" run "$@" --out "$OUT/$name" >"$log" 2>&1
     local rc=$?
     local got
     case $rc in
