@@ -15,6 +15,7 @@ cd "$(dirname "$0")/.."
 cargo build -q -p holdfast -p holdfast-chaos || { echo "chaos: build failed"; exit 1; }
 BIN="${CARGO_TARGET_DIR:-target}/debug"
 OUT="${CHAOS_OUT:-$(mktemp -d /tmp/chaos-smoke.XXXXXX)}"
+KEEP="${CHAOS_OUT:+1}"
 mkdir -p "$OUT"
 passed=0
 failed=0
@@ -62,6 +63,11 @@ expect power-cut-ack-before-fsync fail:lost-acknowledged-write --scenario power-
 expect kill-no-dedup fail:duplicate --scenario kill --seed 1 --seconds 15 --rate 1500 --unsafe-no-dedup
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
-echo "chaos: reports in $OUT"
+if [ "$failed" -eq 0 ] && [ -z "$KEEP" ]; then
+    rm -rf "$OUT"
+    echo "chaos: reports removed (set CHAOS_OUT=DIR to keep them)"
+else
+    echo "chaos: reports in $OUT"
+fi
 echo "chaos: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
