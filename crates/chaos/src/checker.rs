@@ -10,6 +10,8 @@ pub struct Anomaly {
     pub class: &'static str,
     pub what: String,
     pub ops: Vec<Event>,
+    /// When the last offending event happened (for the timeline).
+    pub at_us: Option<u64>,
 }
 
 /// A produce, assembled from its invoke and completion.
@@ -58,12 +60,18 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
     let mut add = |v: &mut Verdict, class: &'static str, what: String, ops: Vec<Event>| {
         let n = classes.entry(class).or_insert(0);
         *n += 1;
+        let at_us = ops.iter().map(|e| e.t_us).max();
         let ops = if *n <= DETAIL_PER_CLASS {
             ops
         } else {
             Vec::new()
         };
-        v.anomalies.push(Anomaly { class, what, ops });
+        v.anomalies.push(Anomaly {
+            class,
+            what,
+            ops,
+            at_us,
+        });
     };
 
     // Assemble sends (including liveness probes).

@@ -433,6 +433,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
             class: "broker-did-not-recover",
             what: r,
             ops: Vec::new(),
+            at_us: None,
         });
     }
     if let Err(e) = &probe {
@@ -440,6 +441,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
             class: "liveness",
             what: format!("produce after healing: {e}"),
             ops: Vec::new(),
+            at_us: None,
         });
     }
     let summary = RunSummary {
@@ -465,7 +467,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let text = report::text(&summary, &verdict);
     print!("{text}");
     std::fs::write(out.join("report.txt"), &text)?;
-    std::fs::write(out.join("timeline.svg"), report::svg(&summary, &events))?;
+    std::fs::write(
+        out.join("timeline.svg"),
+        report::svg(&summary, &events, &verdict),
+    )?;
     println!(
         "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, broker.log",
         out.display()

@@ -127,7 +127,7 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
 }
 
 /// Buckets of 250 ms: acks per second and max/median ack latency, with fault spans shaded.
-pub fn svg(s: &RunSummary, events: &[Event]) -> String {
+pub fn svg(s: &RunSummary, events: &[Event], v: &Verdict) -> String {
     const BUCKET_US: u64 = 250_000;
     let end_us = events.iter().map(|e| e.t_us).max().unwrap_or(1).max(1);
     let nb = (end_us / BUCKET_US + 1) as usize;
@@ -175,7 +175,7 @@ pub fn svg(s: &RunSummary, events: &[Event]) -> String {
     );
     let _ = writeln!(
         o,
-        r#"<text x="{left}" y="14">holdfast-chaos {} seed {}{}: faults (shaded), acks/s (blue), failed+info/s (red); ack latency p50 (green) and max (orange)</text>"#,
+        r#"<text x="{left}" y="14">holdfast-chaos {} seed {}{}: faults (shaded), acks/s (blue), failed+info/s (red), anomalies (red ticks); ack latency p50 (green), max (orange)</text>"#,
         s.scenario,
         s.seed,
         if s.unsafe_ack_before_fsync {
@@ -226,6 +226,17 @@ pub fn svg(s: &RunSummary, events: &[Event]) -> String {
             pts.join(" ")
         )
     };
+    // Anomalies with a time: a red tick above the throughput panel.
+    for a in v.anomalies.iter().filter(|a| a.at_us.is_some()).take(2000) {
+        let ax = x(a.at_us.unwrap_or(0));
+        let _ = writeln!(
+            o,
+            r##"<line x1="{ax:.1}" y1="{top}" x2="{ax:.1}" y2="{}" stroke="#d00000" stroke-width="1"><title>{} {}</title></line>"##,
+            top + 12.0,
+            a.class,
+            xml(&a.what)
+        );
+    }
     let rate: Vec<f64> = acks.iter().map(|a| *a as f64 * 4.0).collect();
     let frate: Vec<f64> = fails.iter().map(|a| *a as f64 * 4.0).collect();
     let _ = writeln!(o, "{}", line(&rate, max_rate, top, "#1f5fbf"));
