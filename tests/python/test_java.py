@@ -2,8 +2,8 @@
 
 The jars come from scripts/setup-java-deps.sh (into .deps/java); without them every test here
 skips with the reason printed. Each tool runs as `java -cp '.deps/java/lib/*' <main class>`,
-exactly what bin/kafka-*.sh would run. Consumer groups are not implemented, so every consumer
-here is assign-based (`--partition N --offset earliest`, or assign() in the Java program).
+exactly what bin/kafka-*.sh would run. Consumers are assign-based (`--partition N --offset
+earliest`, or assign() in the Java program) except the group tests at the end.
 
 With HOLDFAST_JAVA_VERSIONS=FILE, the request versions each tool sent (read from the client's
 DEBUG log of NetworkClient) are appended to FILE: docs/compat/java.md was written from that.
@@ -440,14 +440,11 @@ def test_configs_describe_broker(broker):
 
 # ------------------------------------------------------------------ known gaps (consumer groups)
 
-@pytest.mark.xfail(reason="gap: consumer groups not implemented (ListGroups is not advertised)", strict=True)
 def test_consumer_groups_list(broker):
     p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
     assert p.returncode == 0 and "UnsupportedVersionException" not in p.stdout + p.stderr, fail_text(p)
 
 
-@pytest.mark.xfail(reason="gap: consumer groups not implemented (FindCoordinator answers COORDINATOR_NOT_AVAILABLE, "
-                          "the subscribing console consumer retries until --timeout-ms)", strict=True)
 def test_console_consumer_with_group(broker):
     topic = unique_topic("jgroup")
     p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
@@ -544,3 +541,61 @@ def test_idempotent_producer_acked_writes_survive_broker_kill(tmp_path):
             proc.wait(10)
         rc = b.stop()
         assert rc == 0, "broker did not shut down cleanly (rc=%s)" % rc
+
+
+def test_consumer_groups_describe_shows_lag(broker):
+    """A group commits offset 4 of 10 on partition 0 and 7 of 7 on partition 1 (librdkafka);
+    kafka-consumer-groups --describe reports CURRENT-OFFSET, LOG-END-OFFSET and LAG."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    topic = unique_topic("jlag")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "2")
+    assert p.returncode == 0, fail_text(p)
+    prod = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        prod.produce(topic, value=b"a", partition=0)
+    for i in range(7):
+        prod.produce(topic, value=b"b", partition=1)
+    prod.flush()
+    group = unique_topic("jlaggroup")
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group, "enable.auto.commit": False})
+    c.commit(offsets=[TopicPartition(topic, 0, 4), TopicPartition(topic, 1, 7)], asynchronous=False)
+    c.close()
+    p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--describe", "--group", group],
+             what="kafka-consumer-groups --describe")
+    assert p.returncode == 0, fail_text(p)
+    rows = {}
+    for line in p.stdout.splitlines():
+        f = line.split()
+        if len(f) >= 6 and f[0] == group and f[1] == topic:
+            rows[int(f[2])] = (f[3], f[4], f[5])
+    assert rows == {0: ("4", "10", "6"), 1: ("7", "7", "0")}, fail_text(p)
+    p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
+    assert p.returncode == 0 and group in p.stdout.split(), fail_text(p)
+
+
+def test_consumer_groups_reset_delete_offsets_and_delete_group(broker):
+    """kafka-consumer-groups --reset-offsets (simple OffsetCommit), --delete-offsets
+    (OffsetDelete) and --delete (DeleteGroups) on an empty group."""
+    from confluent_kafka import Consumer, Producer, TopicPartition
+    topic = unique_topic("jreset")
+    p = topics(broker, "--create", "--topic", topic, "--partitions", "1")
+    assert p.returncode == 0, fail_text(p)
+    prod = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(5):
+        prod.produce(topic, value=b"r", partition=0)
+    prod.flush()
+    group = unique_topic("jresetgroup")
+    base = ["--bootstrap-server", broker.bootstrap, "--group", group]
+    p = java(CONSUMER_GROUPS, base + ["--reset-offsets", "--to-offset", "3", "--topic", topic, "--execute"],
+             what="kafka-consumer-groups --reset-offsets")
+    assert p.returncode == 0, fail_text(p)
+    c = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": group})
+    assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset == 3
+    p = java(CONSUMER_GROUPS, base + ["--delete-offsets", "--topic", topic], what="kafka-consumer-groups --delete-offsets")
+    assert p.returncode == 0, fail_text(p)
+    assert c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset < 0
+    c.close()
+    p = java(CONSUMER_GROUPS, base + ["--delete"], what="kafka-consumer-groups --delete")
+    assert p.returncode == 0 and "successful" in p.stdout, fail_text(p)
+    p = java(CONSUMER_GROUPS, ["--bootstrap-server", broker.bootstrap, "--list"], what="kafka-consumer-groups --list")
+    assert p.returncode == 0 and group not in p.stdout.split(), fail_text(p)

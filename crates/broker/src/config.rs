@@ -316,6 +316,14 @@ pub struct BrokerConfig {
     pub log_default_overrides: BTreeMap<String, String>,
     /// The log config a topic without overrides gets.
     pub log_defaults: LogConfig,
+    /// Group coordinator settings (`group.*`, `offset.metadata.max.bytes`,
+    /// `offsets.retention.minutes`).
+    pub groups: holdfast_groups::Config,
+    /// `offsets.topic.num.partitions` (Kafka: 50; Holdfast on one node: 10). Only used when
+    /// `__consumer_offsets` is created.
+    pub offsets_topic_partitions: i32,
+    /// `offsets.retention.check.interval.ms`
+    pub offsets_retention_check_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -334,6 +342,9 @@ impl BrokerConfig {
             retention_check_interval_ms: 300_000,
             log_default_overrides: BTreeMap::new(),
             log_defaults: LogConfig::default(),
+            groups: holdfast_groups::Config::default(),
+            offsets_topic_partitions: 10,
+            offsets_retention_check_interval_ms: 600_000,
         }
     }
 
@@ -359,6 +370,31 @@ impl BrokerConfig {
             }
             "log.retention.check.interval.ms" => {
                 self.retention_check_interval_ms = parse_i64(key, value, 1)? as u64
+            }
+            "group.initial.rebalance.delay.ms" => {
+                self.groups.initial_rebalance_delay_ms = parse_i64(key, value, 0)?
+            }
+            "group.min.session.timeout.ms" => {
+                self.groups.min_session_timeout_ms =
+                    parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "group.max.session.timeout.ms" => {
+                self.groups.max_session_timeout_ms =
+                    parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "group.max.size" => self.groups.max_group_size = parse_i64(key, value, 1)? as usize,
+            "holdfast.groups.max" => self.groups.max_groups = parse_i64(key, value, 1)? as usize,
+            "offset.metadata.max.bytes" => {
+                self.groups.max_metadata_bytes = parse_i64(key, value, 0)? as usize
+            }
+            "offsets.retention.minutes" => {
+                self.groups.offsets_retention_ms = parse_i64(key, value, 1)?.saturating_mul(60_000)
+            }
+            "offsets.topic.num.partitions" => {
+                self.offsets_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
+            }
+            "offsets.retention.check.interval.ms" => {
+                self.offsets_retention_check_interval_ms = parse_i64(key, value, 1)? as u64
             }
             "log.retention.hours" | "log.retention.minutes" | "log.roll.hours" => {
                 let n = parse_i64(key, value, -1)?;

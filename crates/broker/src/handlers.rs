@@ -200,9 +200,6 @@ impl Broker {
             RequestKind::DescribeCluster(_) => {
                 Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
             }
-            RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
-                find_coordinator(r, version),
-            ))),
             _ => {
                 // The codec only lets through APIs of the supported table.
                 tracing::error!(
@@ -305,6 +302,7 @@ impl Broker {
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.meta.name));
         mt.topic_id = t.meta.id;
+        mt.is_internal = t.meta.name == crate::groups::OFFSETS_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -353,7 +351,7 @@ impl Broker {
                 .map(|(topic, index, records)| {
                     let r = match b.partition(&topic, index) {
                         None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
-                        Some(p) => append(&p, records, now).map(|o| (o, p)),
+                        Some(p) => append_records(&p, records, now).map(|o| (o, p)),
                     };
                     (topic, index, r)
                 })
@@ -1085,38 +1083,6 @@ fn config_type(name: &str) -> i8 {
 
 /// No group or transaction coordinator yet: every key gets COORDINATOR_NOT_AVAILABLE, which
 /// clients treat as retriable. Advertised because librdkafka ties features (LZ4) to it.
-fn find_coordinator(
-    req: kafka_protocol::messages::FindCoordinatorRequest,
-    version: i16,
-) -> kafka_protocol::messages::FindCoordinatorResponse {
-    use kafka_protocol::messages::find_coordinator_response::Coordinator;
-    const MESSAGE: &str = "Holdfast has no group or transaction coordinator yet.";
-    let mut r = kafka_protocol::messages::FindCoordinatorResponse::default();
-    if version >= 4 {
-        r.coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                let mut c = Coordinator::default();
-                c.key = key;
-                c.node_id = BrokerId(-1);
-                c.port = -1;
-                c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-                c.error_message = Some(sb(MESSAGE));
-                c
-            })
-            .collect();
-    } else {
-        r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-        if version >= 1 {
-            r.error_message = Some(sb(MESSAGE));
-        }
-        r.node_id = BrokerId(-1);
-        r.port = -1;
-    }
-    r
-}
-
 /// Kafka's ConfigResource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
 
@@ -1128,16 +1094,20 @@ type NewTopicSpec = (String, i32, BTreeMap<String, String>);
 
 /// What an append reports back to the produce response.
 #[derive(Clone)]
-struct Appended {
-    first_offset: i64,
-    durable_end: i64,
+pub(crate) struct Appended {
+    pub(crate) first_offset: i64,
+    pub(crate) durable_end: i64,
     log_append_time_ms: i64,
     log_start_offset: i64,
 }
 
-type ProduceResult = Result<Appended, (i16, Option<String>)>;
+pub(crate) type ProduceResult = Result<Appended, (i16, Option<String>)>;
 
-fn append(p: &Arc<Partition>, records: Option<Bytes>, now: i64) -> ProduceResult {
+pub(crate) fn append_records(
+    p: &Arc<Partition>,
+    records: Option<Bytes>,
+    now: i64,
+) -> ProduceResult {
     let Some(records) = records else {
         return Err((ec::CORRUPT_MESSAGE, Some("null record set".into())));
     };

@@ -8,6 +8,7 @@
 pub mod config;
 pub mod errors;
 mod fetch;
+pub mod groups;
 pub mod handlers;
 pub mod meta;
 pub mod server;

@@ -41,6 +41,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
         .map(|n| Arc::new(Semaphore::new(n.min(Semaphore::MAX_PERMITS))));
     let mut conns = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(Arc::clone(&broker), stop_rx.clone()));
+    broker.spawn_group_tasks(stop_rx.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -193,7 +194,19 @@ async fn connection(
                     }
                 };
                 tracing::trace!(%peer, ?api_key, version, cid, "request");
-                match broker.handle(api_key, version, body).await {
+                let reply = if crate::groups::is_group_api(api_key) {
+                    broker
+                        .handle_group(
+                            version,
+                            body,
+                            header.client_id.as_deref().unwrap_or(""),
+                            peer,
+                        )
+                        .await
+                } else {
+                    broker.handle(api_key, version, body).await
+                };
+                match reply {
                     Reply::Now(r) => {
                         let _ = otx.send(encode(r));
                     }

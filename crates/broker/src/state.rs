@@ -31,6 +31,8 @@ pub enum BrokerError {
     Flusher(std::io::Error),
     #[error("I/O: {0}")]
     Io(#[from] std::io::Error),
+    #[error("group coordinator: {0}")]
+    Groups(String),
 }
 
 pub fn now_ms() -> i64 {
@@ -161,6 +163,7 @@ pub struct Broker {
     advertised: OnceLock<(String, i32)>,
     stopping: AtomicBool,
     pub(crate) fetch_sessions: crate::fetch::FetchSessions,
+    pub(crate) groups: crate::groups::GroupService,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -201,7 +204,12 @@ impl Broker {
             );
         }
         let (data_tx, _) = watch::channel(0);
-        Ok(Arc::new(Broker {
+        let groups = crate::groups::GroupService::new(
+            config.groups.clone(),
+            config.offsets_topic_partitions,
+            config.offsets_retention_check_interval_ms,
+        );
+        let broker = Arc::new(Broker {
             config,
             cluster_id,
             meta,
@@ -213,7 +221,10 @@ impl Broker {
             advertised: OnceLock::new(),
             stopping: AtomicBool::new(false),
             fetch_sessions: Default::default(),
-        }))
+            groups,
+        });
+        broker.load_groups().map_err(BrokerError::Groups)?;
+        Ok(broker)
     }
 
     pub fn set_advertised(&self, host: String, port: i32) {

@@ -11,21 +11,23 @@ use holdfast_broker::{Broker, BrokerConfig};
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Directory holding the partition logs and broker metadata.
-    #[arg(long, default_value = "./holdfast-data")]
+    #[arg(long, env = "HOLDFAST_DATA_DIR", default_value = "./holdfast-data")]
     data_dir: PathBuf,
     /// Address to listen on.
-    #[arg(long, default_value = "localhost:9092")]
+    #[arg(long, env = "HOLDFAST_LISTEN", default_value = "localhost:9092")]
     listen: String,
     /// `host:port` advertised to clients in Metadata (default: the listen host and bound port).
-    #[arg(long)]
+    #[arg(long, env = "HOLDFAST_ADVERTISE")]
     advertise: Option<String>,
     /// This broker's node id.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, env = "HOLDFAST_NODE_ID", default_value_t = 1)]
     node_id: i32,
     /// TOML file of broker settings keyed by Kafka's names, e.g. `"num.partitions" = 4`.
-    #[arg(long)]
+    #[arg(long, env = "HOLDFAST_CONFIG")]
     config: Option<PathBuf>,
-    /// Overrides one setting: `--set key=value` (repeatable; applied after --config).
+    /// Overrides one setting: `--set key=value` (repeatable; applied last). Between the
+    /// config file and `--set`, environment variables `HOLDFAST_<KEY>` apply, with the
+    /// Kafka name upper-cased and dots as underscores: `HOLDFAST_LOG_RETENTION_MS=60000`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
 }
@@ -50,6 +52,7 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
                 .with_context(|| format!("{}: `{k}`", path.display()))?;
         }
     }
+    apply_env(&mut cfg, std::env::vars())?;
     for kv in &args.set {
         let (k, v) = kv
             .split_once('=')
@@ -58,6 +61,39 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
             .with_context(|| format!("--set {kv}"))?;
     }
     Ok(cfg)
+}
+
+/// Environment variables naming flags, not settings.
+const FLAG_VARS: &[&str] = &["DATA_DIR", "LISTEN", "ADVERTISE", "NODE_ID", "CONFIG"];
+
+/// Applies `HOLDFAST_<KEY>` variables: `HOLDFAST_LOG_RETENTION_MS` sets `log.retention.ms`.
+/// A variable that names no setting is reported and ignored (test harnesses and tools
+/// share the prefix); an invalid value for a real setting is an error.
+fn apply_env(
+    cfg: &mut BrokerConfig,
+    vars: impl Iterator<Item = (String, String)>,
+) -> anyhow::Result<()> {
+    for (name, value) in vars {
+        let Some(rest) = name.strip_prefix("HOLDFAST_") else {
+            continue;
+        };
+        if FLAG_VARS.contains(&rest) {
+            continue;
+        }
+        let key = rest.to_ascii_lowercase().replace('_', ".");
+        match cfg.set(&key, &value) {
+            Ok(()) => {
+                tracing::info!(variable = %name, setting = %key, "setting from the environment")
+            }
+            Err(holdfast_broker::ConfigError::UnknownKey(_)) => {
+                tracing::debug!(variable = %name, "environment variable names no setting; ignored")
+            }
+            Err(e) => {
+                return Err(anyhow::Error::new(e).context(format!("environment variable {name}")))
+            }
+        }
+    }
+    Ok(())
 }
 
 fn advertised(args: &ServeArgs, bound: SocketAddr) -> anyhow::Result<(String, i32)> {
@@ -132,4 +168,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     served?;
     tracing::info!("holdfast stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn environment_overrides_use_kafka_names() {
+        let mut cfg = BrokerConfig::new(PathBuf::from("/tmp/x"), "127.0.0.1:0".into());
+        let vars = vec![
+            ("HOLDFAST_NUM_PARTITIONS".to_string(), "7".to_string()),
+            ("HOLDFAST_BIN".to_string(), "/usr/bin/holdfast".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        apply_env(&mut cfg, vars.into_iter()).expect("valid");
+        assert_eq!(cfg.num_partitions, 7);
+        let bad = vec![("HOLDFAST_NUM_PARTITIONS".to_string(), "many".to_string())];
+        assert!(apply_env(&mut cfg, bad.into_iter()).is_err());
+    }
 }

@@ -145,6 +145,16 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::DescribeCluster => 0,
         ApiKey::DescribeLogDirs => 2,
         ApiKey::OffsetForLeaderEpoch => 4,
+        ApiKey::OffsetCommit => 8,
+        ApiKey::OffsetFetch => 6,
+        ApiKey::JoinGroup => 6,
+        ApiKey::Heartbeat => 4,
+        ApiKey::LeaveGroup => 4,
+        ApiKey::SyncGroup => 4,
+        ApiKey::DescribeGroups => 5,
+        ApiKey::ListGroups => 3,
+        ApiKey::DeleteGroups => 2,
+        ApiKey::OffsetDelete => i16::MAX,
         _ => i16::MAX,
     }
 }
@@ -407,6 +417,144 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             if v >= 2 {
                 w.skip(1)?; // include_fenced_brokers
             }
+        }
+        ApiKey::OffsetCommit => {
+            w.string()?; // group_id
+            if v >= 1 {
+                w.skip(4)?; // generation_id_or_member_epoch
+                w.string()?; // member_id
+            }
+            if v >= 7 {
+                w.nullable_string()?; // group_instance_id
+            }
+            if (2..=4).contains(&v) {
+                w.skip(8)?; // retention_time_ms
+            }
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4 + 8)?; // partition_index, committed_offset
+                    if v >= 6 {
+                        w.skip(4)?; // committed_leader_epoch
+                    }
+                    if v == 1 {
+                        w.skip(8)?; // commit_timestamp
+                    }
+                    w.nullable_string()?; // committed_metadata
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::OffsetFetch => {
+            let topics = |w: &mut Walker<'_>| {
+                w.array(v >= 2, |w| {
+                    w.string()?;
+                    w.array(false, |w| w.skip(4))?;
+                    w.tagged_fields()
+                })
+            };
+            if v >= 8 {
+                w.array(false, |w| {
+                    w.string()?; // group_id
+                    if v >= 9 {
+                        w.nullable_string()?; // member_id
+                        w.skip(4)?; // member_epoch
+                    }
+                    topics(w)?;
+                    w.tagged_fields()
+                })?;
+            } else {
+                w.string()?;
+                topics(&mut w)?;
+            }
+            if v >= 7 {
+                w.skip(1)?; // require_stable
+            }
+        }
+        ApiKey::JoinGroup => {
+            w.string()?; // group_id
+            w.skip(4)?; // session_timeout_ms
+            if v >= 1 {
+                w.skip(4)?; // rebalance_timeout_ms
+            }
+            w.string()?; // member_id
+            if v >= 5 {
+                w.nullable_string()?; // group_instance_id
+            }
+            w.string()?; // protocol_type
+            w.array(false, |w| {
+                w.string()?;
+                w.blob(false, true)?; // metadata
+                w.tagged_fields()
+            })?;
+            if v >= 8 {
+                w.nullable_string()?; // reason
+            }
+        }
+        ApiKey::Heartbeat => {
+            w.string()?;
+            w.skip(4)?;
+            w.string()?;
+            if v >= 3 {
+                w.nullable_string()?;
+            }
+        }
+        ApiKey::LeaveGroup => {
+            w.string()?;
+            if v >= 3 {
+                w.array(false, |w| {
+                    w.string()?;
+                    w.nullable_string()?;
+                    if v >= 5 {
+                        w.nullable_string()?; // reason
+                    }
+                    w.tagged_fields()
+                })?;
+            } else {
+                w.string()?;
+            }
+        }
+        ApiKey::SyncGroup => {
+            w.string()?;
+            w.skip(4)?;
+            w.string()?;
+            if v >= 3 {
+                w.nullable_string()?;
+            }
+            if v >= 5 {
+                w.nullable_string()?; // protocol_type
+                w.nullable_string()?; // protocol_name
+            }
+            w.array(false, |w| {
+                w.string()?;
+                w.blob(false, true)?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::DescribeGroups => {
+            w.array(false, |w| w.string())?;
+            if v >= 3 {
+                w.skip(1)?;
+            }
+        }
+        ApiKey::ListGroups => {
+            if v >= 4 {
+                w.array(false, |w| w.string())?;
+            }
+            if v >= 5 {
+                w.array(false, |w| w.string())?;
+            }
+        }
+        ApiKey::DeleteGroups => {
+            w.array(false, |w| w.string())?;
+        }
+        ApiKey::OffsetDelete => {
+            w.string()?;
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| w.skip(4))
+            })?;
         }
         _ => return Err(Malformed("no structural check for this API")),
     }

@@ -47,6 +47,16 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeCluster, 0, 1),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
+    (ApiKey::OffsetCommit, 2, 9),
+    (ApiKey::OffsetFetch, 1, 9),
+    (ApiKey::JoinGroup, 2, 9),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
 ];
 
 /// The version range we support for `key`, if any.
@@ -566,6 +576,131 @@ mod tests {
                             fc.key = S::from_static_str("g");
                         }
                         RequestKind::FindCoordinator(fc)
+                    }
+                    ApiKey::OffsetCommit => {
+                        let mut r = OffsetCommitRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        r.member_id = S::from_static_str("m");
+                        if v >= 7 {
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        let mut t = offset_commit_request::OffsetCommitRequestTopic::default();
+                        t.name = name();
+                        let mut p = offset_commit_request::OffsetCommitRequestPartition::default();
+                        p.committed_metadata = Some(S::from_static_str("meta"));
+                        t.partitions = vec![p.clone(), p];
+                        r.topics = vec![t];
+                        RequestKind::OffsetCommit(r)
+                    }
+                    ApiKey::OffsetFetch => {
+                        let mut r = OffsetFetchRequest::default();
+                        if v >= 8 {
+                            let mut g = offset_fetch_request::OffsetFetchRequestGroup::default();
+                            g.group_id = GroupId(S::from_static_str("g"));
+                            let mut t = offset_fetch_request::OffsetFetchRequestTopics::default();
+                            t.name = name();
+                            t.partition_indexes = vec![0, 1];
+                            g.topics = Some(vec![t]);
+                            if v >= 9 {
+                                g.member_id = Some(S::from_static_str("m"));
+                            }
+                            r.groups = vec![g.clone(), g];
+                        } else {
+                            r.group_id = GroupId(S::from_static_str("g"));
+                            let mut t = offset_fetch_request::OffsetFetchRequestTopic::default();
+                            t.name = name();
+                            t.partition_indexes = vec![0, 1];
+                            r.topics = Some(vec![t]);
+                        }
+                        RequestKind::OffsetFetch(r)
+                    }
+                    ApiKey::JoinGroup => {
+                        let mut r = JoinGroupRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        r.protocol_type = S::from_static_str("consumer");
+                        let mut p = join_group_request::JoinGroupRequestProtocol::default();
+                        p.name = S::from_static_str("range");
+                        p.metadata = Bytes::from_static(b"meta");
+                        r.protocols = vec![p.clone(), p];
+                        if v >= 5 {
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        if v >= 8 {
+                            r.reason = Some(S::from_static_str("why"));
+                        }
+                        RequestKind::JoinGroup(r)
+                    }
+                    ApiKey::Heartbeat => {
+                        let mut r = HeartbeatRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        r.member_id = S::from_static_str("m");
+                        if v >= 3 {
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        RequestKind::Heartbeat(r)
+                    }
+                    ApiKey::LeaveGroup => {
+                        let mut r = LeaveGroupRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        if v >= 3 {
+                            let mut m = leave_group_request::MemberIdentity::default();
+                            m.member_id = S::from_static_str("m");
+                            m.group_instance_id = Some(S::from_static_str("i"));
+                            if v >= 5 {
+                                m.reason = Some(S::from_static_str("bye"));
+                            }
+                            r.members = vec![m.clone(), m];
+                        } else {
+                            r.member_id = S::from_static_str("m");
+                        }
+                        RequestKind::LeaveGroup(r)
+                    }
+                    ApiKey::SyncGroup => {
+                        let mut r = SyncGroupRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        r.member_id = S::from_static_str("m");
+                        if v >= 3 {
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        if v >= 5 {
+                            r.protocol_type = Some(S::from_static_str("consumer"));
+                            r.protocol_name = Some(S::from_static_str("range"));
+                        }
+                        let mut a = sync_group_request::SyncGroupRequestAssignment::default();
+                        a.member_id = S::from_static_str("m");
+                        a.assignment = Bytes::from_static(b"assignment");
+                        r.assignments = vec![a.clone(), a];
+                        RequestKind::SyncGroup(r)
+                    }
+                    ApiKey::DescribeGroups => {
+                        let mut r = DescribeGroupsRequest::default();
+                        r.groups = vec![GroupId(S::from_static_str("g")); 2];
+                        RequestKind::DescribeGroups(r)
+                    }
+                    ApiKey::ListGroups => {
+                        let mut r = ListGroupsRequest::default();
+                        if v >= 4 {
+                            r.states_filter = vec![S::from_static_str("Stable")];
+                        }
+                        if v >= 5 {
+                            r.types_filter = vec![S::from_static_str("classic")];
+                        }
+                        RequestKind::ListGroups(r)
+                    }
+                    ApiKey::DeleteGroups => {
+                        let mut r = DeleteGroupsRequest::default();
+                        r.groups_names = vec![GroupId(S::from_static_str("g")); 2];
+                        RequestKind::DeleteGroups(r)
+                    }
+                    ApiKey::OffsetDelete => {
+                        let mut r = OffsetDeleteRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        let mut t = offset_delete_request::OffsetDeleteRequestTopic::default();
+                        t.name = name();
+                        t.partitions =
+                            vec![offset_delete_request::OffsetDeleteRequestPartition::default(); 2];
+                        r.topics = vec![t];
+                        RequestKind::OffsetDelete(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

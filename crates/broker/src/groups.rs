@@ -1,0 +1,882 @@
+//! The broker side of the group coordinator: wires the group APIs to the sans-IO
+//! `holdfast_groups::Coordinator`, waits for JoinGroup/SyncGroup completions, drives its
+//! timers from one task (sleeping until the next deadline or a wake-up), and stores offsets
+//! and group metadata in the compacted `__consumer_offsets` topic. An OffsetCommit is
+//! acknowledged only after its records are durable under the topic's (default) fsync policy.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use holdfast_groups::records::{self, OffsetValue};
+use holdfast_groups::{codes, CommitCheck, Completion, Coordinator, Outcome, Protocol, Ticket};
+use holdfast_log::batch::build::{batch, BatchOptions, Record};
+use kafka_protocol::messages::*;
+use kafka_protocol::protocol::StrBytes;
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+
+use crate::errors as ec;
+use crate::handlers::{blocking, Reply};
+use crate::state::{now_ms, Broker};
+
+pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// A record of `__consumer_offsets`: key, value (`None` = tombstone).
+type KeyValue = (Vec<u8>, Option<Vec<u8>>);
+
+/// Bound on queued batches of coordinator writes (group metadata, tombstones).
+const WRITE_QUEUE: usize = 4096;
+
+struct Inner {
+    coord: Coordinator,
+    waiters: HashMap<Ticket, oneshot::Sender<Completion>>,
+}
+
+pub struct GroupService {
+    inner: Mutex<Inner>,
+    wake: Notify,
+    writes_tx: mpsc::Sender<Vec<holdfast_groups::Write>>,
+    writes_rx: Mutex<Option<mpsc::Receiver<Vec<holdfast_groups::Write>>>>,
+    partitions: i32,
+    retention_check_ms: u64,
+}
+
+fn sb(s: &str) -> StrBytes {
+    StrBytes::from_string(s.to_string())
+}
+
+pub fn is_group_api(key: ApiKey) -> bool {
+    matches!(
+        key,
+        ApiKey::FindCoordinator
+            | ApiKey::JoinGroup
+            | ApiKey::SyncGroup
+            | ApiKey::Heartbeat
+            | ApiKey::LeaveGroup
+            | ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::DescribeGroups
+            | ApiKey::ListGroups
+            | ApiKey::DeleteGroups
+            | ApiKey::OffsetDelete
+    )
+}
+
+impl GroupService {
+    pub fn new(cfg: holdfast_groups::Config, partitions: i32, retention_check_ms: u64) -> Self {
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        GroupService {
+            inner: Mutex::new(Inner {
+                coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
+                waiters: HashMap::new(),
+            }),
+            wake: Notify::new(),
+            writes_tx: tx,
+            writes_rx: Mutex::new(Some(rx)),
+            partitions,
+            retention_check_ms,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `f` on the coordinator, then delivers completions and queues writes.
+    fn with<T>(&self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
+        let mut g = self.lock();
+        let out = f(&mut g.coord);
+        Self::dispatch(&mut g, &self.writes_tx);
+        drop(g);
+        self.wake.notify_one();
+        out
+    }
+
+    fn dispatch(g: &mut Inner, writes: &mpsc::Sender<Vec<holdfast_groups::Write>>) {
+        for c in g.coord.take_completions() {
+            let t = match &c {
+                Completion::Join(t, _) | Completion::Sync(t, _) => *t,
+            };
+            if let Some(tx) = g.waiters.remove(&t) {
+                let _ = tx.send(c);
+            }
+        }
+        let w = g.coord.take_writes();
+        if !w.is_empty() {
+            if let Err(e) = writes.try_send(w) {
+                tracing::error!(error = %e, "group metadata write queue full: record dropped");
+            }
+        }
+    }
+
+    /// Applies a record of `__consumer_offsets` while loading.
+    fn load(&self, key: &[u8], value: Option<&[u8]>, now: i64) {
+        let mut g = self.lock();
+        if let Err(e) = g.coord.load_record(key, value, now) {
+            tracing::warn!(error = %e, "skipping a __consumer_offsets record");
+        }
+        // Loading produces no completions or writes worth keeping.
+        let _ = g.coord.take_writes();
+    }
+}
+
+impl Broker {
+    pub(crate) fn groups(&self) -> &GroupService {
+        &self.groups
+    }
+
+    /// Creates `__consumer_offsets` if missing and rebuilds offsets and groups from it.
+    /// Blocking; called once on open.
+    pub(crate) fn load_groups(&self) -> Result<(), String> {
+        let n = self.groups().partitions;
+        if self.topic(OFFSETS_TOPIC).is_none() {
+            let mut cfg = BTreeMap::new();
+            cfg.insert("cleanup.policy".to_string(), "compact".to_string());
+            cfg.insert("segment.bytes".to_string(), (100 * 1024 * 1024).to_string());
+            self.create_topic(OFFSETS_TOPIC, n, cfg, false)
+                .map_err(|(_, m)| m)?;
+        }
+        let Some(topic) = self.topic(OFFSETS_TOPIC) else {
+            return Err("__consumer_offsets vanished".into());
+        };
+        let now = now_ms();
+        let mut count = 0u64;
+        for p in &topic.partitions {
+            let hw = p.high_watermark();
+            let mut st = p.lock();
+            let Some(log) = st.log.as_mut() else { continue };
+            let mut offset = log.log_start_offset();
+            while offset < hw {
+                let slice = log
+                    .read(offset, 1 << 20, hw, true)
+                    .map_err(|e| format!("reading {OFFSETS_TOPIC}-{}: {e}", p.index))?;
+                if slice.is_empty() {
+                    break;
+                }
+                let bytes = slice
+                    .read_bytes()
+                    .map_err(|e| format!("reading {OFFSETS_TOPIC}-{}: {e}", p.index))?;
+                let mut next = offset;
+                for f in holdfast_log::batch::frames(&bytes) {
+                    let (h, b) = f.map_err(|e| format!("{OFFSETS_TOPIC}-{}: {e}", p.index))?;
+                    next = h.last_offset() + 1;
+                    if h.is_control() {
+                        continue;
+                    }
+                    holdfast_log::batch::for_each_stored_record(&h, b, |r| {
+                        if let Some(k) = r.key {
+                            self.groups().load(k, r.value, now);
+                            count += 1;
+                        }
+                        Ok(())
+                    })
+                    .map_err(|e| format!("{OFFSETS_TOPIC}-{}: {e}", p.index))?;
+                }
+                if next <= offset {
+                    break;
+                }
+                offset = next;
+            }
+        }
+        tracing::info!(records = count, "consumer offsets and groups loaded");
+        Ok(())
+    }
+
+    /// Appends records for one group's partition of `__consumer_offsets` and waits until
+    /// they are durable. Returns a Kafka error code on failure.
+    async fn append_offsets_records(
+        self: &Arc<Self>,
+        group: &str,
+        recs: Vec<KeyValue>,
+    ) -> Result<(), i16> {
+        let n = self.groups().partitions;
+        let index = records::partition_for(group, n);
+        let Some(p) = self.partition(OFFSETS_TOPIC, index) else {
+            return Err(codes::COORDINATOR_NOT_AVAILABLE);
+        };
+        let now = now_ms();
+        let data = {
+            let rs: Vec<Record<'_>> = recs
+                .iter()
+                .map(|(k, v)| Record {
+                    key: Some(k),
+                    value: v.as_deref(),
+                    timestamp_ms: now,
+                })
+                .collect();
+            batch(
+                &rs,
+                BatchOptions {
+                    producer_id: -1,
+                    producer_epoch: -1,
+                    base_sequence: -1,
+                    ..BatchOptions::default()
+                },
+            )
+        };
+        let p2 = Arc::clone(&p);
+        let appended = blocking(move || {
+            crate::handlers::append_records(&p2, Some(Bytes::from(data)), now_ms())
+        })
+        .await
+        .ok_or(codes::UNKNOWN_SERVER_ERROR)?;
+        let o = appended.map_err(|(code, msg)| {
+            tracing::error!(code, ?msg, "cannot append to __consumer_offsets");
+            codes::UNKNOWN_SERVER_ERROR
+        })?;
+        if p.waits_fsync() {
+            let w = p.durable().wait_for(o.durable_end);
+            match tokio::time::timeout(Duration::from_secs(30), w).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "__consumer_offsets fsync failed");
+                    return Err(codes::UNKNOWN_SERVER_ERROR);
+                }
+                Err(_) => return Err(codes::COORDINATOR_NOT_AVAILABLE),
+            }
+        }
+        self.notify_data();
+        Ok(())
+    }
+
+    /// Writes queued coordinator records (group metadata, tombstones) in order.
+    async fn writer_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let rx = self
+            .groups()
+            .writes_rx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        let Some(mut rx) = rx else { return };
+        loop {
+            let w = tokio::select! {
+                w = rx.recv() => w,
+                _ = stop.changed() => return,
+            };
+            let Some(w) = w else { return };
+            let mut by_group: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
+            for x in w {
+                by_group.entry(x.group).or_default().push((x.key, x.value));
+            }
+            for (g, recs) in by_group {
+                if let Err(code) = self.append_offsets_records(&g, recs).await {
+                    tracing::error!(group = %g, code, "cannot persist group metadata");
+                }
+            }
+        }
+    }
+
+    /// Fires coordinator timers: sleeps until the next deadline or a wake-up.
+    async fn timer_loop(self: Arc<Self>, mut stop: watch::Receiver<bool>) {
+        let svc = self.groups();
+        let retention_every = Duration::from_millis(svc.retention_check_ms.max(1000));
+        let mut last_retention = tokio::time::Instant::now();
+        loop {
+            let next = svc.lock().coord.next_deadline();
+            let wait = match next {
+                Some(d) => Duration::from_millis((d - now_ms()).clamp(0, 60_000) as u64),
+                None => Duration::from_secs(60),
+            };
+            let wait = wait.min(retention_every);
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = svc.wake.notified() => {}
+                _ = stop.changed() => return,
+            }
+            let now = now_ms();
+            let expire = last_retention.elapsed() >= retention_every;
+            if expire {
+                last_retention = tokio::time::Instant::now();
+            }
+            tracing::trace!(now, ?next, "group timers");
+            // Not `with`: that wakes this loop.
+            {
+                let mut g = svc.lock();
+                g.coord.tick(now);
+                if expire {
+                    g.coord.expire_offsets(now);
+                }
+                GroupService::dispatch(&mut g, &svc.writes_tx);
+            }
+        }
+    }
+
+    /// Starts the coordinator's timer and writer tasks.
+    pub fn spawn_group_tasks(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+        tokio::spawn(Arc::clone(self).timer_loop(stop.clone()));
+        tokio::spawn(Arc::clone(self).writer_loop(stop));
+    }
+
+    /// Handles a group API request.
+    pub async fn handle_group(
+        self: &Arc<Self>,
+        version: i16,
+        body: RequestKind,
+        client_id: &str,
+        peer: SocketAddr,
+    ) -> Reply {
+        match body {
+            RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
+                self.find_coordinator(r, version),
+            ))),
+            RequestKind::JoinGroup(r) => {
+                let b = Arc::clone(self);
+                let host = format!("/{}", peer.ip());
+                let client = client_id.to_string();
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::JoinGroup(
+                        b.join_group(r, version, client, host).await,
+                    ))
+                }))
+            }
+            RequestKind::SyncGroup(r) => {
+                let b = Arc::clone(self);
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::SyncGroup(b.sync_group(r, version).await))
+                }))
+            }
+            RequestKind::Heartbeat(r) => {
+                let now = now_ms();
+                let code = self.groups().with(|c| {
+                    c.heartbeat(
+                        &r.group_id.0,
+                        r.generation_id,
+                        &r.member_id,
+                        r.group_instance_id.as_deref(),
+                        now,
+                    )
+                });
+                let mut resp = HeartbeatResponse::default();
+                resp.error_code = code;
+                Reply::Now(Some(ResponseKind::Heartbeat(resp)))
+            }
+            RequestKind::LeaveGroup(r) => {
+                Reply::Now(Some(ResponseKind::LeaveGroup(self.leave_group(r, version))))
+            }
+            RequestKind::OffsetCommit(r) => {
+                let b = Arc::clone(self);
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::OffsetCommit(
+                        b.offset_commit(r, version).await,
+                    ))
+                }))
+            }
+            RequestKind::OffsetFetch(r) => Reply::Now(Some(ResponseKind::OffsetFetch(
+                self.offset_fetch(r, version),
+            ))),
+            RequestKind::DescribeGroups(r) => {
+                Reply::Now(Some(ResponseKind::DescribeGroups(self.describe_groups(r))))
+            }
+            RequestKind::ListGroups(r) => {
+                Reply::Now(Some(ResponseKind::ListGroups(self.list_groups(r, version))))
+            }
+            RequestKind::DeleteGroups(r) => {
+                let mut resp = DeleteGroupsResponse::default();
+                for g in r.groups_names {
+                    let code = self.groups().with(|c| c.delete_group(&g.0));
+                    let mut x = delete_groups_response::DeletableGroupResult::default();
+                    x.group_id = g;
+                    x.error_code = code;
+                    resp.results.push(x);
+                }
+                Reply::Now(Some(ResponseKind::DeleteGroups(resp)))
+            }
+            RequestKind::OffsetDelete(r) => {
+                Reply::Now(Some(ResponseKind::OffsetDelete(self.offset_delete(r))))
+            }
+            _ => Reply::Now(None),
+        }
+    }
+
+    fn find_coordinator(
+        &self,
+        req: FindCoordinatorRequest,
+        version: i16,
+    ) -> FindCoordinatorResponse {
+        use find_coordinator_response::Coordinator as C;
+        const TXN: &str = "Holdfast has no transaction coordinator yet.";
+        let (host, port) = self.advertised();
+        let node = BrokerId(self.config.node_id);
+        let is_txn = req.key_type == 1;
+        let mut r = FindCoordinatorResponse::default();
+        if version >= 4 {
+            r.coordinators = req
+                .coordinator_keys
+                .into_iter()
+                .map(|key| {
+                    let mut c = C::default();
+                    c.key = key;
+                    if is_txn {
+                        c.node_id = BrokerId(-1);
+                        c.port = -1;
+                        c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+                        c.error_message = Some(sb(TXN));
+                    } else {
+                        c.node_id = node;
+                        c.host = sb(&host);
+                        c.port = port;
+                    }
+                    c
+                })
+                .collect();
+        } else if is_txn {
+            r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+            if version >= 1 {
+                r.error_message = Some(sb(TXN));
+            }
+            r.node_id = BrokerId(-1);
+            r.port = -1;
+        } else {
+            r.node_id = node;
+            r.host = sb(&host);
+            r.port = port;
+        }
+        r
+    }
+
+    async fn join_group(
+        self: Arc<Self>,
+        r: JoinGroupRequest,
+        version: i16,
+        client_id: String,
+        client_host: String,
+    ) -> JoinGroupResponse {
+        let rebalance_timeout = if version >= 1 {
+            r.rebalance_timeout_ms
+        } else {
+            r.session_timeout_ms
+        };
+        let req = holdfast_groups::JoinRequest {
+            group_id: r.group_id.0.to_string(),
+            member_id: r.member_id.to_string(),
+            instance_id: r.group_instance_id.as_ref().map(|s| s.to_string()),
+            client_id,
+            client_host,
+            session_timeout_ms: r.session_timeout_ms,
+            rebalance_timeout_ms: rebalance_timeout,
+            protocol_type: r.protocol_type.to_string(),
+            protocols: r
+                .protocols
+                .iter()
+                .map(|p| Protocol {
+                    name: p.name.to_string(),
+                    metadata: p.metadata.to_vec(),
+                })
+                .collect(),
+            require_known_member_id: version >= 4,
+        };
+        let svc = self.groups();
+        let res = {
+            let mut g = svc.lock();
+            let out = g.coord.join(req, now_ms());
+            // Register before completions are dispatched: the join may complete at once.
+            let rx = match &out {
+                Outcome::Wait(t) => {
+                    let (tx, rx) = oneshot::channel();
+                    g.waiters.insert(*t, tx);
+                    Some(rx)
+                }
+                Outcome::Now(_) => None,
+            };
+            GroupService::dispatch(&mut g, &svc.writes_tx);
+            (out, rx)
+        };
+        svc.wake.notify_one();
+        let resp = match res {
+            (Outcome::Now(x), _) => x,
+            (Outcome::Wait(_), Some(rx)) => {
+                let bound = Duration::from_millis(rebalance_timeout.max(0) as u64 + 10_000);
+                match tokio::time::timeout(bound, rx).await {
+                    Ok(Ok(Completion::Join(_, x))) => x,
+                    _ => holdfast_groups::JoinResponse {
+                        error: codes::REBALANCE_IN_PROGRESS,
+                        generation: -1,
+                        member_id: r.member_id.to_string(),
+                        ..Default::default()
+                    },
+                }
+            }
+            (Outcome::Wait(_), None) => holdfast_groups::JoinResponse {
+                error: codes::UNKNOWN_SERVER_ERROR,
+                ..Default::default()
+            },
+        };
+        let mut out = JoinGroupResponse::default();
+        out.error_code = resp.error;
+        out.generation_id = resp.generation;
+        out.protocol_type = resp.protocol_type.as_deref().map(sb);
+        out.protocol_name = Some(sb(resp.protocol_name.as_deref().unwrap_or("")));
+        if version >= 7 && resp.error != codes::NONE {
+            out.protocol_name = None;
+        }
+        out.leader = sb(&resp.leader);
+        out.member_id = sb(&resp.member_id);
+        out.members = resp
+            .members
+            .into_iter()
+            .map(|m| {
+                let mut x = join_group_response::JoinGroupResponseMember::default();
+                x.member_id = sb(&m.member_id);
+                x.group_instance_id = m.instance_id.as_deref().map(sb);
+                x.metadata = Bytes::from(m.metadata);
+                x
+            })
+            .collect();
+        out
+    }
+
+    async fn sync_group(self: Arc<Self>, r: SyncGroupRequest, version: i16) -> SyncGroupResponse {
+        let svc = self.groups();
+        let assignments: Vec<(String, Vec<u8>)> = r
+            .assignments
+            .iter()
+            .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
+            .collect();
+        let (out, rx) = {
+            let mut g = svc.lock();
+            let out = g.coord.sync(
+                &r.group_id.0,
+                r.generation_id,
+                &r.member_id,
+                r.group_instance_id.as_deref(),
+                r.protocol_type.as_deref(),
+                r.protocol_name.as_deref(),
+                assignments,
+                now_ms(),
+            );
+            let rx = match &out {
+                Outcome::Wait(t) => {
+                    let (tx, rx) = oneshot::channel();
+                    g.waiters.insert(*t, tx);
+                    Some(rx)
+                }
+                Outcome::Now(_) => None,
+            };
+            GroupService::dispatch(&mut g, &svc.writes_tx);
+            (out, rx)
+        };
+        svc.wake.notify_one();
+        let resp = match (out, rx) {
+            (Outcome::Now(x), _) => x,
+            (Outcome::Wait(_), Some(rx)) => {
+                match tokio::time::timeout(Duration::from_secs(330), rx).await {
+                    Ok(Ok(Completion::Sync(_, x))) => x,
+                    _ => holdfast_groups::SyncResponse {
+                        error: codes::REBALANCE_IN_PROGRESS,
+                        ..Default::default()
+                    },
+                }
+            }
+            (Outcome::Wait(_), None) => holdfast_groups::SyncResponse {
+                error: codes::UNKNOWN_SERVER_ERROR,
+                ..Default::default()
+            },
+        };
+        let mut out = SyncGroupResponse::default();
+        out.error_code = resp.error;
+        if version >= 5 {
+            out.protocol_type = resp.protocol_type.as_deref().map(sb);
+            out.protocol_name = resp.protocol_name.as_deref().map(sb);
+        }
+        out.assignment = Bytes::from(resp.assignment);
+        out
+    }
+
+    fn leave_group(&self, r: LeaveGroupRequest, version: i16) -> LeaveGroupResponse {
+        let members: Vec<(String, Option<String>)> = if version >= 3 {
+            r.members
+                .iter()
+                .map(|m| {
+                    (
+                        m.member_id.to_string(),
+                        m.group_instance_id.as_ref().map(|s| s.to_string()),
+                    )
+                })
+                .collect()
+        } else {
+            vec![(r.member_id.to_string(), None)]
+        };
+        let now = now_ms();
+        let (top, per) = self
+            .groups()
+            .with(|c| c.leave(&r.group_id.0, &members, now));
+        let mut resp = LeaveGroupResponse::default();
+        if version >= 3 {
+            resp.error_code = top;
+            resp.members = members
+                .iter()
+                .zip(per)
+                .map(|((id, inst), code)| {
+                    let mut m = leave_group_response::MemberResponse::default();
+                    m.member_id = sb(id);
+                    m.group_instance_id = inst.as_deref().map(sb);
+                    m.error_code = code;
+                    m
+                })
+                .collect();
+        } else {
+            resp.error_code = per.first().copied().unwrap_or(top);
+        }
+        resp
+    }
+
+    async fn offset_commit(
+        self: Arc<Self>,
+        r: OffsetCommitRequest,
+        version: i16,
+    ) -> OffsetCommitResponse {
+        let group = r.group_id.0.to_string();
+        let now = now_ms();
+        let (generation, member) = if version >= 1 {
+            (r.generation_id_or_member_epoch, r.member_id.to_string())
+        } else {
+            (-1, String::new())
+        };
+        let check = self.groups().with(|c| {
+            c.check_commit(
+                &group,
+                generation,
+                &member,
+                r.group_instance_id.as_deref(),
+                now,
+            )
+        });
+        let fits = |m: &str| self.groups().lock().coord.metadata_fits(m);
+        // (topic, partition, code, value)
+        let mut results: Vec<(String, i32, i16)> = Vec::new();
+        let mut ok: Vec<(String, i32, OffsetValue)> = Vec::new();
+        for t in &r.topics {
+            let name = t.name.0.to_string();
+            for p in &t.partitions {
+                let meta = p.committed_metadata.as_deref().unwrap_or("").to_string();
+                let code = match check {
+                    CommitCheck::Error(e) => e,
+                    CommitCheck::Ok if !fits(&meta) => codes::OFFSET_METADATA_TOO_LARGE,
+                    CommitCheck::Ok if self.partition(&name, p.partition_index).is_none() => {
+                        codes::UNKNOWN_TOPIC_OR_PARTITION
+                    }
+                    CommitCheck::Ok => {
+                        ok.push((
+                            name.clone(),
+                            p.partition_index,
+                            OffsetValue {
+                                offset: p.committed_offset,
+                                leader_epoch: if version >= 6 {
+                                    p.committed_leader_epoch
+                                } else {
+                                    -1
+                                },
+                                metadata: meta,
+                                commit_timestamp: now,
+                            },
+                        ));
+                        codes::NONE
+                    }
+                };
+                results.push((name.clone(), p.partition_index, code));
+            }
+        }
+        if !ok.is_empty() {
+            let recs = ok
+                .iter()
+                .map(|(t, p, v)| {
+                    (
+                        records::offset_key(&group, t, *p),
+                        Some(records::offset_value(v)),
+                    )
+                })
+                .collect();
+            match self.append_offsets_records(&group, recs).await {
+                Ok(()) => self.groups().with(|c| c.apply_commit(&group, ok)),
+                Err(code) => {
+                    for x in results.iter_mut() {
+                        if x.2 == codes::NONE {
+                            x.2 = code;
+                        }
+                    }
+                }
+            }
+        }
+        let mut resp = OffsetCommitResponse::default();
+        let mut by_topic: Vec<offset_commit_response::OffsetCommitResponseTopic> = Vec::new();
+        for (t, p, code) in results {
+            if by_topic.last().map(|x| x.name.0.as_str()) != Some(t.as_str()) {
+                let mut x = offset_commit_response::OffsetCommitResponseTopic::default();
+                x.name = TopicName(sb(&t));
+                by_topic.push(x);
+            }
+            let mut pr = offset_commit_response::OffsetCommitResponsePartition::default();
+            pr.partition_index = p;
+            pr.error_code = code;
+            if let Some(x) = by_topic.last_mut() {
+                x.partitions.push(pr);
+            }
+        }
+        resp.topics = by_topic;
+        resp
+    }
+
+    fn offset_fetch(&self, r: OffsetFetchRequest, version: i16) -> OffsetFetchResponse {
+        let mut resp = OffsetFetchResponse::default();
+        let coord = &self.groups().lock().coord;
+        let fetch = |group: &str, wanted: Option<Vec<(String, i32)>>| {
+            let rows = coord.fetch_offsets(group, wanted.as_deref());
+            let mut by: BTreeMap<String, Vec<(i32, Option<OffsetValue>)>> = BTreeMap::new();
+            for (t, p, v) in rows {
+                by.entry(t).or_default().push((p, v));
+            }
+            by
+        };
+        if version >= 8 {
+            for g in r.groups {
+                let wanted = g.topics.as_ref().map(|ts| {
+                    ts.iter()
+                        .flat_map(|t| {
+                            t.partition_indexes
+                                .iter()
+                                .map(|p| (t.name.0.to_string(), *p))
+                        })
+                        .collect::<Vec<_>>()
+                });
+                let mut og = offset_fetch_response::OffsetFetchResponseGroup::default();
+                og.group_id = g.group_id.clone();
+                for (t, parts) in fetch(&g.group_id.0, wanted) {
+                    let mut ot = offset_fetch_response::OffsetFetchResponseTopics::default();
+                    ot.name = TopicName(sb(&t));
+                    for (p, v) in parts {
+                        let mut op =
+                            offset_fetch_response::OffsetFetchResponsePartitions::default();
+                        op.partition_index = p;
+                        op.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
+                        op.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
+                        op.metadata = Some(sb(v.as_ref().map_or("", |v| v.metadata.as_str())));
+                        ot.partitions.push(op);
+                    }
+                    og.topics.push(ot);
+                }
+                resp.groups.push(og);
+            }
+        } else {
+            let wanted = r.topics.as_ref().map(|ts| {
+                ts.iter()
+                    .flat_map(|t| {
+                        t.partition_indexes
+                            .iter()
+                            .map(|p| (t.name.0.to_string(), *p))
+                    })
+                    .collect::<Vec<_>>()
+            });
+            for (t, parts) in fetch(&r.group_id.0, wanted) {
+                let mut ot = offset_fetch_response::OffsetFetchResponseTopic::default();
+                ot.name = TopicName(sb(&t));
+                for (p, v) in parts {
+                    let mut op = offset_fetch_response::OffsetFetchResponsePartition::default();
+                    op.partition_index = p;
+                    op.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
+                    op.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
+                    op.metadata = Some(sb(v.as_ref().map_or("", |v| v.metadata.as_str())));
+                    ot.partitions.push(op);
+                }
+                resp.topics.push(ot);
+            }
+        }
+        resp
+    }
+
+    fn describe_groups(&self, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
+        let mut resp = DescribeGroupsResponse::default();
+        let g = self.groups().lock();
+        for id in r.groups {
+            let mut d = describe_groups_response::DescribedGroup::default();
+            match g.coord.describe(&id.0) {
+                None => d.group_state = sb("Dead"),
+                Some(x) => {
+                    d.group_state = sb(x.state.name());
+                    d.protocol_type = sb(&x.protocol_type);
+                    d.protocol_data = sb(&x.protocol);
+                    d.members = x
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let mut dm = describe_groups_response::DescribedGroupMember::default();
+                            dm.member_id = sb(&m.member_id);
+                            dm.group_instance_id = m.instance_id.as_deref().map(sb);
+                            dm.client_id = sb(&m.client_id);
+                            dm.client_host = sb(&m.client_host);
+                            dm.member_metadata = Bytes::from(m.subscription);
+                            dm.member_assignment = Bytes::from(m.assignment);
+                            dm
+                        })
+                        .collect();
+                }
+            }
+            d.authorized_operations = i32::MIN;
+            d.group_id = id;
+            resp.groups.push(d);
+        }
+        resp
+    }
+
+    fn list_groups(&self, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
+        let mut resp = ListGroupsResponse::default();
+        let states: Vec<String> = r.states_filter.iter().map(|s| s.to_string()).collect();
+        let types_ok = r.types_filter.is_empty()
+            || r.types_filter
+                .iter()
+                .any(|t| t.eq_ignore_ascii_case("classic"));
+        if !types_ok {
+            return resp;
+        }
+        for (id, ptype, state) in self.groups().lock().coord.list_groups(&states) {
+            let mut l = list_groups_response::ListedGroup::default();
+            l.group_id = GroupId(sb(&id));
+            l.protocol_type = sb(&ptype);
+            if version >= 4 {
+                l.group_state = sb(state.name());
+            }
+            if version >= 5 {
+                l.group_type = sb("classic");
+            }
+            resp.groups.push(l);
+        }
+        resp
+    }
+
+    fn offset_delete(&self, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
+        let mut resp = OffsetDeleteResponse::default();
+        let parts: Vec<(String, i32)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.0.to_string(), p.partition_index))
+            })
+            .collect();
+        match self
+            .groups()
+            .with(|c| c.delete_offsets(&r.group_id.0, &parts))
+        {
+            Err(code) => resp.error_code = code,
+            Ok(codes) => {
+                let mut i = 0;
+                for t in r.topics {
+                    let mut ot = offset_delete_response::OffsetDeleteResponseTopic::default();
+                    ot.name = t.name;
+                    for p in t.partitions {
+                        let mut op =
+                            offset_delete_response::OffsetDeleteResponsePartition::default();
+                        op.partition_index = p.partition_index;
+                        op.error_code = codes.get(i).copied().unwrap_or(codes::NONE);
+                        i += 1;
+                        ot.partitions.push(op);
+                    }
+                    resp.topics.push(ot);
+                }
+            }
+        }
+        resp
+    }
+}
