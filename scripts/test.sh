@@ -27,5 +27,8 @@ cargo test --workspace --quiet 2>&1 | tee target/cargo-test.log
 # Surface skipped environment-dependent tests so a skip is never silent.
 grep -h "SKIPPED" target/cargo-test.log || true
 
-say "python client suites"
+say "python and java client suites"
 ./scripts/test-python.sh
+
+say "chaos smoke: seeded fault scenarios and negative controls"
+./scripts/chaos-smoke.sh

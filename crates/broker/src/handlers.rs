@@ -53,6 +53,40 @@ fn tn(s: &str) -> TopicName {
 }
 
 /// Runs blocking work (file I/O) off the tokio workers.
+/// Test-only negative control for the chaos harness (`crates/chaos`): with
+/// `HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC=1` in the environment, Produce acknowledges without
+/// waiting for fsync, breaking the promise on purpose so a power-cut run can prove that its
+/// checker notices. Off unless the variable is exactly `1`; read once (at broker start).
+pub fn unsafe_ack_before_fsync() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC=1: produce is acknowledged BEFORE fsync; \
+                 acknowledged writes WILL be lost on power failure (test-only negative control)"
+            );
+        }
+        on
+    })
+}
+
+/// Test-only negative control for the chaos harness: `HOLDFAST_UNSAFE_NO_DEDUP=1` turns off
+/// idempotent-producer deduplication in the log (retries are appended again). Off unless the
+/// variable is exactly `1`; read once (at broker start).
+pub fn unsafe_no_dedup_from_env() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if std::env::var("HOLDFAST_UNSAFE_NO_DEDUP").is_ok_and(|v| v == "1") {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_NO_DEDUP=1: idempotent producer deduplication is OFF; \
+                 retried batches WILL be duplicated (test-only negative control)"
+            );
+            holdfast_log::producer::set_unsafe_no_dedup(true);
+        }
+    });
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
@@ -341,7 +375,7 @@ impl Broker {
                     Err(e) => Err(e),
                     Ok((o, p)) => {
                         let mut r = Ok(o.clone());
-                        if p.waits_fsync() {
+                        if p.waits_fsync() && !unsafe_ack_before_fsync() {
                             let w = p.durable().wait_for(o.durable_end);
                             r = match tokio::time::timeout(Duration::from_millis(timeout_ms), w)
                                 .await

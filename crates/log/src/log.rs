@@ -578,7 +578,7 @@ impl Log {
         for v in &validated {
             let state = scratch.as_ref().unwrap_or(&self.producers);
             match state.check(&v.header)? {
-                SequenceCheck::Duplicate(meta) => {
+                SequenceCheck::Duplicate(meta) if !crate::producer::unsafe_no_dedup() => {
                     return Ok(AppendOutcome {
                         first_offset: meta.first_offset,
                         last_offset: meta.last_offset,
@@ -587,7 +587,7 @@ impl Log {
                         duplicate: true,
                     });
                 }
-                SequenceCheck::Append => {
+                SequenceCheck::Append | SequenceCheck::Duplicate(_) => {
                     if validated.len() > 1 {
                         let s = scratch.get_or_insert_with(|| self.producers.clone());
                         s.record(&v.header, now_ms);

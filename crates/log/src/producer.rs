@@ -48,6 +48,19 @@ pub struct ProducerState {
     producers: HashMap<i64, ProducerEntry>,
 }
 
+/// Test-only negative control (set by the broker from `HOLDFAST_UNSAFE_NO_DEDUP=1`): when on,
+/// `Log::append_as_leader` appends an idempotent producer's retried batch again instead of
+/// answering with the original offsets, i.e. deduplication is off. Off by default.
+static UNSAFE_NO_DEDUP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+pub fn set_unsafe_no_dedup(on: bool) {
+    UNSAFE_NO_DEDUP.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
+pub fn unsafe_no_dedup() -> bool {
+    UNSAFE_NO_DEDUP.load(std::sync::atomic::Ordering::SeqCst)
+}
+
 impl ProducerState {
     pub fn get(&self, producer_id: i64) -> Option<&ProducerEntry> {
         self.producers.get(&producer_id)

@@ -1,0 +1,371 @@
+//! The environment a run owns: a work directory, an optional loop-mounted ext4 image holding
+//! the broker's data directory, and the broker process. Every piece is a Drop guard, so
+//! processes, mounts and files are cleaned up on success, error and panic alike.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context};
+
+pub fn sh(cmd: &str, args: &[&str]) -> anyhow::Result<String> {
+    let out = Command::new(cmd)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {cmd}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd} {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn path_str(p: &Path) -> anyhow::Result<&str> {
+    p.to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path {}", p.display()))
+}
+
+/// A directory removed on drop.
+pub struct WorkDir {
+    pub path: PathBuf,
+}
+
+impl WorkDir {
+    pub fn create(tag: &str) -> anyhow::Result<WorkDir> {
+        let path =
+            std::env::temp_dir().join(format!("holdfast-chaos-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&path);
+        std::fs::create_dir_all(&path).with_context(|| format!("creating {}", path.display()))?;
+        Ok(WorkDir { path })
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// An ext4 image file loop-mounted at a fixed mount point. A power cut replaces the image by
+/// a copy taken right after the broker was killed, mounted at the same point.
+pub struct Disk {
+    work: PathBuf,
+    pub mount_point: PathBuf,
+    image: PathBuf,
+    generation: u32,
+    mounted: bool,
+}
+
+/// Image size: room for a few minutes of the workload, small enough to copy in well under a
+/// second and to fill quickly for disk-full.
+pub const IMAGE_MB: u64 = 192;
+
+impl Disk {
+    /// Creates and mounts a fresh ext4 image, or explains why this machine cannot.
+    pub fn create(work: &Path) -> anyhow::Result<Disk> {
+        let image = work.join("disk-0.img");
+        let mount_point = work.join("mnt");
+        std::fs::create_dir_all(&mount_point)?;
+        sh(
+            "truncate",
+            &["-s", &format!("{IMAGE_MB}M"), path_str(&image)?],
+        )?;
+        // -m 0: no blocks reserved for root (the broker runs as root here).
+        sh("mkfs.ext4", &["-q", "-F", "-m", "0", path_str(&image)?])?;
+        let mut d = Disk {
+            work: work.to_path_buf(),
+            mount_point,
+            image,
+            generation: 0,
+            mounted: false,
+        };
+        d.mount()?;
+        Ok(d)
+    }
+
+    fn mount(&mut self) -> anyhow::Result<()> {
+        sh(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                path_str(&self.image)?,
+                path_str(&self.mount_point)?,
+            ],
+        )?;
+        self.mounted = true;
+        Ok(())
+    }
+
+    fn umount(&mut self) -> anyhow::Result<()> {
+        if self.mounted {
+            sh("umount", &[path_str(&self.mount_point)?])?;
+            self.mounted = false;
+        }
+        Ok(())
+    }
+
+    /// The power cut proper; the broker must already be dead. Copies the image file now (the
+    /// mounted file system's dirty pages, never written back, are not in the copy), then
+    /// swaps the mount to the copy. Returns the time the copy took.
+    pub fn cut_power(&mut self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        self.generation += 1;
+        let copy = self.work.join(format!("disk-{}.img", self.generation));
+        sh(
+            "cp",
+            &["--sparse=always", path_str(&self.image)?, path_str(&copy)?],
+        )?;
+        let took = t.elapsed();
+        self.umount()?;
+        let old = std::mem::replace(&mut self.image, copy);
+        std::fs::remove_file(&old).with_context(|| format!("removing {}", old.display()))?;
+        self.mount()?;
+        Ok(took)
+    }
+
+    /// Fills the file system with a file until writes fail with ENOSPC. Returns bytes written.
+    pub fn fill(&self) -> anyhow::Result<u64> {
+        let path = self.filler();
+        let mut f = OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .with_context(|| format!("creating {}", path.display()))?;
+        let mut written = 0u64;
+        let big = vec![0xa5u8; 1 << 20];
+        let small = vec![0xa5u8; 4096];
+        // Bounded: the image cannot hold more than IMAGE_MB MiB.
+        for _ in 0..(IMAGE_MB + 8) {
+            match f.write(&big) {
+                Ok(n) if n > 0 => written += n as u64,
+                _ => break,
+            }
+        }
+        for _ in 0..(2 * 256 + 64) {
+            match f.write(&small) {
+                Ok(n) if n > 0 => written += n as u64,
+                _ => break,
+            }
+        }
+        // Metadata blocks too: make sure the space is really taken.
+        let _ = f.sync_all();
+        Ok(written)
+    }
+
+    pub fn unfill(&self) -> anyhow::Result<()> {
+        let p = self.filler();
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+        Ok(())
+    }
+
+    fn filler(&self) -> PathBuf {
+        self.mount_point.join("chaos-filler")
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        if self.mounted {
+            if let Ok(p) = path_str(&self.mount_point) {
+                if sh("umount", &[p]).is_err() {
+                    let _ = sh("umount", &["-l", p]);
+                }
+            }
+        }
+    }
+}
+
+/// The broker process, restarted on the same port and data directory.
+pub struct Broker {
+    bin: PathBuf,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+    /// Negative-control switches passed to the broker (`HOLDFAST_UNSAFE_*`).
+    unsafe_env: Vec<&'static str>,
+    child: Option<Child>,
+    paused: bool,
+    pub starts: u32,
+}
+
+impl Broker {
+    pub fn new(
+        bin: &Path,
+        data_dir: &Path,
+        log: &Path,
+        unsafe_env: Vec<&'static str>,
+    ) -> anyhow::Result<Broker> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Ok(Broker {
+            bin: bin.to_path_buf(),
+            data_dir: data_dir.to_path_buf(),
+            port,
+            log: log.to_path_buf(),
+            unsafe_env,
+            child: None,
+            paused: false,
+            starts: 0,
+        })
+    }
+
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the broker and waits (bounded) for `holdfast listening on`.
+    pub fn start(&mut self, deadline: Duration) -> anyhow::Result<Duration> {
+        if self.child.is_some() {
+            bail!("broker already running");
+        }
+        let t = Instant::now();
+        let log = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.arg("serve")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg(self.bootstrap())
+            .args(["--set", "num.partitions=4"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(log));
+        for var in [
+            "HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC",
+            "HOLDFAST_UNSAFE_NO_DEDUP",
+        ] {
+            cmd.env_remove(var);
+        }
+        for var in &self.unsafe_env {
+            cmd.env(var, "1");
+        }
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", self.bin.display()))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| anyhow!("no broker stdout"))?;
+        self.child = Some(child);
+        self.starts += 1;
+        let (tx, rx) = mpsc::sync_channel::<bool>(1);
+        let log_path = self.log.clone();
+        std::thread::spawn(move || {
+            // Copies stdout to the log; signals once the listening line is seen.
+            let mut sent = false;
+            let mut log = OpenOptions::new().append(true).open(log_path).ok();
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(l) = log.as_mut() {
+                    let _ = writeln!(l, "{line}");
+                }
+                if !sent && line.contains("holdfast listening on") {
+                    let _ = tx.try_send(true);
+                    sent = true;
+                }
+            }
+            if !sent {
+                let _ = tx.try_send(false);
+            }
+        });
+        match rx.recv_timeout(deadline) {
+            Ok(true) => Ok(t.elapsed()),
+            Ok(false) => {
+                let _ = self.kill();
+                bail!("broker exited before listening; see {}", self.log.display())
+            }
+            Err(_) => {
+                let _ = self.kill();
+                bail!(
+                    "broker did not listen within {deadline:?}; see {}",
+                    self.log.display()
+                )
+            }
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
+            c.kill().context("SIGKILL broker")?;
+            c.wait().context("reaping broker")?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    fn signal(&self, sig: &str) -> anyhow::Result<()> {
+        let pid = self.pid().ok_or_else(|| anyhow!("broker not running"))?;
+        sh("kill", &[sig, &pid.to_string()])?;
+        Ok(())
+    }
+
+    pub fn pause(&mut self) -> anyhow::Result<()> {
+        self.signal("-STOP")?;
+        self.paused = true;
+        Ok(())
+    }
+
+    pub fn resume(&mut self) -> anyhow::Result<()> {
+        self.signal("-CONT")?;
+        self.paused = false;
+        Ok(())
+    }
+
+    /// True if the process is still alive (not exited).
+    pub fn alive(&mut self) -> bool {
+        match self.child.as_mut() {
+            None => false,
+            Some(c) => matches!(c.try_wait(), Ok(None)),
+        }
+    }
+
+    /// Graceful stop at the end of a run (SIGTERM, bounded wait, then SIGKILL).
+    pub fn stop(&mut self) {
+        if self.paused {
+            let _ = self.resume();
+        }
+        if let Some(pid) = self.pid() {
+            let _ = sh("kill", &["-TERM", &pid.to_string()]);
+            for _ in 0..100 {
+                if !self.alive() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        let _ = self.kill();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if self.paused {
+            let _ = self.resume();
+        }
+        let _ = self.kill();
+    }
+}
+
+pub fn is_root() -> bool {
+    sh("id", &["-u"]).map(|s| s.trim() == "0").unwrap_or(false)
+}
