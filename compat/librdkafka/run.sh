@@ -112,7 +112,8 @@ stop_broker() {
         DATA=
     fi
 }
-trap stop_broker EXIT INT TERM
+trap stop_broker EXIT
+trap 'exit 130' INT TERM
 
 free_port() {
     python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
@@ -124,12 +125,15 @@ start_broker() {
     DATA="$(mktemp -d "${TMPDIR:-/tmp}/holdfast-rdk.XXXXXX")"
     for i in 1 2 3 4 5; do
         PORT="$(free_port)"
+        # The log of the previous run of this test must not answer the readiness check
+        # below before the new broker has truncated it.
+        rm -f "$log"
         "$BIN" serve --data-dir "$DATA/data" --listen "127.0.0.1:$PORT" \
             --set num.partitions=4 >"$log" 2>&1 &
         BROKER_PID=$!
         local n
         for n in $(seq 1 100); do
-            if grep -q "holdfast listening" "$log" 2>/dev/null; then
+            if grep -q "holdfast listening on 127.0.0.1:$PORT" "$log" 2>/dev/null; then
                 return 0
             fi
             if ! kill -0 "$BROKER_PID" 2>/dev/null; then
