@@ -346,3 +346,52 @@ def test_clients_cannot_write_the_offsets_topic(broker):
     assert len(errors) == 1 and errors[0] is not None, errors
     md = AdminClient({"bootstrap.servers": broker.bootstrap}).list_topics(timeout=10)
     assert "__consumer_offsets" in md.topics
+
+
+def test_pipelined_async_commits_apply_in_order_and_survive_restart():
+    """librdkafka pipelines async commits on one connection: the last acknowledged commit
+    must be the committed offset, before and after a broker SIGKILL (librdkafka test 0030
+    found them applied out of order)."""
+    data = tempfile.mkdtemp(prefix="holdfast-commit-order-")
+    b = Broker(data).start()
+    port = b.port
+    try:
+        topic = unique_topic("co")
+        create_topic(b.bootstrap, topic, 1)
+        for trial in range(3):
+            done = {"ok": 0, "err": 0}
+
+            def on_commit(err, parts):
+                if err or any(p.error for p in parts):
+                    done["err"] += 1
+                else:
+                    done["ok"] += 1
+
+            c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": "co-%d" % trial,
+                          "enable.auto.commit": False, "on_commit": on_commit})
+            c.assign([TopicPartition(topic, 0, 0)])
+            for off in range(1, 201):
+                c.commit(offsets=[TopicPartition(topic, 0, off)], asynchronous=True)
+            wait_until(lambda: (c.poll(0.05), done["ok"] + done["err"] >= 200)[1], timeout=30,
+                       interval=0, what="200 commit callbacks")
+            assert done == {"ok": 200, "err": 0}
+            got = c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+            assert got == 200, "trial %d: committed %d after 200 ordered commits" % (trial, got)
+            c.close()
+        b.kill()
+        b2 = Broker(data)
+        b2.port = port
+        b2.start()
+        try:
+            for trial in range(3):
+                c = Consumer({"bootstrap.servers": b2.bootstrap, "group.id": "co-%d" % trial,
+                              "enable.auto.commit": False})
+                got = c.committed([TopicPartition(topic, 0)], timeout=10)[0].offset
+                c.close()
+                assert got == 200, "after restart, trial %d: %d" % (trial, got)
+        finally:
+            assert b2.stop() == 0
+    finally:
+        b.kill()
+        import shutil
+        shutil.rmtree(data, ignore_errors=True)

@@ -29,6 +29,85 @@ type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 /// Bound on queued batches of coordinator writes (group metadata, tombstones).
 const WRITE_QUEUE: usize = 4096;
 
+/// Orders offset commits and fetches: a turn is taken synchronously while the request is
+/// dispatched (connections dispatch their requests one after another), and the commit or
+/// fetch runs only when its turn comes. So commits are applied in the order they arrived,
+/// even though each waits for its own fsync, and a fetch sees every commit sent before it.
+/// (Found by librdkafka test 0030: back-to-back async commits were applied out of order.)
+#[derive(Default)]
+pub(crate) struct CommitSequencer {
+    state: Mutex<SequencerState>,
+    changed: Notify,
+}
+
+#[derive(Default)]
+struct SequencerState {
+    next: u64,
+    serving: u64,
+    /// Turns dropped before they were served; skipped when reached.
+    abandoned: std::collections::BTreeSet<u64>,
+}
+
+pub(crate) struct Turn {
+    seq: Arc<CommitSequencer>,
+    ticket: u64,
+    served: bool,
+}
+
+impl CommitSequencer {
+    fn state(&self) -> MutexGuard<'_, SequencerState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn take_turn(self: &Arc<Self>) -> Turn {
+        let mut st = self.state();
+        let ticket = st.next;
+        st.next += 1;
+        Turn {
+            seq: Arc::clone(self),
+            ticket,
+            served: false,
+        }
+    }
+}
+
+impl Turn {
+    /// Resolves when every earlier turn has finished.
+    pub(crate) async fn wait(&mut self) {
+        loop {
+            let notified = self.seq.changed.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.seq.state().serving == self.ticket {
+                self.served = true;
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        let mut st = self.seq.state();
+        if self.served || st.serving == self.ticket {
+            st.serving += 1;
+            // Bounded by the number of abandoned turns.
+            loop {
+                let at = st.serving;
+                if !st.abandoned.remove(&at) {
+                    break;
+                }
+                st.serving += 1;
+            }
+        } else {
+            st.abandoned.insert(self.ticket);
+        }
+        drop(st);
+        self.seq.changed.notify_waiters();
+    }
+}
+
 struct Inner {
     coord: Coordinator,
     waiters: HashMap<Ticket, oneshot::Sender<Completion>>,
@@ -36,6 +115,7 @@ struct Inner {
 
 pub struct GroupService {
     inner: Mutex<Inner>,
+    pub(crate) commit_order: Arc<CommitSequencer>,
     wake: Notify,
     writes_tx: mpsc::Sender<Vec<holdfast_groups::Write>>,
     writes_rx: Mutex<Option<mpsc::Receiver<Vec<holdfast_groups::Write>>>>,
@@ -72,6 +152,7 @@ impl GroupService {
                 coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
                 waiters: HashMap::new(),
             }),
+            commit_order: Arc::new(CommitSequencer::default()),
             wake: Notify::new(),
             writes_tx: tx,
             writes_rx: Mutex::new(Some(rx)),
@@ -357,15 +438,24 @@ impl Broker {
             }
             RequestKind::OffsetCommit(r) => {
                 let b = Arc::clone(self);
+                let mut turn = self.groups().commit_order.take_turn();
                 Reply::Later(Box::pin(async move {
-                    Some(ResponseKind::OffsetCommit(
-                        b.offset_commit(r, version).await,
-                    ))
+                    turn.wait().await;
+                    let resp = b.offset_commit(r, version).await;
+                    drop(turn);
+                    Some(ResponseKind::OffsetCommit(resp))
                 }))
             }
-            RequestKind::OffsetFetch(r) => Reply::Now(Some(ResponseKind::OffsetFetch(
-                self.offset_fetch(r, version),
-            ))),
+            RequestKind::OffsetFetch(r) => {
+                let b = Arc::clone(self);
+                let mut turn = self.groups().commit_order.take_turn();
+                Reply::Later(Box::pin(async move {
+                    turn.wait().await;
+                    let resp = b.offset_fetch(r, version);
+                    drop(turn);
+                    Some(ResponseKind::OffsetFetch(resp))
+                }))
+            }
             RequestKind::DescribeGroups(r) => {
                 Reply::Now(Some(ResponseKind::DescribeGroups(self.describe_groups(r))))
             }
