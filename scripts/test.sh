@@ -30,5 +30,8 @@ grep -h "SKIPPED" target/cargo-test.log || true
 say "python and java client suites"
 ./scripts/test-python.sh
 
+say "librdkafka's own test suite (allow-listed tests, compat/librdkafka)"
+HOLDFAST_BIN="$PWD/target/debug/holdfast" ./compat/librdkafka/run.sh
+
 say "chaos smoke: seeded fault scenarios and negative controls"
 ./scripts/chaos-smoke.sh
