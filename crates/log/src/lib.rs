@@ -32,3 +32,4 @@ pub use error::{InvalidBatch, LogError, ProducerError, Result};
 pub use flush::{DurableWait, DurableWatch, FlushStats, Flusher};
 pub use handles::{open_segment_handles, set_open_segment_limit};
 pub use log::{AppendOutcome, Corruption, Log, ReadSlice, RecoveryReport, RetentionReport};
+pub use producer::{AbortedTxn, MarkerKind};

@@ -1,0 +1,204 @@
+use super::*;
+
+fn coord() -> Coordinator {
+    Coordinator::new(Config::default())
+}
+
+fn init(c: &mut Coordinator, id: &str, now: i64) -> (i64, i16) {
+    let out = c
+        .init_producer_id::<()>(id, 60_000, None, now, || Ok(7))
+        .expect("alloc")
+        .expect("init");
+    let InitOutcome::Write(t) = out else {
+        panic!("unexpected {out:?}")
+    };
+    c.complete(&t, true);
+    (t.target.producer_id, t.target.producer_epoch)
+}
+
+fn tp(t: &str, p: i32) -> (String, i32) {
+    (t.to_string(), p)
+}
+
+#[test]
+fn commit_cycle_and_retry() {
+    let mut c = coord();
+    let (pid, epoch) = init(&mut c, "a", 0);
+    assert_eq!((pid, epoch), (7, 0));
+    let t = c
+        .add_partitions("a", pid, epoch, &[tp("t", 0), tp("t", 1)], 10)
+        .expect("add")
+        .expect("a write");
+    // While it is being written, others wait.
+    assert_eq!(
+        c.add_partitions("a", pid, epoch, &[tp("t", 2)], 11),
+        Err(codes::CONCURRENT_TRANSACTIONS)
+    );
+    c.complete(&t, true);
+    assert_eq!(c.get("a").map(|m| m.state), Some(TxnState::Ongoing));
+    assert_eq!(c.add_partitions("a", pid, epoch, &[tp("t", 1)], 12), Ok(None));
+    assert_eq!(c.verify_partition(pid, epoch, "t", 1), Ok(()));
+    assert_eq!(
+        c.verify_partition(pid, epoch, "t", 5),
+        Err(codes::INVALID_TXN_STATE)
+    );
+    let EndOutcome::Prepare(t) = c.end_txn("a", pid, epoch, true, 20).expect("end") else {
+        panic!()
+    };
+    c.complete(&t, true);
+    assert_eq!(c.prepared().len(), 1);
+    assert_eq!(
+        c.end_txn("a", pid, epoch, true, 21),
+        Err(codes::CONCURRENT_TRANSACTIONS)
+    );
+    assert_eq!(
+        c.end_txn("a", pid, epoch, false, 21),
+        Err(codes::INVALID_TXN_STATE)
+    );
+    let done = c.markers_written("a", 30).expect("complete");
+    c.complete(&done, true);
+    let m = c.get("a").expect("meta");
+    assert_eq!(m.state, TxnState::CompleteCommit);
+    assert!(m.partitions.is_empty());
+    assert_eq!(
+        c.end_txn("a", pid, epoch, true, 40),
+        Ok(EndOutcome::AlreadyDone)
+    );
+    assert_eq!(
+        c.end_txn("a", pid, epoch, false, 40),
+        Err(codes::INVALID_TXN_STATE)
+    );
+    // After completion, data for the old transaction is refused.
+    assert_eq!(
+        c.verify_partition(pid, epoch, "t", 1),
+        Err(codes::INVALID_TXN_STATE)
+    );
+}
+
+#[test]
+fn a_second_instance_fences_the_first() {
+    let mut c = coord();
+    let (pid, e0) = init(&mut c, "a", 0);
+    let (pid2, e1) = init(&mut c, "a", 1);
+    assert_eq!(pid, pid2);
+    assert_eq!(e1, e0 + 1);
+    assert_eq!(
+        c.add_partitions("a", pid, e0, &[tp("t", 0)], 2),
+        Err(codes::PRODUCER_FENCED)
+    );
+    assert_eq!(
+        c.end_txn("a", pid, e0, true, 2),
+        Err(codes::PRODUCER_FENCED)
+    );
+    assert_eq!(
+        c.verify_partition(pid, e0, "t", 0),
+        Err(codes::INVALID_PRODUCER_EPOCH)
+    );
+}
+
+#[test]
+fn init_with_an_open_transaction_aborts_it_first() {
+    let mut c = coord();
+    let (pid, e0) = init(&mut c, "a", 0);
+    let t = c
+        .add_partitions("a", pid, e0, &[tp("t", 0)], 1)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    let out = c
+        .init_producer_id::<()>("a", 60_000, None, 2, || Ok(99))
+        .expect("alloc")
+        .expect("init");
+    let InitOutcome::AbortFirst(t) = out else {
+        panic!("{out:?}")
+    };
+    assert_eq!(t.target.state, TxnState::PrepareAbort);
+    assert_eq!(t.target.producer_epoch, e0 + 1);
+    c.complete(&t, true);
+    // Until the markers are written, the new instance waits.
+    assert_eq!(
+        c.init_producer_id::<()>("a", 60_000, None, 3, || Ok(99)),
+        Ok(Err(codes::CONCURRENT_TRANSACTIONS))
+    );
+    let done = c.markers_written("a", 4).expect("complete");
+    assert_eq!(done.target.state, TxnState::CompleteAbort);
+    c.complete(&done, true);
+    let (_, e2) = init(&mut c, "a", 5);
+    assert_eq!(e2, e0 + 2);
+}
+
+#[test]
+fn open_transactions_time_out_with_an_epoch_bump() {
+    let mut c = coord();
+    let (pid, e0) = init(&mut c, "a", 0);
+    let t = c
+        .add_partitions("a", pid, e0, &[tp("t", 0)], 1_000)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    assert_eq!(c.next_deadline(), Some(61_001));
+    assert!(c.expired(61_000).is_empty());
+    let mut aborts = c.expired(61_001);
+    assert_eq!(aborts.len(), 1);
+    let t = aborts.remove(0);
+    assert_eq!(t.target.state, TxnState::PrepareAbort);
+    c.complete(&t, true);
+    assert_eq!(
+        c.end_txn("a", pid, e0, true, 61_002),
+        Err(codes::PRODUCER_FENCED)
+    );
+    // KIP-360: the fenced producer may re-initialise with its old epoch.
+    let done = c.markers_written("a", 61_003).expect("complete");
+    c.complete(&done, true);
+    let out = c
+        .init_producer_id::<()>("a", 60_000, Some((pid, e0)), 61_004, || Ok(99))
+        .expect("alloc");
+    assert!(matches!(out, Ok(InitOutcome::Write(_))), "{out:?}");
+}
+
+#[test]
+fn timeout_limits_and_unknown_ids() {
+    let mut c = coord();
+    assert_eq!(
+        c.init_producer_id::<()>("a", 900_001, None, 0, || Ok(1)),
+        Ok(Err(codes::INVALID_TRANSACTION_TIMEOUT))
+    );
+    assert_eq!(
+        c.add_partitions("nope", 1, 0, &[tp("t", 0)], 0),
+        Err(codes::INVALID_PRODUCER_ID_MAPPING)
+    );
+    // A failed write leaves nothing behind.
+    let out = c
+        .init_producer_id::<()>("a", 1000, None, 0, || Ok(1))
+        .expect("alloc")
+        .expect("init");
+    let InitOutcome::Write(t) = out else { panic!() };
+    c.complete(&t, false);
+    assert!(c.get("a").is_none());
+}
+
+#[test]
+fn records_round_trip_and_rebuild_state() {
+    let mut c = coord();
+    let (pid, e0) = init(&mut c, "tx-1", 0);
+    let t = c
+        .add_partitions("tx-1", pid, e0, &[tp("a", 0), tp("a", 3), tp("b", 1)], 5)
+        .expect("add")
+        .expect("write");
+    let key = records::key("tx-1");
+    let value = records::value(&t.target);
+    assert_eq!(records::decode_key(&key).ok().as_deref(), Some("tx-1"));
+    let back = records::decode_value("tx-1", &value).expect("decode");
+    assert_eq!(back.partitions, t.target.partitions);
+    assert_eq!(back.state, TxnState::Ongoing);
+    let mut c2 = coord();
+    c2.load_record(&key, Some(&value)).expect("load");
+    assert_eq!(c2.transactional_id_of(pid), Some("tx-1"));
+    assert_eq!(c2.verify_partition(pid, e0, "a", 3), Ok(()));
+    c2.load_record(&key, None).expect("tombstone");
+    assert!(c2.is_empty());
+    // Damaged values are refused, never panic.
+    for cut in 0..value.len() {
+        assert!(records::decode_value("x", &value[..cut]).is_err());
+    }
+}
