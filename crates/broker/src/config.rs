@@ -324,6 +324,14 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
+    /// Transaction coordinator settings (`transaction.max.timeout.ms`).
+    pub txns: holdfast_txn::Config,
+    /// `transaction.state.log.num.partitions` (Kafka: 50; Holdfast on one node: 10). Only
+    /// used when `__transaction_state` is created.
+    pub txn_topic_partitions: i32,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (Kafka: 10000): how
+    /// often open transactions are checked against their timeout.
+    pub txn_timeout_check_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -345,6 +353,9 @@ impl BrokerConfig {
             groups: holdfast_groups::Config::default(),
             offsets_topic_partitions: 10,
             offsets_retention_check_interval_ms: 600_000,
+            txns: holdfast_txn::Config::default(),
+            txn_topic_partitions: 10,
+            txn_timeout_check_interval_ms: 10_000,
         }
     }
 
@@ -392,6 +403,15 @@ impl BrokerConfig {
             }
             "offsets.topic.num.partitions" => {
                 self.offsets_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
+            }
+            "transaction.max.timeout.ms" => {
+                self.txns.max_timeout_ms = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "transaction.state.log.num.partitions" => {
+                self.txn_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
+            }
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                self.txn_timeout_check_interval_ms = parse_i64(key, value, 1)? as u64
             }
             "offsets.retention.check.interval.ms" => {
                 self.offsets_retention_check_interval_ms = parse_i64(key, value, 1)? as u64

@@ -13,6 +13,7 @@ pub mod handlers;
 pub mod meta;
 pub mod server;
 pub mod state;
+pub mod txn;
 
 pub use config::{BrokerConfig, ConfigError};
 pub use server::serve;

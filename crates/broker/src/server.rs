@@ -42,6 +42,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     let mut conns = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(Arc::clone(&broker), stop_rx.clone()));
     broker.spawn_group_tasks(stop_rx.clone());
+    broker.spawn_txn_tasks(stop_rx.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -194,7 +195,9 @@ async fn connection(
                     }
                 };
                 tracing::trace!(%peer, ?api_key, version, cid, "request");
-                let reply = if crate::groups::is_group_api(api_key) {
+                let reply = if crate::txn::is_txn_api(api_key) {
+                    broker.handle_txn(version, body).await
+                } else if crate::groups::is_group_api(api_key) {
                     broker
                         .handle_group(
                             version,

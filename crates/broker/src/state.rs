@@ -164,6 +164,7 @@ pub struct Broker {
     stopping: AtomicBool,
     pub(crate) fetch_sessions: crate::fetch::FetchSessions,
     pub(crate) groups: crate::groups::GroupService,
+    pub(crate) txns: crate::txn::TxnService,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -209,6 +210,11 @@ impl Broker {
             config.offsets_topic_partitions,
             config.offsets_retention_check_interval_ms,
         );
+        let txns = crate::txn::TxnService::new(
+            config.txns.clone(),
+            config.txn_topic_partitions,
+            config.txn_timeout_check_interval_ms,
+        );
         let broker = Arc::new(Broker {
             config,
             cluster_id,
@@ -222,8 +228,10 @@ impl Broker {
             stopping: AtomicBool::new(false),
             fetch_sessions: Default::default(),
             groups,
+            txns,
         });
         broker.load_groups().map_err(BrokerError::Groups)?;
+        broker.load_txns().map_err(BrokerError::Groups)?;
         Ok(broker)
     }
 
@@ -499,6 +507,11 @@ impl Broker {
         tracing::info!(topic = name, "topic deleted");
         self.notify_data();
         Ok(topic.meta.id)
+    }
+
+    /// Partitions of `__consumer_offsets`.
+    pub(crate) fn groups_partitions(&self) -> i32 {
+        self.groups.partitions()
     }
 
     /// Allocates a producer id from a persisted block (blocking when a new block is needed).

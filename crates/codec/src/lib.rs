@@ -57,6 +57,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 3),
+    (ApiKey::EndTxn, 0, 3),
+    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The version range we support for `key`, if any.
@@ -701,6 +708,68 @@ mod tests {
                             vec![offset_delete_request::OffsetDeleteRequestPartition::default(); 2];
                         r.topics = vec![t];
                         RequestKind::OffsetDelete(r)
+                    }
+                    ApiKey::AddPartitionsToTxn => {
+                        let mut r = AddPartitionsToTxnRequest::default();
+                        r.v3_and_below_transactional_id = TransactionalId(S::from_static_str("x"));
+                        let mut t =
+                            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+                        t.name = name();
+                        t.partitions = vec![0, 1];
+                        r.v3_and_below_topics = vec![t.clone(), t];
+                        RequestKind::AddPartitionsToTxn(r)
+                    }
+                    ApiKey::AddOffsetsToTxn => {
+                        let mut r = AddOffsetsToTxnRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        RequestKind::AddOffsetsToTxn(r)
+                    }
+                    ApiKey::EndTxn => {
+                        let mut r = EndTxnRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.committed = true;
+                        RequestKind::EndTxn(r)
+                    }
+                    ApiKey::TxnOffsetCommit => {
+                        let mut r = TxnOffsetCommitRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        if v >= 3 {
+                            r.member_id = S::from_static_str("m");
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        let mut p =
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+                        p.committed_metadata = Some(S::from_static_str("meta"));
+                        let mut t =
+                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+                        t.name = name();
+                        t.partitions = vec![p.clone(), p];
+                        r.topics = vec![t];
+                        RequestKind::TxnOffsetCommit(r)
+                    }
+                    ApiKey::DescribeProducers => {
+                        let mut r = DescribeProducersRequest::default();
+                        let mut t = describe_producers_request::TopicRequest::default();
+                        t.name = name();
+                        t.partition_indexes = vec![0, 1];
+                        r.topics = vec![t.clone(), t];
+                        RequestKind::DescribeProducers(r)
+                    }
+                    ApiKey::DescribeTransactions => {
+                        let mut r = DescribeTransactionsRequest::default();
+                        r.transactional_ids = vec![TransactionalId(S::from_static_str("x")); 2];
+                        RequestKind::DescribeTransactions(r)
+                    }
+                    ApiKey::ListTransactions => {
+                        let mut r = ListTransactionsRequest::default();
+                        r.state_filters = vec![S::from_static_str("Ongoing")];
+                        r.producer_id_filters = vec![ProducerId(4), ProducerId(5)];
+                        if v >= 1 {
+                            r.duration_filter = 1000;
+                        }
+                        RequestKind::ListTransactions(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

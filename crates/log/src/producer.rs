@@ -122,6 +122,9 @@ impl ProducerState {
     pub fn len(&self) -> usize {
         self.producers.len()
     }
+    pub fn iter(&self) -> impl Iterator<Item = (&i64, &ProducerEntry)> {
+        self.producers.iter()
+    }
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
     }
@@ -239,7 +242,10 @@ impl ProducerState {
         assert!(first_offset < marker_offset, "a marker follows its data");
         if kind == MarkerKind::Abort {
             if let Some(last) = self.aborted.back() {
-                assert!(last.last_offset < marker_offset, "markers only move forward");
+                assert!(
+                    last.last_offset < marker_offset,
+                    "markers only move forward"
+                );
             }
             self.aborted.push_back(AbortedTxn {
                 producer_id: h.producer_id,
@@ -331,8 +337,7 @@ impl ProducerState {
     pub fn expire(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
         let before = self.producers.len();
         self.producers.retain(|_, e| {
-            e.txn_first_offset.is_some()
-                || now_ms.saturating_sub(e.last_append_ms) < expiration_ms
+            e.txn_first_offset.is_some() || now_ms.saturating_sub(e.last_append_ms) < expiration_ms
         });
         before - self.producers.len()
     }

@@ -292,7 +292,12 @@ impl Coordinator {
         target
     }
 
-    fn check_producer(&self, transactional_id: &str, pid: i64, epoch: i16) -> Result<&TxnMeta, i16> {
+    fn check_producer(
+        &self,
+        transactional_id: &str,
+        pid: i64,
+        epoch: i16,
+    ) -> Result<&TxnMeta, i16> {
         let m = self
             .txns
             .get(transactional_id)
@@ -466,7 +471,13 @@ impl Coordinator {
 
     /// KIP-890 part 1: may this producer write transactional data to this partition? Only
     /// while its transaction is open with that partition added and the same epoch.
-    pub fn verify_partition(&self, pid: i64, epoch: i16, topic: &str, partition: i32) -> Result<(), i16> {
+    pub fn verify_partition(
+        &self,
+        pid: i64,
+        epoch: i16,
+        topic: &str,
+        partition: i32,
+    ) -> Result<(), i16> {
         let Some(id) = self.by_producer.get(&pid) else {
             return Err(codes::INVALID_TXN_STATE);
         };

@@ -36,7 +36,10 @@ fn commit_cycle_and_retry() {
     );
     c.complete(&t, true);
     assert_eq!(c.get("a").map(|m| m.state), Some(TxnState::Ongoing));
-    assert_eq!(c.add_partitions("a", pid, epoch, &[tp("t", 1)], 12), Ok(None));
+    assert_eq!(
+        c.add_partitions("a", pid, epoch, &[tp("t", 1)], 12),
+        Ok(None)
+    );
     assert_eq!(c.verify_partition(pid, epoch, "t", 1), Ok(()));
     assert_eq!(
         c.verify_partition(pid, epoch, "t", 5),
