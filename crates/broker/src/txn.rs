@@ -38,6 +38,9 @@ fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
 
+/// A record's key and value, as read from a log.
+type KeyValue = (Vec<u8>, Option<Vec<u8>>);
+
 /// A transactional offset commit waiting for its transaction's marker.
 #[derive(Debug, Clone)]
 struct PendingOffset {
@@ -54,7 +57,7 @@ pub struct TxnService {
     /// Transactional offset commits by producer id, applied on COMMIT.
     pending_offsets: Mutex<HashMap<i64, Vec<PendingOffset>>>,
     /// Records of open transactions met while loading `__consumer_offsets`.
-    loading: Mutex<HashMap<i64, Vec<(Vec<u8>, Option<Vec<u8>>)>>>,
+    loading: Mutex<HashMap<i64, Vec<KeyValue>>>,
     /// Transactional ids whose markers are being written.
     markers_in_flight: Mutex<HashSet<String>>,
     wake: Notify,
@@ -114,7 +117,7 @@ impl TxnService {
         &self,
         producer_id: i64,
         kind: MarkerKind,
-    ) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+    ) -> Vec<KeyValue> {
         let recs = lock(&self.loading).remove(&producer_id).unwrap_or_default();
         match kind {
             MarkerKind::Commit => recs,
