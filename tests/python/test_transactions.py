@@ -1,6 +1,7 @@
 """Transactions through librdkafka (confluent-kafka): commit, abort, read_committed vs
 read_uncommitted, transactional offset commits, zombie fencing, coordinator timeouts, and
 state across a broker SIGKILL."""
+import time
 import uuid
 
 import pytest
@@ -55,19 +56,16 @@ def read_all(bootstrap, topic, isolation, partitions=1, expect_end=None, group=N
     c.assign([TopicPartition(topic, p, 0) for p in range(partitions)])
     out = []
     eof = set()
-    deadline_polls = 400
-    while len(eof) < partitions and deadline_polls > 0:
-        m = c.poll(0.1)
-        deadline_polls -= 1
-        if m is None:
-            continue
-        if m.error():
-            if m.error().code() == -191:  # _PARTITION_EOF
-                eof.add(m.partition())
-                continue
-            raise KafkaException(m.error())
-        eof.discard(m.partition())
-        out.append((m.partition(), m.offset(), m.value()))
+    deadline = time.monotonic() + 60
+    while len(eof) < partitions and time.monotonic() < deadline:
+        for m in c.consume(1000, 0.2):
+            if m.error():
+                if m.error().code() == -191:  # _PARTITION_EOF
+                    eof.add(m.partition())
+                    continue
+                raise KafkaException(m.error())
+            eof.discard(m.partition())
+            out.append((m.partition(), m.offset(), m.value()))
     c.close()
     assert len(eof) == partitions, "did not reach the end of %s" % topic
     return out

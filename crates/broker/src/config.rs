@@ -329,6 +329,10 @@ pub struct BrokerConfig {
     /// `transaction.state.log.num.partitions` (Kafka: 50; Holdfast on one node: 10). Only
     /// used when `__transaction_state` is created.
     pub txn_topic_partitions: i32,
+    /// `holdfast.transaction.version`: the `transaction.version` feature advertised to
+    /// clients: 2 (default, KIP-890: the producer epoch is bumped on every transaction, so a
+    /// delayed request of an earlier transaction can never touch a later one) or 1.
+    pub transaction_version: i16,
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (Kafka: 10000): how
     /// often open transactions are checked against their timeout.
     pub txn_timeout_check_interval_ms: u64,
@@ -356,6 +360,7 @@ impl BrokerConfig {
             txns: holdfast_txn::Config::default(),
             txn_topic_partitions: 10,
             txn_timeout_check_interval_ms: 10_000,
+            transaction_version: 2,
         }
     }
 
@@ -406,6 +411,9 @@ impl BrokerConfig {
             }
             "transaction.max.timeout.ms" => {
                 self.txns.max_timeout_ms = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "holdfast.transaction.version" => {
+                self.transaction_version = parse_i64(key, value, 1)?.min(2) as i16
             }
             "transaction.state.log.num.partitions" => {
                 self.txn_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32

@@ -2,7 +2,7 @@
 //! resolves to it (produce waiting for durability, fetch long polling). The part of a request
 //! that must happen in request order (appends) runs before the handler returns.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -109,12 +109,14 @@ impl Broker {
     ) -> Reply {
         match body {
             RequestKind::ApiVersions(_) => Reply::Now(Some(ResponseKind::ApiVersions(
-                holdfast_codec::api_versions_response(ec::NONE),
+                holdfast_codec::api_versions_response_with_features(
+                    self.config.transaction_version,
+                ),
             ))),
             RequestKind::Metadata(r) => {
                 Reply::Now(self.metadata(r, version).await.map(ResponseKind::Metadata))
             }
-            RequestKind::Produce(r) => self.produce(r).await,
+            RequestKind::Produce(r) => self.produce(r, version).await,
             RequestKind::Fetch(r) => {
                 let b = Arc::clone(self);
                 Reply::Later(Box::pin(async move {
@@ -331,8 +333,13 @@ impl Broker {
 
     // ---------------------------------------------------------------- Produce
 
-    async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Reply {
+    async fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16) -> Reply {
         let acks = req.acks;
+        let transactional_id = req
+            .transactional_id
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .filter(|t| !t.is_empty());
         let timeout_ms = if req.timeout_ms > 0 {
             req.timeout_ms as u64
         } else {
@@ -353,12 +360,45 @@ impl Broker {
                 .collect();
             return Reply::Now(Some(ResponseKind::Produce(produce_response(results))));
         }
+        // Transactions version 2 (Produce v12+): the first write to a partition adds it to
+        // the producer's transaction.
+        let mut refused: HashMap<(String, i32), i16> = HashMap::new();
+        if version >= 12 {
+            if let Some(txn_id) = &transactional_id {
+                let mut by_producer: BTreeMap<(i64, i16), Vec<(String, i32)>> = BTreeMap::new();
+                for (t, p, records) in &work {
+                    if let Some(h) = records
+                        .as_deref()
+                        .and_then(holdfast_log::batch::BatchHeader::parse)
+                        .filter(|h| h.is_transactional())
+                    {
+                        by_producer
+                            .entry((h.producer_id, h.producer_epoch))
+                            .or_default()
+                            .push((t.clone(), *p));
+                    }
+                }
+                for ((pid, epoch), parts) in by_producer {
+                    if let Err(code) = self
+                        .add_partitions_implicitly(txn_id, pid, epoch, &parts)
+                        .await
+                    {
+                        for tp in parts {
+                            refused.insert(tp, code);
+                        }
+                    }
+                }
+            }
+        }
         let b = Arc::clone(self);
         // Appends, in request order, on a blocking thread.
         let appended = blocking(move || {
             let now = now_ms();
             work.into_iter()
                 .map(|(topic, index, records)| {
+                    if let Some(code) = refused.get(&(topic.clone(), index)) {
+                        return (topic, index, Err((*code, None)));
+                    }
                     let r = match b.partition(&topic, index) {
                         // Only the group coordinator writes its internal topic (as in Kafka).
                         Some(_)

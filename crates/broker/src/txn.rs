@@ -113,11 +113,7 @@ impl TxnService {
     }
 
     /// While loading `__consumer_offsets`: a marker. Returns the records to apply (COMMIT).
-    pub(crate) fn loaded_marker(
-        &self,
-        producer_id: i64,
-        kind: MarkerKind,
-    ) -> Vec<KeyValue> {
+    pub(crate) fn loaded_marker(&self, producer_id: i64, kind: MarkerKind) -> Vec<KeyValue> {
         let recs = lock(&self.loading).remove(&producer_id).unwrap_or_default();
         match kind {
             MarkerKind::Commit => recs,
@@ -652,26 +648,69 @@ impl Broker {
 
     async fn end_txn(self: Arc<Self>, r: EndTxnRequest, version: i16) -> EndTxnResponse {
         let id = r.transactional_id.0.to_string();
-        let decided = self.txns().coord().end_txn(
-            &id,
-            r.producer_id.0,
-            r.producer_epoch,
-            r.committed,
-            now_ms(),
-        );
+        // Transactions version 2 (KIP-890): EndTxn v5 ends with the epoch bumped.
+        let bump = version >= 5;
+        let b = Arc::clone(&self);
+        let id2 = id.clone();
+        let decided = blocking(move || {
+            b.txns().coord().end_txn(
+                &id2,
+                r.producer_id.0,
+                r.producer_epoch,
+                r.committed,
+                bump,
+                now_ms(),
+                || b.allocate_producer_id(),
+            )
+        })
+        .await;
         let mut resp = EndTxnResponse::default();
+        resp.producer_id = ProducerId(-1);
+        resp.producer_epoch = -1;
         resp.error_code = match decided {
-            Err(code) => fenced_code(code, version, 2),
-            Ok(EndOutcome::AlreadyDone) => ec::NONE,
-            Ok(EndOutcome::Prepare(t)) => match self.persist(&t).await {
+            None => ec::COORDINATOR_NOT_AVAILABLE,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "cannot allocate a producer id");
+                ec::COORDINATOR_NOT_AVAILABLE
+            }
+            Some(Ok(Err(code))) => fenced_code(code, version, 2),
+            Some(Ok(Ok(EndOutcome::AlreadyDone))) => ec::NONE,
+            Some(Ok(Ok(EndOutcome::Prepare(t)))) => match self.persist(&t).await {
                 Ok(()) => {
-                    tokio::spawn(Arc::clone(&self).finish_txn(id));
+                    tokio::spawn(Arc::clone(&self).finish_txn(id.clone()));
                     ec::NONE
                 }
                 Err(code) => code,
             },
         };
+        if bump && resp.error_code == ec::NONE {
+            if let Some((pid, epoch)) = self.txns().coord().continuing_producer(&id) {
+                resp.producer_id = ProducerId(pid);
+                resp.producer_epoch = epoch;
+            }
+        }
         resp
+    }
+
+    /// Transactions version 2: a partition is added to the transaction by the write itself
+    /// (Produce v12+, TxnOffsetCommit v5+) instead of AddPartitionsToTxn/AddOffsetsToTxn.
+    pub(crate) async fn add_partitions_implicitly(
+        self: &Arc<Self>,
+        transactional_id: &str,
+        pid: i64,
+        epoch: i16,
+        partitions: &[(String, i32)],
+    ) -> Result<(), i16> {
+        let decided =
+            self.txns()
+                .coord()
+                .add_partitions(transactional_id, pid, epoch, partitions, now_ms());
+        match decided {
+            Err(codes::PRODUCER_FENCED) => Err(codes::INVALID_PRODUCER_EPOCH),
+            Err(code) => Err(code),
+            Ok(None) => Ok(()),
+            Ok(Some(t)) => self.persist(&t).await,
+        }
     }
 
     async fn txn_offset_commit(
@@ -684,8 +723,20 @@ impl Broker {
         let epoch = r.producer_epoch;
         let index = group_records::partition_for(&group, self.groups_partitions());
         let now = now_ms();
+        let implicit = if version >= 5 {
+            self.add_partitions_implicitly(
+                &r.transactional_id.0,
+                pid,
+                epoch,
+                &[(OFFSETS_TOPIC.to_string(), index)],
+            )
+            .await
+        } else {
+            Ok(())
+        };
         // The group's offsets partition must be in the transaction (AddOffsetsToTxn).
-        let mut code = match self.txns().verify(pid, epoch, OFFSETS_TOPIC, index) {
+        let verified = implicit.and_then(|()| self.txns().verify(pid, epoch, OFFSETS_TOPIC, index));
+        let mut code = match verified {
             Ok(()) => ec::NONE,
             Err(codes::INVALID_PRODUCER_EPOCH) => fenced_code(codes::PRODUCER_FENCED, version, 3),
             Err(c) => c,

@@ -30,7 +30,7 @@ pub const UNSUPPORTED_VERSION: i16 = 35;
 /// flags from them); they are translated here, and only magic v2 batches are accepted.
 /// FindCoordinator v0 matters to librdkafka too: without it, it silently disables LZ4.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 0, 11),
+    (ApiKey::Produce, 0, 12),
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
@@ -58,9 +58,9 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::AddPartitionsToTxn, 0, 3),
-    (ApiKey::AddOffsetsToTxn, 0, 3),
-    (ApiKey::EndTxn, 0, 3),
-    (ApiKey::TxnOffsetCommit, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
@@ -77,6 +77,29 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 /// Whether we implement `version` of `key`.
 pub fn is_supported(key: ApiKey, version: i16) -> bool {
     supported_range(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version))
+}
+
+/// The ApiVersions response of a broker with transactions version `transaction_version`
+/// finalized (KIP-890: 2 makes clients bump the producer epoch on every transaction).
+pub fn api_versions_response_with_features(transaction_version: i16) -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::{
+        FinalizedFeatureKey, SupportedFeatureKey,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut r = api_versions_response(0);
+    let mut s = SupportedFeatureKey::default();
+    s.name = StrBytes::from_static_str("transaction.version");
+    s.min_version = 0;
+    s.max_version = 2;
+    r.supported_features = vec![s];
+    let mut f = FinalizedFeatureKey::default();
+    f.name = StrBytes::from_static_str("transaction.version");
+    f.max_version_level = transaction_version;
+    f.min_version_level = transaction_version;
+    r.finalized_features = vec![f];
+    // Fixed for the life of the process: clients re-read features when the epoch grows.
+    r.finalized_features_epoch = 1;
+    r
 }
 
 /// The ApiVersions response listing [`SUPPORTED_APIS`], with the given top-level error.

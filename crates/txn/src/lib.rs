@@ -103,6 +103,9 @@ pub struct TxnMeta {
     pub start_ms: i64,
     /// The state of a transition being written, if any.
     pub pending: Option<TxnState>,
+    /// The producer id the client continues with after this transaction completes, when
+    /// its epochs ran out under transactions version 2 (-1 otherwise); memory only.
+    pub next_producer_id: i64,
 }
 
 /// A state change to persist before it takes effect.
@@ -227,6 +230,7 @@ impl Coordinator {
                 last_update_ms: now_ms,
                 start_ms: -1,
                 pending: None,
+                next_producer_id: -1,
             };
             // Placeholder so that concurrent requests see the pending transition.
             let mut placeholder = target.clone();
@@ -347,17 +351,48 @@ impl Coordinator {
         Ok(Some(self.begin(target)))
     }
 
-    /// EndTxn.
-    pub fn end_txn(
+    /// EndTxn. `bump` (transactions version 2, EndTxn v5+): the transaction ends with the
+    /// producer epoch bumped, so nothing sent with the old epoch can touch the next
+    /// transaction; `allocate` gives a new producer id when the epochs are exhausted.
+    pub fn end_txn<E>(
         &mut self,
         transactional_id: &str,
         pid: i64,
         epoch: i16,
         commit: bool,
+        bump: bool,
         now_ms: i64,
-    ) -> Result<EndOutcome, i16> {
-        let m = self.check_producer(transactional_id, pid, epoch)?;
-        match (m.state, commit) {
+        allocate: impl FnOnce() -> Result<i64, E>,
+    ) -> Result<Result<EndOutcome, i16>, E> {
+        if bump {
+            // A retry of an EndTxn v5 that already bumped the epoch.
+            if let Some(m) = self.txns.get(transactional_id) {
+                if m.producer_id == pid
+                    && epoch == m.last_producer_epoch
+                    && epoch != m.producer_epoch
+                    && m.pending.is_none()
+                {
+                    return Ok(match (m.state, commit) {
+                        (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
+                            Ok(EndOutcome::AlreadyDone)
+                        }
+                        (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
+                            Err(codes::CONCURRENT_TRANSACTIONS)
+                        }
+                        (TxnState::CompleteCommit, false)
+                        | (TxnState::CompleteAbort, true)
+                        | (TxnState::PrepareCommit, false)
+                        | (TxnState::PrepareAbort, true) => Err(codes::INVALID_TXN_STATE),
+                        _ => Err(codes::PRODUCER_FENCED),
+                    });
+                }
+            }
+        }
+        let m = match self.check_producer(transactional_id, pid, epoch) {
+            Ok(m) => m,
+            Err(code) => return Ok(Err(code)),
+        };
+        Ok(match (m.state, commit) {
             (TxnState::Ongoing, _) => {
                 let mut target = m.clone();
                 target.state = if commit {
@@ -367,6 +402,15 @@ impl Coordinator {
                 };
                 target.last_update_ms = now_ms;
                 target.pending = None;
+                if bump {
+                    if m.producer_epoch >= EPOCH_EXHAUSTED {
+                        // Markers go out with the last epoch; the client continues with a
+                        // new producer id.
+                        target.next_producer_id = allocate()?;
+                    }
+                    target.last_producer_epoch = m.producer_epoch;
+                    target.producer_epoch = m.producer_epoch.saturating_add(1);
+                }
                 Ok(EndOutcome::Prepare(self.begin(target)))
             }
             (TxnState::CompleteCommit, true) | (TxnState::CompleteAbort, false) => {
@@ -375,10 +419,20 @@ impl Coordinator {
             (TxnState::PrepareCommit, true) | (TxnState::PrepareAbort, false) => {
                 Err(codes::CONCURRENT_TRANSACTIONS)
             }
-            // Aborting with nothing open is allowed and a no-op (Kafka answers success for
-            // an Empty transaction only in later versions; clients skip the call then).
+            // Ending with nothing open, or the other outcome than the one recorded.
             _ => Err(codes::INVALID_TXN_STATE),
-        }
+        })
+    }
+
+    /// The producer id and epoch a client continues with after `transactional_id`'s
+    /// current transaction (EndTxn v5 response).
+    pub fn continuing_producer(&self, transactional_id: &str) -> Option<(i64, i16)> {
+        let m = self.txns.get(transactional_id)?;
+        Some(if m.next_producer_id >= 0 {
+            (m.next_producer_id, 0)
+        } else {
+            (m.producer_id, m.producer_epoch)
+        })
     }
 
     /// Makes a persisted transition current (`persisted`), or drops it (the write failed).
@@ -421,6 +475,12 @@ impl Coordinator {
         target.partitions.clear();
         target.start_ms = -1;
         target.last_update_ms = now_ms;
+        if m.next_producer_id >= 0 {
+            target.producer_id = m.next_producer_id;
+            target.producer_epoch = 0;
+            target.last_producer_epoch = -1;
+            target.next_producer_id = -1;
+        }
         Some(self.begin(target))
     }
 

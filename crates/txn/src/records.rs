@@ -149,5 +149,6 @@ pub fn decode_value(transactional_id: &str, b: &[u8]) -> Result<TxnMeta, TxnErro
         last_update_ms,
         start_ms,
         pending: None,
+        next_producer_id: -1,
     })
 }

@@ -45,17 +45,23 @@ fn commit_cycle_and_retry() {
         c.verify_partition(pid, epoch, "t", 5),
         Err(codes::INVALID_TXN_STATE)
     );
-    let EndOutcome::Prepare(t) = c.end_txn("a", pid, epoch, true, 20).expect("end") else {
+    let EndOutcome::Prepare(t) = c
+        .end_txn::<()>("a", pid, epoch, true, false, 20, || Ok(99))
+        .expect("alloc")
+        .expect("end")
+    else {
         panic!()
     };
     c.complete(&t, true);
     assert_eq!(c.prepared().len(), 1);
     assert_eq!(
-        c.end_txn("a", pid, epoch, true, 21),
+        c.end_txn::<()>("a", pid, epoch, true, false, 21, || Ok(99))
+            .expect("alloc"),
         Err(codes::CONCURRENT_TRANSACTIONS)
     );
     assert_eq!(
-        c.end_txn("a", pid, epoch, false, 21),
+        c.end_txn::<()>("a", pid, epoch, false, false, 21, || Ok(99))
+            .expect("alloc"),
         Err(codes::INVALID_TXN_STATE)
     );
     let done = c.markers_written("a", 30).expect("complete");
@@ -64,11 +70,13 @@ fn commit_cycle_and_retry() {
     assert_eq!(m.state, TxnState::CompleteCommit);
     assert!(m.partitions.is_empty());
     assert_eq!(
-        c.end_txn("a", pid, epoch, true, 40),
+        c.end_txn::<()>("a", pid, epoch, true, false, 40, || Ok(99))
+            .expect("alloc"),
         Ok(EndOutcome::AlreadyDone)
     );
     assert_eq!(
-        c.end_txn("a", pid, epoch, false, 40),
+        c.end_txn::<()>("a", pid, epoch, false, false, 40, || Ok(99))
+            .expect("alloc"),
         Err(codes::INVALID_TXN_STATE)
     );
     // After completion, data for the old transaction is refused.
@@ -90,7 +98,8 @@ fn a_second_instance_fences_the_first() {
         Err(codes::PRODUCER_FENCED)
     );
     assert_eq!(
-        c.end_txn("a", pid, e0, true, 2),
+        c.end_txn::<()>("a", pid, e0, true, false, 2, || Ok(99))
+            .expect("alloc"),
         Err(codes::PRODUCER_FENCED)
     );
     assert_eq!(
@@ -147,7 +156,8 @@ fn open_transactions_time_out_with_an_epoch_bump() {
     assert_eq!(t.target.state, TxnState::PrepareAbort);
     c.complete(&t, true);
     assert_eq!(
-        c.end_txn("a", pid, e0, true, 61_002),
+        c.end_txn::<()>("a", pid, e0, true, false, 61_002, || Ok(99))
+            .expect("alloc"),
         Err(codes::PRODUCER_FENCED)
     );
     // KIP-360: the fenced producer may re-initialise with its old epoch.
@@ -204,4 +214,83 @@ fn records_round_trip_and_rebuild_state() {
     for cut in 0..value.len() {
         assert!(records::decode_value("x", &value[..cut]).is_err());
     }
+}
+
+#[test]
+fn version_2_bumps_the_epoch_so_a_delayed_end_txn_cannot_touch_the_next_transaction() {
+    let mut c = coord();
+    let (pid, e0) = init(&mut c, "a", 0);
+    let t = c
+        .add_partitions("a", pid, e0, &[tp("t", 0)], 1)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    let out = c
+        .end_txn::<()>("a", pid, e0, true, true, 2, || Ok(99))
+        .expect("alloc")
+        .expect("end");
+    let EndOutcome::Prepare(t) = out else {
+        panic!()
+    };
+    assert_eq!(
+        t.target.producer_epoch,
+        e0 + 1,
+        "markers carry the bumped epoch"
+    );
+    c.complete(&t, true);
+    assert_eq!(c.continuing_producer("a"), Some((pid, e0 + 1)));
+    let done = c.markers_written("a", 3).expect("complete");
+    c.complete(&done, true);
+    // A retry of the same EndTxn is answered with success.
+    assert_eq!(
+        c.end_txn::<()>("a", pid, e0, true, true, 4, || Ok(99)),
+        Ok(Ok(EndOutcome::AlreadyDone))
+    );
+    // The next transaction runs with the new epoch.
+    let e1 = e0 + 1;
+    let t = c
+        .add_partitions("a", pid, e1, &[tp("t", 0)], 5)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    // The delayed EndTxn of the first transaction arrives now: it cannot end this one.
+    assert_eq!(
+        c.end_txn::<()>("a", pid, e0, true, true, 6, || Ok(99)),
+        Ok(Err(codes::PRODUCER_FENCED))
+    );
+    assert_eq!(c.get("a").map(|m| m.state), Some(TxnState::Ongoing));
+    // Nor can its late data.
+    assert_eq!(
+        c.verify_partition(pid, e0, "t", 0),
+        Err(codes::INVALID_PRODUCER_EPOCH)
+    );
+    assert_eq!(c.verify_partition(pid, e1, "t", 0), Ok(()));
+}
+
+#[test]
+fn version_2_switches_to_a_new_producer_id_when_epochs_run_out() {
+    let mut c = coord();
+    let (pid, _) = init(&mut c, "a", 0);
+    let mut m = c.get("a").cloned().expect("meta");
+    m.producer_epoch = i16::MAX - 1;
+    c.complete(&Transition { target: m }, true);
+    let t = c
+        .add_partitions("a", pid, i16::MAX - 1, &[tp("t", 0)], 1)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    let out = c
+        .end_txn::<()>("a", pid, i16::MAX - 1, true, true, 2, || Ok(555))
+        .expect("alloc")
+        .expect("end");
+    let EndOutcome::Prepare(t) = out else {
+        panic!()
+    };
+    c.complete(&t, true);
+    assert_eq!(c.continuing_producer("a"), Some((555, 0)));
+    let done = c.markers_written("a", 3).expect("complete");
+    c.complete(&done, true);
+    let m = c.get("a").expect("meta");
+    assert_eq!((m.producer_id, m.producer_epoch), (555, 0));
+    assert_eq!(c.transactional_id_of(555), Some("a"));
 }
