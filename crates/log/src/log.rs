@@ -1244,11 +1244,19 @@ impl Log {
         }
         let active = self.active().base_offset;
         let horizon = now_ms.saturating_sub(self.config.min_compaction_lag_ms);
+        // Never past an open transaction: its outcome decides what its data is.
+        let first_open = self
+            .producers
+            .open_transactions()
+            .iter()
+            .map(|t| t.2)
+            .min()
+            .unwrap_or(i64::MAX);
         let segments: Vec<_> = self
             .segments
             .range(..active)
             .map(|(_, s)| s)
-            .take_while(|s| s.index.max_timestamp <= horizon)
+            .take_while(|s| s.index.max_timestamp <= horizon && s.next_offset() <= first_open)
             .map_while(|s| {
                 // A segment whose file cannot be opened ends the plan (kept a prefix).
                 Some(crate::compaction::PlannedSegment {
@@ -1271,6 +1279,16 @@ impl Log {
             delete_horizon_ms: now_ms.saturating_sub(self.config.delete_retention_ms),
             max_map_entries: crate::compaction::DEFAULT_MAX_MAP_ENTRIES,
             io_bytes_per_sec: None,
+            aborted: {
+                let mut m: std::collections::HashMap<i64, Vec<(i64, i64)>> =
+                    std::collections::HashMap::new();
+                for a in self.producers.aborted_between(i64::MIN, i64::MAX) {
+                    m.entry(a.producer_id)
+                        .or_default()
+                        .push((a.first_offset, a.last_offset));
+                }
+                m
+            },
         })
     }
 
