@@ -1,0 +1,635 @@
+//! The admin CLI against a real `holdfast serve` process, with output snapshots in both
+//! formats, cross-checked with librdkafka (the `rdkafka` crate).
+//!
+//! Needs `target/debug/holdfast` (or `$HOLDFAST_BIN`): `cargo build -p holdfast` first.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+
+fn bin() -> PathBuf {
+    match std::env::var_os("HOLDFAST_BIN") {
+        Some(b) => PathBuf::from(b),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/debug/holdfast"),
+    }
+}
+
+struct Broker {
+    child: Child,
+    addr: String,
+    dir: PathBuf,
+}
+
+impl Broker {
+    fn start(extra: &[&str]) -> Result<Broker> {
+        let bin = bin();
+        if !bin.exists() {
+            bail!(
+                "{} not found: run `cargo build -p holdfast` first",
+                bin.display()
+            );
+        }
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("holdfast-cli-{}-{port}", std::process::id()));
+        let addr = format!("127.0.0.1:{port}");
+        let mut child = Command::new(&bin)
+            .args(["serve", "--data-dir"])
+            .arg(&dir)
+            .args(["--listen", &addr])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .with_context(|| format!("spawning {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        if !line.starts_with("holdfast listening on") {
+            let _ = child.kill();
+            bail!("broker did not start: {line:?}");
+        }
+        Ok(Broker { child, addr, dir })
+    }
+
+    /// Runs `holdfast <args> --bootstrap <addr>`.
+    fn cli(&self, args: &[&str]) -> Result<Output> {
+        self.cli_stdin(args, None)
+    }
+
+    fn cli_stdin(&self, args: &[&str], stdin: Option<&str>) -> Result<Output> {
+        let mut child = Command::new(bin())
+            .args(args)
+            .args(["--bootstrap", &self.addr])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        {
+            let mut input = child.stdin.take().context("stdin")?;
+            if let Some(s) = stdin {
+                input.write_all(s.as_bytes())?;
+            }
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs a command that must succeed; returns its stdout.
+    fn ok(&self, args: &[&str]) -> Result<String> {
+        let out = self.cli(args)?;
+        if !out.status.success() {
+            bail!(
+                "holdfast {args:?} failed ({}): {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8(out.stdout)?)
+    }
+
+    fn json(&self, args: &[&str]) -> Result<serde_json::Value> {
+        let mut a = args.to_vec();
+        a.extend(["--format", "json"]);
+        Ok(serde_json::from_str(&self.ok(&a)?)?)
+    }
+
+    fn config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.addr);
+        c
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Replaces the value after `label` up to the next tab or newline with `<label>`.
+fn mask(s: &str, label: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find(label) {
+        out.push_str(&rest[..i + label.len()]);
+        rest = &rest[i + label.len()..];
+        let end = rest.find(['\t', '\n']).unwrap_or(rest.len());
+        out.push_str("<masked>");
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[test]
+fn topic_commands_with_snapshots() -> Result<()> {
+    let b = Broker::start(&[])?;
+    assert_eq!(
+        b.ok(&[
+            "topic",
+            "create",
+            "orders",
+            "-p",
+            "3",
+            "-c",
+            "retention.ms=86400000"
+        ])?,
+        "Created topic orders.\n"
+    );
+    // Already exists: an error, unless --if-not-exists.
+    let again = b.cli(&["topic", "create", "orders"])?;
+    assert_eq!(again.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("TOPIC_ALREADY_EXISTS"));
+    assert_eq!(
+        b.ok(&["topic", "create", "orders", "--if-not-exists"])?,
+        "Topic orders already exists.\n"
+    );
+    let created = b.json(&["topic", "create", "audit", "-p", "1"])?;
+    assert_eq!(created[0]["topic"], "audit");
+    assert_eq!(created[0]["created"], true);
+
+    assert_eq!(
+        b.ok(&["topic", "list", "--exclude-internal"])?,
+        "audit\norders\n"
+    );
+    let listed = b.json(&["topic", "list"])?;
+    assert!(listed
+        .as_array()
+        .context("array")?
+        .iter()
+        .any(|t| t["name"] == "__consumer_offsets" && t["internal"] == true));
+
+    let describe = b.ok(&["topic", "describe", "orders"])?;
+    assert_eq!(
+        mask(&describe, "TopicId: "),
+        "Topic: orders\tTopicId: <masked>\tPartitionCount: 3\tReplicationFactor: 1\tConfigs: retention.ms=86400000\n\
+         \tTopic: orders\tPartition: 0\tLeader: 1\tReplicas: 1\tIsr: 1\n\
+         \tTopic: orders\tPartition: 1\tLeader: 1\tReplicas: 1\tIsr: 1\n\
+         \tTopic: orders\tPartition: 2\tLeader: 1\tReplicas: 1\tIsr: 1\n"
+    );
+    let id = describe
+        .split('\t')
+        .find_map(|f| f.strip_prefix("TopicId: "))
+        .context("topic id")?;
+    assert_eq!(
+        id.len(),
+        22,
+        "Kafka renders topic ids as 22 base64url chars"
+    );
+    let dj = b.json(&["topic", "describe", "orders"])?;
+    assert_eq!(dj[0]["topic_id"], id);
+    assert_eq!(dj[0]["partition_count"], 3);
+    assert_eq!(dj[0]["replication_factor"], 1);
+    assert_eq!(dj[0]["configs"]["retention.ms"], "86400000");
+    assert_eq!(dj[0]["partitions"][2]["leader"], 1);
+    assert_eq!(dj[0]["partitions"][2]["isr"], serde_json::json!([1]));
+
+    assert_eq!(
+        b.ok(&[
+            "topic",
+            "alter-config",
+            "orders",
+            "--set",
+            "cleanup.policy=compact",
+            "--delete",
+            "retention.ms"
+        ])?,
+        "Completed updating config for topic orders.\n"
+    );
+    assert_eq!(
+        b.ok(&["topic", "add-partitions", "orders", "--count", "4"])?,
+        "Topic orders now has 4 partitions.\n"
+    );
+    let head = b.ok(&["topic", "describe", "orders"])?;
+    let head = head.lines().next().context("a line")?;
+    assert!(
+        head.ends_with(
+            "\tPartitionCount: 4\tReplicationFactor: 1\tConfigs: cleanup.policy=compact"
+        ),
+        "{head}"
+    );
+    // Filters: a healthy single node has nothing under-replicated or unavailable.
+    assert_eq!(
+        b.ok(&["topic", "describe", "--under-replicated-partitions"])?,
+        ""
+    );
+
+    assert_eq!(
+        b.ok(&["topic", "delete", "audit", "orders"])?,
+        "Deleted topic audit.\nDeleted topic orders.\n"
+    );
+    assert_eq!(
+        b.cli(&["topic", "delete", "orders"])?.status.code(),
+        Some(1)
+    );
+    assert_eq!(
+        b.ok(&["topic", "delete", "orders", "--if-exists"])?,
+        "Topic orders does not exist.\n"
+    );
+    assert_eq!(b.ok(&["topic", "list", "--exclude-internal"])?, "");
+    Ok(())
+}
+
+#[test]
+fn produce_and_consume_agree_with_librdkafka() -> Result<()> {
+    let b = Broker::start(&[])?;
+    b.ok(&["topic", "create", "events", "-p", "2"])?;
+    // CLI produce → librdkafka consume.
+    let out = b.cli_stdin(
+        &[
+            "produce",
+            "events",
+            "-p",
+            "1",
+            "-K",
+            ":",
+            "-H",
+            "trace=abc",
+            "--timestamp-ms",
+            "1700000000000",
+        ],
+        Some("k1:v1\nk2:v2\nk3:v3\n"),
+    )?;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8(out.stdout)?,
+        "Produced 3 records to events-1 at offsets 0..2\n"
+    );
+    let consumer: BaseConsumer = b
+        .config()
+        .set("group.id", "check")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("events", 1, Offset::Beginning)?;
+    consumer.assign(&tpl)?;
+    let mut got = Vec::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while got.len() < 3 {
+        match consumer.poll(Duration::from_secs(1)) {
+            Some(m) => {
+                let m = m?;
+                let h = m.headers().context("headers")?.get(0);
+                assert_eq!((h.key, h.value), ("trace", Some(&b"abc"[..])));
+                assert_eq!(m.timestamp().to_millis(), Some(1_700_000_000_000));
+                got.push((
+                    m.offset(),
+                    String::from_utf8_lossy(m.key().unwrap_or_default()).into_owned(),
+                    String::from_utf8_lossy(m.payload().unwrap_or_default()).into_owned(),
+                ));
+            }
+            None if std::time::Instant::now() > deadline => bail!("no message from librdkafka"),
+            None => {}
+        }
+    }
+    assert_eq!(
+        got,
+        vec![
+            (0, "k1".to_string(), "v1".to_string()),
+            (1, "k2".into(), "v2".into()),
+            (2, "k3".into(), "v3".into())
+        ]
+    );
+    // Keyed records without -p land where Kafka's default partitioner puts them (murmur2):
+    // librdkafka's murmur2_random partitioner agrees.
+    b.cli_stdin(&["produce", "events", "-k", "same"], Some("a\nb\n"))?;
+
+    // librdkafka produce (gzip, headers) → CLI consume, JSON and template.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let producer: FutureProducer = b
+        .config()
+        .set("compression.type", "gzip")
+        .set("partitioner", "murmur2_random")
+        .create()?;
+    rt.block_on(async {
+        for i in 0..3 {
+            let key = format!("key{i}");
+            let value = format!("value{i}");
+            producer
+                .send(
+                    FutureRecord::to("events")
+                        .partition(0)
+                        .key(&key)
+                        .payload(&value)
+                        .timestamp(1_700_000_000_000 + i)
+                        .headers(OwnedHeaders::new().insert(Header {
+                            key: "n",
+                            value: Some(&i.to_string()),
+                        })),
+                    Duration::from_secs(10),
+                )
+                .await
+                .map_err(|(e, _)| e)?;
+        }
+        // The same key the CLI produced: same partition.
+        producer
+            .send(
+                FutureRecord::to("events").key("same").payload("c"),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|(e, _)| e)?;
+        anyhow::Ok(())
+    })?;
+    let lines = b.ok(&["consume", "events", "-p", "0", "--format", "json"])?;
+    let recs: Vec<serde_json::Value> = lines
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let gz: Vec<&serde_json::Value> = recs
+        .iter()
+        .filter(|r| r["headers"]["n"].is_string())
+        .collect();
+    assert_eq!(gz.len(), 3);
+    assert_eq!(
+        *gz[1],
+        serde_json::json!({"topic": "events", "partition": 0, "offset": gz[1]["offset"],
+            "timestamp": 1_700_000_000_001i64, "timestamp_type": "CreateTime",
+            "key": "key1", "value": "value1", "headers": {"n": "1"}})
+    );
+    let text = b.ok(&[
+        "consume",
+        "events",
+        "--fmt",
+        "%p:%o %k=%s [%h]\\n",
+        "-o",
+        "2",
+        "-c",
+        "1",
+        "-p",
+        "1",
+    ])?;
+    assert_eq!(text, "1:2 k3=v3 [trace=abc]\n");
+    // "same" went to one partition, from both clients.
+    let all = b.ok(&["consume", "events", "--fmt", "%p %k\\n"])?;
+    let same: std::collections::BTreeSet<&str> = all
+        .lines()
+        .filter(|l| l.ends_with(" same"))
+        .map(|l| &l[..1])
+        .collect();
+    assert_eq!(same.len(), 1, "{all}");
+    assert_eq!(all.lines().filter(|l| l.ends_with(" same")).count(), 3);
+    // -c and @timestamp.
+    assert_eq!(
+        b.ok(&[
+            "consume",
+            "events",
+            "-p",
+            "1",
+            "-o",
+            "@1700000000000",
+            "-c",
+            "1"
+        ])?,
+        "v1\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn group_commands_match_the_committed_state() -> Result<()> {
+    let b = Broker::start(&[])?;
+    b.ok(&["topic", "create", "jobs", "-p", "2"])?;
+    b.cli_stdin(&["produce", "jobs", "-p", "0"], Some("1\n2\n3\n4\n5\n"))?;
+    b.cli_stdin(&["produce", "jobs", "-p", "1"], Some("6\n7\n"))?;
+    let consumer: BaseConsumer = b
+        .config()
+        .set("group.id", "workers")
+        .set("client.id", "worker-1")
+        .set("enable.auto.commit", "false")
+        .set("auto.offset.reset", "earliest")
+        .create()?;
+    consumer.subscribe(&["jobs"])?;
+    let mut seen = 0;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while seen < 7 {
+        // poll returns None after serving a rebalance event, too.
+        if let Some(m) = consumer.poll(Duration::from_secs(1)) {
+            m?;
+            seen += 1;
+        } else if std::time::Instant::now() > deadline {
+            bail!("no message");
+        }
+    }
+    // Commit 3 of partition 0 and all of partition 1.
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition_offset("jobs", 0, Offset::Offset(3))?;
+    tpl.add_partition_offset("jobs", 1, Offset::Offset(2))?;
+    consumer.commit(&tpl, CommitMode::Sync)?;
+
+    assert_eq!(b.ok(&["group", "list"])?, "workers\n");
+    let d = b.ok(&["group", "describe", "workers"])?;
+    let header: Vec<&str> = d
+        .lines()
+        .next()
+        .context("header")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "GROUP",
+            "TOPIC",
+            "PARTITION",
+            "CURRENT-OFFSET",
+            "LOG-END-OFFSET",
+            "LAG",
+            "CONSUMER-ID",
+            "HOST",
+            "CLIENT-ID"
+        ]
+    );
+    let rows: Vec<Vec<&str>> = d
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(&rows[0][..6], ["workers", "jobs", "0", "3", "5", "2"]);
+    assert_eq!(&rows[1][..6], ["workers", "jobs", "1", "2", "2", "0"]);
+    assert!(rows[0][6].starts_with("worker-1-"), "{:?}", rows[0]);
+    assert_eq!(rows[0][8], "worker-1");
+    let dj = b.json(&["group", "describe", "workers"])?;
+    assert_eq!(dj["state"], "Stable");
+    assert_eq!(dj["members"][0]["client_id"], "worker-1");
+    assert_eq!(dj["offsets"][0]["lag"], 2);
+    let lag = b.json(&["group", "lag", "workers"])?;
+    assert_eq!(lag["total_lag"], 2);
+    assert_eq!(lag["partitions"][0]["lag_retention_ratio"], 0.4);
+
+    // Reset is refused while the group has members.
+    let refused = b.cli(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--all-topics",
+        "--to-earliest",
+    ])?;
+    assert_eq!(refused.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(
+        "Assignments can only be reset if the group 'workers' is inactive, but the current state is Stable."
+    ));
+    drop(consumer); // leaves the group
+
+    // Dry run: printed, not committed.
+    let dry = b.ok(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--topic",
+        "jobs:0",
+        "--shift-by",
+        "-2",
+    ])?;
+    assert_eq!(
+        dry,
+        "GROUP           TOPIC           PARTITION  NEW-OFFSET\nworkers         jobs            0          1\n"
+    );
+    let committed = |b: &Broker| -> Result<Vec<i64>> {
+        let c: BaseConsumer = b.config().set("group.id", "workers").create()?;
+        let mut tpl = TopicPartitionList::new();
+        tpl.add_partition("jobs", 0);
+        tpl.add_partition("jobs", 1);
+        let got = c.committed_offsets(tpl, Duration::from_secs(10))?;
+        Ok(got
+            .elements()
+            .iter()
+            .map(|e| e.offset().to_raw().unwrap_or(-1))
+            .collect())
+    };
+    assert_eq!(committed(&b)?, vec![3, 2]);
+    let ex = b.json(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--topic",
+        "jobs",
+        "--to-earliest",
+        "--execute",
+    ])?;
+    assert_eq!(ex["executed"], true);
+    assert_eq!(committed(&b)?, vec![0, 0]);
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--all-topics",
+        "--to-latest",
+        "--execute",
+    ])?;
+    assert_eq!(committed(&b)?, vec![5, 2]);
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--topic",
+        "jobs",
+        "--to-offset",
+        "4",
+        "--execute",
+    ])?;
+    assert_eq!(
+        committed(&b)?,
+        vec![4, 2],
+        "--to-offset clamps to the log end"
+    );
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--topic",
+        "jobs",
+        "--to-datetime",
+        "2000-01-01T00:00:00Z",
+        "--execute",
+    ])?;
+    assert_eq!(committed(&b)?, vec![0, 0]);
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "workers",
+        "--topic",
+        "jobs",
+        "--by-duration",
+        "PT0S",
+        "--execute",
+    ])?;
+    assert_eq!(committed(&b)?, vec![5, 2], "no record after now: the end");
+
+    assert_eq!(
+        b.ok(&["group", "delete", "workers"])?,
+        "Deletion of requested consumer groups ('workers') was successful.\n"
+    );
+    assert_eq!(b.ok(&["group", "list"])?, "");
+    Ok(())
+}
+
+#[test]
+fn cluster_describe_and_health() -> Result<()> {
+    let b = Broker::start(&[])?;
+    let d = b.ok(&["cluster", "describe"])?;
+    let port = b.addr.rsplit_once(':').context("port")?.1;
+    assert_eq!(
+        mask(&d, "ClusterId:    "),
+        format!(
+            "ClusterId:    <masked>\nControllerId: 1\nTopics:       1\nPartitions:   10\n\nBROKER HOST      PORT   RACK\n1      127.0.0.1 {port:<6} -\n"
+        )
+    );
+    let dj = b.json(&["cluster", "describe"])?;
+    assert_eq!(dj["controller_id"], 1);
+    assert_eq!(dj["brokers"][0]["port"], port.parse::<i64>()?);
+    let h = b.ok(&["cluster", "health"])?;
+    assert!(h.starts_with("Healthy:                     true\n"), "{h}");
+    // min.insync.replicas above the replica count: the partition can never take an
+    // acks=all write; health says so and exits 1.
+    b.ok(&[
+        "topic",
+        "create",
+        "fragile",
+        "-p",
+        "1",
+        "-c",
+        "min.insync.replicas=2",
+    ])?;
+    let out = b.cli(&["cluster", "health", "--format", "json"])?;
+    assert_eq!(out.status.code(), Some(1));
+    let hj: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(hj["healthy"], false);
+    assert_eq!(
+        hj["under_min_isr_partitions"],
+        serde_json::json!(["fragile/0"])
+    );
+    // An unreachable cluster is an error (exit 2), not "healthy".
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let out = Command::new(bin())
+        .args([
+            "cluster",
+            "health",
+            "--bootstrap",
+            &format!("127.0.0.1:{port}"),
+            "--timeout-ms",
+            "2000",
+        ])
+        .output()?;
+    assert_eq!(out.status.code(), Some(2));
+    Ok(())
+}
