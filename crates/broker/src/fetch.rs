@@ -390,9 +390,18 @@ impl Broker {
                             pd.last_stable_offset = hw;
                             pd.log_start_offset = start;
                             total += data.len();
+                            crate::metrics::bytes_out(&p.topic, data.len());
                             pd.records = Some(data);
                         }
                         Err((code, hw, start)) => {
+                            if code == ec::OFFSET_OUT_OF_RANGE && t.fetch_offset < start {
+                                crate::ledger::fetch_below_log_start(
+                                    &p.topic,
+                                    p.index,
+                                    t.fetch_offset,
+                                    start,
+                                );
+                            }
                             pd.error_code = code;
                             pd.high_watermark = hw;
                             pd.last_stable_offset = hw;

@@ -255,6 +255,11 @@ impl Broker {
             .cloned()
     }
 
+    /// The group-commit flusher's counters and fsync latency histogram (metrics).
+    pub fn flush_stats(&self) -> &holdfast_log::FlushStats {
+        self.flusher.stats()
+    }
+
     pub fn all_topics(&self) -> Vec<Arc<Topic>> {
         self.topics
             .read()
@@ -517,6 +522,8 @@ impl Broker {
     pub fn tick(&self, retention: bool) {
         let now = now_ms();
         let mut changed = false;
+        // Log starts moved by retention, for the loss ledger (checked off the partition lock).
+        let mut deleted: Vec<(Arc<Partition>, i64, i64)> = Vec::new();
         for t in self.all_topics() {
             for p in &t.partitions {
                 let before = (p.high_watermark(), p.log_start_offset());
@@ -526,9 +533,11 @@ impl Broker {
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log tick failed");
                 }
                 if retention {
+                    let old_start = log.log_start_offset();
                     match log.enforce_retention(now) {
                         Ok(r) if r.segments_deleted > 0 => {
                             tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_deleted, log_start = r.log_start_offset, "retention deleted segments");
+                            deleted.push((Arc::clone(p), old_start, r.log_start_offset));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -555,6 +564,10 @@ impl Broker {
         if changed {
             self.notify_data();
         }
+        for (p, old_start, new_start) in deleted {
+            crate::ledger::retention_deleted(self, &p.topic, p.index, old_start, new_start);
+        }
+        crate::ledger::flush(self);
     }
 
     fn compact(p: &Partition, plan: holdfast_log::CompactionPlan) {
@@ -617,6 +630,21 @@ fn open_log(
                 source,
             }
         })?;
+    if let Some((offset, bytes, reason)) = &report.truncated {
+        crate::ledger::record(crate::ledger::Event {
+            time_ms: now_ms(),
+            reason: crate::ledger::TRUNCATION,
+            topic: topic.to_string(),
+            partition: p,
+            from_offset: *offset,
+            to_offset: -1,
+            records: 0,
+            group: None,
+            detail: format!(
+                "recovery cut {bytes} bytes from offset {offset} ({reason}); under the fsync policy none of it was acknowledged"
+            ),
+        });
+    }
     if report.truncated.is_some() || report.corruption.is_some() {
         tracing::warn!(
             topic,

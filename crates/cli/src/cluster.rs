@@ -23,6 +23,17 @@ enum ClusterCmd {
     /// Whether every broker answers, a controller exists, and every partition has a leader,
     /// a full ISR and at least min.insync.replicas in it. Exits 1 when unhealthy.
     Health,
+    /// The loss ledger: every event where data was or may have been lost (read from the
+    /// `__holdfast_events` topic; Holdfast brokers only).
+    Events {
+        /// Only events of this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Only events of this reason (retention_unconsumed, fetch_below_log_start,
+        /// truncation, corrupt_batch, producer_fenced).
+        #[arg(long)]
+        reason: Option<String>,
+    },
 }
 
 pub fn run(args: ClusterArgs) -> anyhow::Result<i32> {
@@ -31,6 +42,9 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<i32> {
         match args.cmd {
             ClusterCmd::Describe => describe(&mut client, &args.conn).await,
             ClusterCmd::Health => health(&mut client, &args.conn).await,
+            ClusterCmd::Events { topic, reason } => {
+                events(&mut client, &args.conn, topic.as_deref(), reason.as_deref()).await
+            }
         }
     })
 }
@@ -229,4 +243,78 @@ async fn health(client: &mut Client, conn: &ConnArgs) -> anyhow::Result<i32> {
         println!("Under-min-ISR partitions:    {}", list(&h.under_min_isr));
     }
     Ok(if healthy { 0 } else { 1 })
+}
+
+/// The topic the loss ledger lives in (holdfast_broker::ledger::EVENTS_TOPIC).
+pub const EVENTS_TOPIC: &str = "__holdfast_events";
+
+async fn events(
+    client: &mut Client,
+    conn: &ConnArgs,
+    topic: Option<&str>,
+    reason: Option<&str>,
+) -> anyhow::Result<i32> {
+    let records = crate::data::read_topic(client, EVENTS_TOPIC)
+        .await?
+        .unwrap_or_default();
+    let mut events = Vec::new();
+    for (_, r) in records {
+        let Some(v) = r.value.as_deref() else {
+            continue;
+        };
+        let Ok(ev) = serde_json::from_slice::<serde_json::Value>(v) else {
+            eprintln!("skipping an unreadable event at offset {}", r.offset);
+            continue;
+        };
+        if topic.is_some_and(|t| ev["topic"] != t) || reason.is_some_and(|x| ev["reason"] != x) {
+            continue;
+        }
+        events.push(ev);
+    }
+    if conn.json() {
+        print_json(&serde_json::Value::Array(events))?;
+        return Ok(0);
+    }
+    let int = |v: &serde_json::Value| {
+        v.as_i64()
+            .map(|i| i.to_string())
+            .unwrap_or_else(|| "-".into())
+    };
+    let rows: Vec<Vec<String>> = events
+        .iter()
+        .map(|e| {
+            vec![
+                e["time_ms"]
+                    .as_i64()
+                    .map(ops::format_datetime_ms)
+                    .unwrap_or_else(|| "-".into()),
+                e["reason"].as_str().unwrap_or("-").to_string(),
+                e["topic"].as_str().unwrap_or("-").to_string(),
+                int(&e["partition"]),
+                int(&e["from_offset"]),
+                int(&e["to_offset"]),
+                int(&e["records"]),
+                e["group"].as_str().unwrap_or("-").to_string(),
+            ]
+        })
+        .collect();
+    if rows.is_empty() {
+        eprintln!("No loss events recorded.");
+        return Ok(0);
+    }
+    print_table(
+        &[
+            "TIME",
+            "REASON",
+            "TOPIC",
+            "PARTITION",
+            "FROM-OFFSET",
+            "TO-OFFSET",
+            "RECORDS",
+            "GROUP",
+        ],
+        &rows,
+        &[24, 21, 10, 9, 11, 9, 7, 0],
+    );
+    Ok(0)
 }

@@ -460,6 +460,86 @@ pub fn consume(args: ConsumeArgs) -> anyhow::Result<i32> {
     })
 }
 
+/// Every record of `topic` from its log start to its current end (all partitions), in
+/// partition then offset order. `Ok(None)` when the topic does not exist.
+pub async fn read_topic(
+    client: &mut Client,
+    topic: &str,
+) -> anyhow::Result<Option<Vec<(i32, Record)>>> {
+    let md = client.metadata(Some(vec![topic.to_string()])).await?;
+    let Some(t) = md.topics.first() else {
+        return Ok(None);
+    };
+    if t.error_code == 3 {
+        return Ok(None);
+    }
+    check(t.error_code, None, || format!("topic {topic}"))?;
+    let leaders: BTreeMap<i32, i32> = t
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.leader_id.0))
+        .collect();
+    let spec = |ts: i64| {
+        leaders
+            .keys()
+            .map(|p| ((topic.to_string(), *p), ts))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let starts = ops::list_offsets(client, &spec(-2)).await?;
+    let ends = ops::list_offsets(client, &spec(-1)).await?;
+    let mut out = Vec::new();
+    for (p, leader) in &leaders {
+        let key = (topic.to_string(), *p);
+        let end = ends.get(&key).copied().unwrap_or(0);
+        let mut next = starts.get(&key).copied().unwrap_or(0);
+        while next < end {
+            let mut fp = FetchPartition::default();
+            fp.partition = *p;
+            fp.current_leader_epoch = -1;
+            fp.fetch_offset = next;
+            fp.last_fetched_epoch = -1;
+            fp.log_start_offset = -1;
+            fp.partition_max_bytes = 1 << 20;
+            let mut ft = FetchTopic::default();
+            ft.topic = name(topic);
+            ft.partitions = vec![fp];
+            let mut req = FetchRequest::default();
+            req.replica_id = BrokerId(-1);
+            req.max_wait_ms = 100;
+            req.min_bytes = 1;
+            req.max_bytes = 8 << 20;
+            req.session_epoch = -1;
+            req.topics = vec![ft];
+            let resp = client.send_to(*leader, req, 12).await?;
+            check(resp.error_code, None, || "Fetch".to_string())?;
+            let mut progressed = false;
+            for rt in resp.responses {
+                for pd in rt.partitions {
+                    check(pd.error_code, None, || {
+                        format!("fetching {topic}-{p} at offset {next}")
+                    })?;
+                    let d = decode_fetched(pd.records.as_deref().unwrap_or_default(), next)?;
+                    if let Some(n) = d.next_offset {
+                        if n > next {
+                            next = n;
+                            progressed = true;
+                        }
+                    }
+                    for r in d.records {
+                        if r.offset < end {
+                            out.push((*p, r));
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

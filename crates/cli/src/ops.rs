@@ -415,7 +415,6 @@ pub fn parse_datetime_ms(s: &str) -> anyhow::Result<i64> {
 }
 
 /// Formats ms since the epoch as `YYYY-MM-DDTHH:mm:SS.sssZ`.
-#[allow(dead_code)] // used by `cluster events` (next)
 pub fn format_datetime_ms(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let millis = ms.rem_euclid(1000);
