@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod bench_log;
 mod cluster;
 mod data;
+mod doctor;
 mod group;
 mod ops;
 mod serve;
@@ -37,6 +38,8 @@ enum Command {
     Produce(data::ProduceArgs),
     /// Consume records (kcat-like), stopping at the end unless --follow.
     Consume(data::ConsumeArgs),
+    /// Read-only durability audit; exits 0 (clean), 1 (warnings) or 2 (critical).
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -62,6 +65,7 @@ fn main() -> anyhow::Result<()> {
         Command::Cluster(args) => cluster::run(args),
         Command::Produce(args) => data::produce(args),
         Command::Consume(args) => data::consume(args),
+        Command::Doctor(args) => doctor::run(args),
     };
     match code {
         Ok(0) => Ok(()),

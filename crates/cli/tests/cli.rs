@@ -633,3 +633,148 @@ fn cluster_describe_and_health() -> Result<()> {
     assert_eq!(out.status.code(), Some(2));
     Ok(())
 }
+
+/// A doctor finding: (severity, check, resource).
+type Finding = (String, String, String);
+
+/// The doctor's exit code, findings and their fixes.
+fn doctor(b: &Broker) -> Result<(Option<i32>, Vec<Finding>, Vec<String>)> {
+    let out = b.cli(&["doctor", "--format", "json"])?;
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| String::from_utf8_lossy(&out.stderr).into_owned())?;
+    let mut findings = Vec::new();
+    let mut fixes = Vec::new();
+    for f in v["findings"].as_array().context("findings")? {
+        let s = |k: &str| f[k].as_str().unwrap_or_default().to_string();
+        findings.push((s("severity"), s("check"), s("resource")));
+        fixes.push(s("fix"));
+    }
+    Ok((out.status.code(), findings, fixes))
+}
+
+fn finding(sev: &str, check: &str, resource: &str) -> Finding {
+    (sev.into(), check.into(), resource.into())
+}
+
+#[test]
+fn doctor_reports_each_risk_and_its_fix_works() -> Result<()> {
+    let b = Broker::start(&[])?;
+    // The default configuration: nothing critical; a single node can only warn about RF.
+    let (code, findings, _) = doctor(&b)?;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        findings,
+        vec![finding(
+            "warning",
+            "replication-factor",
+            "cluster (1 broker)"
+        )]
+    );
+    b.ok(&[
+        "topic",
+        "create",
+        "risky",
+        "-c",
+        "unclean.leader.election.enable=true",
+        "-c",
+        "holdfast.flush.policy=pagecache",
+    ])?;
+    b.ok(&["topic", "create", "tight", "-c", "min.insync.replicas=2"])?;
+    b.ok(&["topic", "create", "lagging", "-c", "retention.ms=3600000"])?;
+    b.cli_stdin(
+        &["produce", "lagging"],
+        Some("1\n2\n3\n4\n5\n6\n7\n8\n9\n10\n"),
+    )?;
+    // A group that committed offset 2 of 10: 80% of the retained log unread.
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "behind",
+        "--topic",
+        "lagging",
+        "--to-offset",
+        "2",
+        "--execute",
+    ])?;
+    let (code, findings, fixes) = doctor(&b)?;
+    assert_eq!(code, Some(2), "{findings:?}");
+    for f in [
+        finding("critical", "min-insync-replicas", "topic tight"),
+        finding("critical", "unclean-leader-election", "topic risky"),
+        finding("warning", "page-cache-only", "topic risky"),
+        finding(
+            "warning",
+            "group-lag-retention",
+            "group behind partition lagging/0",
+        ),
+        finding("warning", "replication-factor", "cluster (1 broker)"),
+    ] {
+        assert!(findings.contains(&f), "{f:?} missing from {findings:?}");
+    }
+    // Critical first.
+    assert_eq!(findings[0].0, "critical");
+    let text = b.cli(&["doctor"])?;
+    let text = String::from_utf8(text.stdout)?;
+    assert!(text.contains("[CRITICAL] unclean-leader-election topic risky: unclean.leader.election.enable=true lets an out-of-sync replica become leader"), "{text}");
+    assert!(text.contains(&format!(
+        "    fix: holdfast topic alter-config risky --set unclean.leader.election.enable=false --bootstrap {}",
+        b.addr
+    )));
+    assert!(text.ends_with("2 critical, 3 warning, 0 info\n"), "{text}");
+
+    // Each printed topic fix, run as printed, clears its finding.
+    for fix in fixes
+        .iter()
+        .filter(|f| f.starts_with("holdfast topic alter-config") && !f.contains("retention.ms"))
+    {
+        let args: Vec<&str> = fix.split_whitespace().skip(1).collect();
+        let out = Command::new(bin()).args(&args).output()?;
+        assert!(
+            out.status.success(),
+            "{fix}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The group catches up.
+    b.ok(&[
+        "group",
+        "reset-offsets",
+        "behind",
+        "--topic",
+        "lagging",
+        "--to-latest",
+        "--execute",
+    ])?;
+    let (code, findings, _) = doctor(&b)?;
+    assert_eq!(code, Some(1));
+    assert_eq!(
+        findings,
+        vec![finding(
+            "warning",
+            "replication-factor",
+            "cluster (1 broker)"
+        )]
+    );
+    Ok(())
+}
+
+#[test]
+fn doctor_flags_a_page_cache_broker_default() -> Result<()> {
+    // Kafka's own default (acknowledge from the page cache), set broker-wide.
+    let b = Broker::start(&["--set", "log.flush.interval.messages=10000"])?;
+    b.ok(&["topic", "create", "fast"])?;
+    let (code, findings, fixes) = doctor(&b)?;
+    assert_eq!(code, Some(1));
+    let i = findings
+        .iter()
+        .position(|f| *f == finding("warning", "page-cache-only", "topic fast"))
+        .context("page-cache-only finding")?;
+    assert_eq!(
+        fixes[i],
+        format!(
+            "holdfast topic alter-config fast --set holdfast.flush.policy=fsync --bootstrap {}",
+            b.addr
+        )
+    );
+    Ok(())
+}
