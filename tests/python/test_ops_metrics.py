@@ -196,3 +196,45 @@ def test_group_behind_retention_is_visible_then_recorded(data_dir, tmp_path):
             {"fetch_below_log_start", "retention_unconsumed"}
     finally:
         b.stop()
+
+
+def test_protected_retention_keeps_unread_data_up_to_the_cap(tmp_path):
+    b = start_broker(str(tmp_path), free_port())
+    try:
+        topic = unique_topic("prot")
+        group = "protected-" + topic
+        admin = AdminClient({"bootstrap.servers": b.bootstrap})
+        admin.create_topics([NewTopic(topic, 1, 1, config={
+            "segment.bytes": "2000", "retention.ms": "3600000",
+            "retention.protect.groups": group, "retention.protect.max.bytes": "100000000"})])[topic].result(30)
+        old = int(time.time() * 1000) - 2 * 3600 * 1000
+        p = Producer({"bootstrap.servers": b.bootstrap, "linger.ms": 0, "batch.size": 300})
+        for i in range(100):
+            p.produce(topic, value=b"%03d" % i + b"r" * 150, timestamp=old + i)
+            p.poll(0)
+        assert p.flush(30) == 0
+        c = Consumer({"bootstrap.servers": b.bootstrap, "group.id": group, "enable.auto.commit": False})
+        c.commit(offsets=[TopicPartition(topic, 0, 40)], asynchronous=False)
+        c.close()
+        # Every closed segment is past retention.ms; only those wholly below the protected
+        # group's offset 40 may go.
+        _, s, _ = scrape(b)
+        start = wait_until(lambda: value(scrape(b)[1], "holdfast_log_start_offset", topic=topic, partition=0),
+                           what="retention below the protected offset")
+        assert 0 < start <= 40
+        # A group that is not protected loses nothing it has not read either: none exists.
+        _, s, _ = scrape(b)
+        assert value(s, "holdfast_loss_events_total", reason="retention_unconsumed") == 0
+        desc = cli(b, "topic", "describe", topic).stdout.splitlines()[0]
+        assert "retention.protect.groups=%s" % group in desc
+        # Beyond the cap protection yields: deletion proceeds, and the ledger records it.
+        r = cli(b, "topic", "alter-config", topic, "--set", "retention.protect.max.bytes=1000")
+        assert r.returncode == 0, r.stderr
+        evs = wait_until(lambda: cli_json(b, "cluster", "events", "--topic", topic) or None,
+                         what="the capped deletion in the ledger")
+        new_start = int(value(scrape(b)[1], "holdfast_log_start_offset", topic=topic, partition=0))
+        assert new_start > 40
+        assert (evs[0]["reason"], evs[0]["group"], evs[0]["from_offset"], evs[0]["records"]) == \
+            ("retention_unconsumed", group, 40, evs[0]["to_offset"] - 40)
+    finally:
+        b.stop()

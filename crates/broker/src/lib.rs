@@ -14,6 +14,7 @@ pub mod http;
 pub mod ledger;
 pub mod meta;
 pub mod metrics;
+pub mod protect;
 pub mod server;
 pub mod state;
 

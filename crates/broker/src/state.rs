@@ -524,7 +524,22 @@ impl Broker {
         let mut changed = false;
         // Log starts moved by retention, for the loss ledger (checked off the partition lock).
         let mut deleted: Vec<(Arc<Partition>, i64, i64)> = Vec::new();
-        for t in self.all_topics() {
+        // Protected retention needs the committed offsets, read before any partition lock.
+        let topics = self.all_topics();
+        let committed: crate::protect::Committed = if retention
+            && topics
+                .iter()
+                .any(|t| !crate::protect::groups(&t.meta).is_empty())
+        {
+            self.groups()
+                .committed_offsets()
+                .into_iter()
+                .map(|(g, t, p, o)| ((g, t, p), o))
+                .collect()
+        } else {
+            Default::default()
+        };
+        for t in topics {
             for p in &t.partitions {
                 let before = (p.high_watermark(), p.log_start_offset());
                 let mut st = p.lock();
@@ -534,7 +549,11 @@ impl Broker {
                 }
                 if retention {
                     let old_start = log.log_start_offset();
-                    match log.enforce_retention(now) {
+                    let enforced = match crate::protect::floor(&t.meta, p.index, &committed) {
+                        Some((from, cap)) => log.enforce_retention_protecting(now, from, cap),
+                        None => log.enforce_retention(now),
+                    };
+                    match enforced {
                         Ok(r) if r.segments_deleted > 0 => {
                             tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_deleted, log_start = r.log_start_offset, "retention deleted segments");
                             deleted.push((Arc::clone(p), old_start, r.log_start_offset));
