@@ -271,6 +271,12 @@ pub fn flush(broker: &Broker) {
         p.events = all;
     };
     if broker.topic(EVENTS_TOPIC).is_none() {
+        // Topic creation is serialized by the admin lock; when an admin request holds it,
+        // try again next tick (the events stay queued).
+        let Ok(_admin) = broker.admin.try_lock() else {
+            requeue(events);
+            return;
+        };
         let mut cfg = BTreeMap::new();
         cfg.insert("cleanup.policy".to_string(), "delete".to_string());
         // Kept until 1 GiB per partition: events are rare and small.
