@@ -191,7 +191,10 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<i32> {
         let mut results = Vec::new();
         let batch_records = args.batch_records.max(1);
         for (p, recs) in &by_partition {
-            let leader = leaders[p];
+            let leader = leaders.get(p).copied().unwrap_or(-1);
+            if leader < 0 {
+                bail!("partition {}-{p} has no leader", args.topic);
+            }
             for chunk in recs.chunks(batch_records) {
                 let s = seq.entry(*p).or_insert(0);
                 let batch = encode_batch(
@@ -371,7 +374,11 @@ pub fn consume(args: ConsumeArgs) -> anyhow::Result<i32> {
             }
             let mut by_leader: BTreeMap<i32, Vec<i32>> = BTreeMap::new();
             for p in &active {
-                by_leader.entry(leaders[p]).or_default().push(*p);
+                let leader = leaders.get(p).copied().unwrap_or(-1);
+                if leader < 0 {
+                    bail!("partition {}-{p} has no leader", args.topic);
+                }
+                by_leader.entry(leader).or_default().push(*p);
             }
             for (leader, ps) in by_leader {
                 let mut ft = FetchTopic::default();
@@ -382,7 +389,7 @@ pub fn consume(args: ConsumeArgs) -> anyhow::Result<i32> {
                         let mut fp = FetchPartition::default();
                         fp.partition = *p;
                         fp.current_leader_epoch = -1;
-                        fp.fetch_offset = next[p];
+                        fp.fetch_offset = next.get(p).copied().unwrap_or(0);
                         fp.last_fetched_epoch = -1;
                         fp.log_start_offset = -1;
                         fp.partition_max_bytes = 1 << 20;
@@ -403,17 +410,19 @@ pub fn consume(args: ConsumeArgs) -> anyhow::Result<i32> {
                 for t in resp.responses {
                     for pd in t.partitions {
                         let p = pd.partition_index;
+                        // Only partitions this command asked for.
+                        let Some(from) = next.get(&p).copied() else {
+                            continue;
+                        };
                         if pd.error_code != 0 {
                             bail!(
-                                "fetching {}-{p} at offset {}: {} (log start {}, end {})",
+                                "fetching {}-{p} at offset {from}: {} (log start {}, end {})",
                                 args.topic,
-                                next[&p],
                                 error_name(pd.error_code),
                                 start_of(p),
                                 end_of(p)
                             );
                         }
-                        let from = next[&p];
                         let d = decode_fetched(pd.records.as_deref().unwrap_or_default(), from)?;
                         if let Some(n) = d.next_offset {
                             next.insert(p, n.max(from));
