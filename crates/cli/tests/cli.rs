@@ -30,6 +30,16 @@ struct Broker {
 
 impl Broker {
     fn start(extra: &[&str]) -> Result<Broker> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let dir = std::env::temp_dir().join(format!("holdfast-cli-{}-{port}", std::process::id()));
+        let addr = format!("127.0.0.1:{port}");
+        let child = Self::spawn(&dir, &addr, extra)?;
+        Ok(Broker { child, addr, dir })
+    }
+
+    fn spawn(dir: &std::path::Path, addr: &str, extra: &[&str]) -> Result<Child> {
         let bin = bin();
         if !bin.exists() {
             bail!(
@@ -37,15 +47,10 @@ impl Broker {
                 bin.display()
             );
         }
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        let dir = std::env::temp_dir().join(format!("holdfast-cli-{}-{port}", std::process::id()));
-        let addr = format!("127.0.0.1:{port}");
         let mut child = Command::new(&bin)
             .args(["serve", "--data-dir"])
-            .arg(&dir)
-            .args(["--listen", &addr])
+            .arg(dir)
+            .args(["--listen", addr])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -58,7 +63,19 @@ impl Broker {
             let _ = child.kill();
             bail!("broker did not start: {line:?}");
         }
-        Ok(Broker { child, addr, dir })
+        Ok(child)
+    }
+
+    /// SIGKILL, `damage` the data directory, start again on the same address.
+    fn kill_and_restart(
+        &mut self,
+        damage: impl FnOnce(&std::path::Path) -> Result<()>,
+    ) -> Result<()> {
+        self.child.kill()?;
+        self.child.wait()?;
+        damage(&self.dir)?;
+        self.child = Self::spawn(&self.dir, &self.addr, &[])?;
+        Ok(())
     }
 
     /// Runs `holdfast <args> --bootstrap <addr>`.
@@ -775,6 +792,152 @@ fn doctor_flags_a_page_cache_broker_default() -> Result<()> {
             "holdfast topic alter-config fast --set holdfast.flush.policy=fsync --bootstrap {}",
             b.addr
         )
+    );
+    Ok(())
+}
+
+/// Sends one Produce of `batch` to partition 0 of `topic` and returns its error code.
+async fn raw_produce(
+    client: &mut holdfast_client::Client,
+    topic: &str,
+    batch: Vec<u8>,
+) -> Result<i16> {
+    use kafka_protocol::messages::produce_request::{PartitionProduceData, TopicProduceData};
+    use kafka_protocol::messages::{ProduceRequest, TopicName};
+    use kafka_protocol::protocol::StrBytes;
+    let mut pd = PartitionProduceData::default();
+    pd.index = 0;
+    pd.records = Some(batch.into());
+    let mut td = TopicProduceData::default();
+    td.name = TopicName(StrBytes::from_string(topic.to_string()));
+    td.partition_data = vec![pd];
+    let mut req = ProduceRequest::default();
+    req.acks = -1;
+    req.timeout_ms = 10_000;
+    req.topic_data = vec![td];
+    let resp = client.send_any(req, 9).await?;
+    Ok(resp.responses[0].partition_responses[0].error_code)
+}
+
+#[test]
+fn ledger_records_corrupt_batches_fenced_producers_and_truncations() -> Result<()> {
+    use holdfast_client::records::{encode_batch, ProducerIdentity, Record};
+    let mut b = Broker::start(&[])?;
+    b.ok(&["topic", "create", "raw"])?;
+    assert_eq!(b.ok(&["cluster", "events"])?, "", "no loss, no events");
+    let recs: Vec<Record> = (0..3)
+        .map(|i| Record {
+            timestamp_ms: 1_700_000_000_000,
+            value: Some(format!("r{i}").into_bytes()),
+            ..Record::default()
+        })
+        .collect();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut c =
+            holdfast_client::Client::connect(&b.addr, "ledger-test", Duration::from_secs(10))
+                .await?;
+        // A bit flipped in a record: the CRC no longer matches.
+        let mut corrupt = encode_batch(&recs, None);
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0x40;
+        assert_eq!(
+            raw_produce(&mut c, "raw", corrupt).await?,
+            2,
+            "CORRUPT_MESSAGE"
+        );
+        // An idempotent producer at epoch 5, then a zombie of it at epoch 4.
+        let id = |epoch| {
+            Some(ProducerIdentity {
+                producer_id: 4242,
+                producer_epoch: epoch,
+                base_sequence: 0,
+            })
+        };
+        assert_eq!(
+            raw_produce(&mut c, "raw", encode_batch(&recs, id(5))).await?,
+            0
+        );
+        assert_eq!(
+            raw_produce(&mut c, "raw", encode_batch(&recs, id(4))).await?,
+            47,
+            "INVALID_PRODUCER_EPOCH"
+        );
+        anyhow::Ok(())
+    })?;
+    let reasons = |b: &Broker| -> Result<Vec<(String, i64)>> {
+        let v = b.json(&["cluster", "events", "--topic", "raw"])?;
+        Ok(v.as_array()
+            .context("array")?
+            .iter()
+            .map(|e| {
+                (
+                    e["reason"].as_str().unwrap_or_default().to_string(),
+                    e["records"].as_i64().unwrap_or(-1),
+                )
+            })
+            .collect())
+    };
+    // Appended from the maintenance tick: poll until both are there.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = reasons(&b)?;
+    while got.len() < 2 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+        got = reasons(&b)?;
+    }
+    assert_eq!(
+        got,
+        vec![
+            ("corrupt_batch".to_string(), 3),
+            ("producer_fenced".to_string(), 3)
+        ]
+    );
+
+    // A torn tail after a crash: recovery cuts it, and says so in the ledger.
+    b.kill_and_restart(|dir| {
+        let seg = dir.join("raw-0").join("00000000000000000000.log");
+        let mut f = std::fs::OpenOptions::new().append(true).open(&seg)?;
+        f.write_all(&[0xAB; 40])?;
+        Ok(())
+    })?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut got = reasons(&b)?;
+    while got.len() < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+        got = reasons(&b)?;
+    }
+    assert_eq!(got.last(), Some(&("truncation".to_string(), 0)), "{got:?}");
+    let text = b.ok(&["cluster", "events"])?;
+    let header: Vec<&str> = text
+        .lines()
+        .next()
+        .context("header")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        [
+            "TIME",
+            "REASON",
+            "TOPIC",
+            "PARTITION",
+            "FROM-OFFSET",
+            "TO-OFFSET",
+            "RECORDS",
+            "GROUP"
+        ]
+    );
+    let truncation: Vec<&str> = text
+        .lines()
+        .last()
+        .context("row")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        &truncation[1..],
+        ["truncation", "raw", "0", "3", "-1", "0", "-"]
     );
     Ok(())
 }
