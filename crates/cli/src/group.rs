@@ -27,7 +27,18 @@ enum GroupCmd {
     /// List consumer groups.
     List,
     /// Offsets, lag and members of a group, in kafka-consumer-groups.sh's layout.
-    Describe { group: String },
+    Describe {
+        group: String,
+        /// Members instead of offsets: `GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS`.
+        #[arg(long, conflicts_with = "state")]
+        members: bool,
+        /// With --members: the group instance id and the assignment too.
+        #[arg(long, requires = "members")]
+        verbose: bool,
+        /// The group's state: `GROUP COORDINATOR (ID) ASSIGNMENT-STRATEGY STATE #MEMBERS`.
+        #[arg(long)]
+        state: bool,
+    },
     /// Lag per partition, with the log start offset and the lag as a fraction of the
     /// records the log retains (1.0 or more: the group's next records are already deleted).
     Lag { group: String },
@@ -79,7 +90,20 @@ pub fn run(args: GroupArgs) -> anyhow::Result<i32> {
         let mut client = args.conn.connect().await?;
         match args.cmd {
             GroupCmd::List => list(&mut client, &args.conn).await,
-            GroupCmd::Describe { group } => describe(&mut client, &args.conn, &group).await,
+            GroupCmd::Describe {
+                group,
+                members,
+                verbose,
+                state,
+            } => {
+                if members {
+                    describe_members(&mut client, &args.conn, &group, verbose).await
+                } else if state {
+                    describe_state(&mut client, &args.conn, &group).await
+                } else {
+                    describe(&mut client, &args.conn, &group).await
+                }
+            }
             GroupCmd::Lag { group } => lag(&mut client, &args.conn, &group).await,
             GroupCmd::ResetOffsets(r) => reset(&mut client, &args.conn, r).await,
             GroupCmd::Delete { groups } => delete(&mut client, &args.conn, groups).await,
@@ -284,6 +308,136 @@ async fn describe(client: &mut Client, conn: &ConnArgs, group: &str) -> anyhow::
         &table,
         // kafka-consumer-groups.sh: "%-{g}s %-{t}s %-10s %-15s %-15s %-15s %-{c}s %-{h}s %s"
         &[15, 15, 10, 15, 15, 15, 15, 15, 0],
+    );
+    Ok(0)
+}
+
+/// `topic(0,1),other(2)`, as kafka-consumer-groups.sh renders an assignment.
+fn render_assignment(tps: &[(String, i32)]) -> String {
+    let mut by_topic: BTreeMap<&str, Vec<i32>> = BTreeMap::new();
+    for (t, p) in tps {
+        by_topic.entry(t).or_default().push(*p);
+    }
+    by_topic
+        .into_iter()
+        .map(|(t, mut ps)| {
+            ps.sort_unstable();
+            format!(
+                "{t}({})",
+                ps.iter()
+                    .map(|p| p.to_string())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+async fn describe_members(
+    client: &mut Client,
+    conn: &ConnArgs,
+    group: &str,
+    verbose: bool,
+) -> anyhow::Result<i32> {
+    let coord = client.group_coordinator(group).await?;
+    let info = ops::describe_group(client, coord, group).await?;
+    if conn.json() {
+        print_json(&json!(info
+            .members
+            .iter()
+            .map(|m| json!({
+                "group": group,
+                "consumer_id": m.member_id,
+                "group_instance_id": m.instance_id,
+                "host": format!("/{}", m.host.trim_start_matches('/')),
+                "client_id": m.client_id,
+                "partitions": m.assignment.len(),
+                "assignment": m.assignment.iter().map(|(t, p)| json!({"topic": t, "partition": p})).collect::<Vec<_>>(),
+            }))
+            .collect::<Vec<_>>()))?;
+        return Ok(0);
+    }
+    if info.members.is_empty() {
+        eprintln!("\nConsumer group '{group}' has no active members.\n");
+        return Ok(0);
+    }
+    let rows: Vec<Vec<String>> = info
+        .members
+        .iter()
+        .map(|m| {
+            let mut r = vec![group.to_string(), m.member_id.clone()];
+            if verbose {
+                r.push(m.instance_id.clone().unwrap_or_else(|| "-".into()));
+            }
+            r.push(format!("/{}", m.host.trim_start_matches('/')));
+            r.push(m.client_id.clone());
+            r.push(m.assignment.len().to_string());
+            if verbose {
+                r.push(if m.assignment.is_empty() {
+                    "-".into()
+                } else {
+                    render_assignment(&m.assignment)
+                });
+            }
+            r
+        })
+        .collect();
+    let header: Vec<&str> = if verbose {
+        vec![
+            "GROUP",
+            "CONSUMER-ID",
+            "GROUP-INSTANCE-ID",
+            "HOST",
+            "CLIENT-ID",
+            "#PARTITIONS",
+            "ASSIGNMENT",
+        ]
+    } else {
+        vec!["GROUP", "CONSUMER-ID", "HOST", "CLIENT-ID", "#PARTITIONS"]
+    };
+    print_table(&header, &rows, &[15]);
+    Ok(0)
+}
+
+async fn describe_state(client: &mut Client, conn: &ConnArgs, group: &str) -> anyhow::Result<i32> {
+    let coord = client.group_coordinator(group).await?;
+    let info = ops::describe_group(client, coord, group).await?;
+    let addr = client
+        .brokers()
+        .find(|b| b.node_id == coord)
+        .map(|b| b.addr())
+        .unwrap_or_else(|| "-".into());
+    if conn.json() {
+        print_json(&json!({
+            "group": group,
+            "coordinator": {"id": coord, "address": addr},
+            "assignment_strategy": info.protocol,
+            "state": info.state,
+            "members": info.members.len(),
+        }))?;
+        return Ok(0);
+    }
+    print_table(
+        &[
+            "GROUP",
+            "COORDINATOR (ID)",
+            "ASSIGNMENT-STRATEGY",
+            "STATE",
+            "#MEMBERS",
+        ],
+        &[vec![
+            group.to_string(),
+            format!("{addr}  ({coord})"),
+            if info.protocol.is_empty() {
+                "-".into()
+            } else {
+                info.protocol.clone()
+            },
+            info.state.clone(),
+            info.members.len().to_string(),
+        ]],
+        &[15],
     );
     Ok(0)
 }

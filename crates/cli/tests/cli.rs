@@ -487,6 +487,43 @@ fn group_commands_match_the_committed_state() -> Result<()> {
     assert_eq!(dj["state"], "Stable");
     assert_eq!(dj["members"][0]["client_id"], "worker-1");
     assert_eq!(dj["offsets"][0]["lag"], 2);
+    let members = b.ok(&["group", "describe", "workers", "--members", "--verbose"])?;
+    let m: Vec<&str> = members
+        .lines()
+        .nth(1)
+        .context("a member")?
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        members
+            .lines()
+            .next()
+            .map(|h| h.split_whitespace().collect::<Vec<_>>()),
+        Some(vec![
+            "GROUP",
+            "CONSUMER-ID",
+            "GROUP-INSTANCE-ID",
+            "HOST",
+            "CLIENT-ID",
+            "#PARTITIONS",
+            "ASSIGNMENT"
+        ])
+    );
+    assert_eq!(
+        (m[0], m[2], m[4], m[5], m[6]),
+        ("workers", "-", "worker-1", "2", "jobs(0,1)")
+    );
+    let state = b.ok(&["group", "describe", "workers", "--state"])?;
+    let row = state.lines().nth(1).context("state row")?;
+    assert!(row.starts_with("workers         "), "{row}");
+    assert!(row.contains(&format!("{}  (1)", b.addr)), "{row}");
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[cols.len() - 3..], ["range", "Stable", "1"], "{row}");
+    let sj = b.json(&["group", "describe", "workers", "--state"])?;
+    assert_eq!(
+        (sj["state"].as_str(), sj["members"].as_i64()),
+        (Some("Stable"), Some(1))
+    );
     let lag = b.json(&["group", "lag", "workers"])?;
     assert_eq!(lag["total_lag"], 2);
     assert_eq!(lag["partitions"][0]["lag_retention_ratio"], 0.4);
