@@ -7,6 +7,10 @@
 //! produce, log recovery); events queue in memory (bounded) and [`flush`] appends them from
 //! the maintenance tick (every 200 ms), waiting for the fsync under the topic's default
 //! policy. The value layout is in docs/format.md.
+//!
+//! The queue and the counters are process-wide (one broker per process, as `holdfast
+//! serve` runs it): in a process hosting several brokers, whichever ticks first stores
+//! every broker's events.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
