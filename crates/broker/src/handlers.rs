@@ -312,7 +312,8 @@ impl Broker {
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.meta.name));
         mt.topic_id = t.meta.id;
-        mt.is_internal = t.meta.name == crate::groups::OFFSETS_TOPIC;
+        mt.is_internal =
+            t.meta.name == crate::groups::OFFSETS_TOPIC || t.meta.name == crate::txn::TXN_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -1141,7 +1142,17 @@ pub(crate) fn append_records(
         // Bounded by the request size; a malformed frame is left to the log's validation.
         for (h, _) in holdfast_log::batch::frames(&buf).flatten() {
             if h.is_transactional() {
-                verify(&h).map_err(|code| (code, None))?;
+                if let Err(code) = verify(&h) {
+                    // A fenced transactional producer's batch is lost to it: ledger.
+                    crate::ledger::produce_refused(
+                        &p.topic,
+                        p.index,
+                        code,
+                        &buf,
+                        "transactional batch refused by verification",
+                    );
+                    return Err((code, None));
+                }
             }
         }
     }

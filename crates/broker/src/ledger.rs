@@ -317,7 +317,7 @@ pub fn flush(broker: &Broker) {
         &records,
         holdfast_log::batch::build::BatchOptions::default(),
     );
-    match crate::handlers::append_records(&part, Some(batch.into()), now_ms()) {
+    match crate::handlers::append_records(&part, Some(batch.into()), now_ms(), |_| Ok(())) {
         Ok(a) => {
             // Under the default policy the append is acknowledged once fsynced; a broker
             // whose default opts out of fsync gets what it asked for.

@@ -113,11 +113,7 @@ impl TxnService {
     }
 
     /// While loading `__consumer_offsets`: a marker. Returns the records to apply (COMMIT).
-    pub(crate) fn loaded_marker(
-        &self,
-        producer_id: i64,
-        kind: MarkerKind,
-    ) -> Vec<KeyValue> {
+    pub(crate) fn loaded_marker(&self, producer_id: i64, kind: MarkerKind) -> Vec<KeyValue> {
         let recs = lock(&self.loading).remove(&producer_id).unwrap_or_default();
         match kind {
             MarkerKind::Commit => recs,
