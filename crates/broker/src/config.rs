@@ -68,6 +68,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "preallocate",
     "retention.bytes",
     "retention.ms",
+    "retention.protect.groups",
+    "retention.protect.max.bytes",
     "segment.bytes",
     "segment.index.bytes",
     "segment.jitter.ms",
@@ -146,6 +148,11 @@ pub fn build_log_config(
             }
             "retention.bytes" => c.retention_bytes = parse_i64(k, v, -1)?,
             "retention.ms" => c.retention_ms = parse_i64(k, v, -1)?,
+            // Protected retention (crate::protect): applied by the broker's retention tick.
+            "retention.protect.groups" => {}
+            "retention.protect.max.bytes" => {
+                parse_i64(k, v, 0)?;
+            }
             "segment.bytes" => c.segment_bytes = parse_i64(k, v, 14)? as u64,
             "segment.ms" => c.segment_ms = parse_i64(k, v, 1)?,
             _ => return Err(ConfigError::UnknownKey(key.clone())),
@@ -217,6 +224,8 @@ pub fn render_topic_config(c: &LogConfig, key: &str) -> Option<String> {
         "preallocate" | "unclean.leader.election.enable" => "false".into(),
         "retention.bytes" => c.retention_bytes.to_string(),
         "retention.ms" => c.retention_ms.to_string(),
+        "retention.protect.groups" => String::new(),
+        "retention.protect.max.bytes" => crate::protect::DEFAULT_CAP_BYTES.to_string(),
         "segment.bytes" => c.segment_bytes.to_string(),
         "segment.index.bytes" => "10485760".into(),
         "segment.jitter.ms" => "0".into(),
@@ -252,6 +261,8 @@ pub fn describe_topic_configs(
                             | "segment.jitter.ms"
                             | "file.delete.delay.ms"
                             | "compression.type"
+                            | "retention.protect.groups"
+                            | "retention.protect.max.bytes"
                     ) =>
                 {
                     v.clone()

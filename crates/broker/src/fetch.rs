@@ -399,6 +399,7 @@ impl Broker {
                             pd.last_stable_offset = r.last_stable_offset;
                             pd.log_start_offset = r.log_start_offset;
                             total += r.records.len();
+                            crate::metrics::bytes_out(&p.topic, r.records.len());
                             pd.records = Some(r.records);
                             if isolation == 1 {
                                 pd.aborted_transactions = Some(
@@ -415,6 +416,14 @@ impl Broker {
                             }
                         }
                         Err((code, hw, start)) => {
+                            if code == ec::OFFSET_OUT_OF_RANGE && t.fetch_offset < start {
+                                crate::ledger::fetch_below_log_start(
+                                    &p.topic,
+                                    p.index,
+                                    t.fetch_offset,
+                                    start,
+                                );
+                            }
                             pd.error_code = code;
                             pd.high_watermark = hw;
                             pd.last_stable_offset = hw;

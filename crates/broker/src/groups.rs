@@ -207,6 +207,23 @@ impl GroupService {
     }
 }
 
+impl GroupService {
+    /// Every committed offset, as (group, topic, partition, offset): for metrics and the
+    /// loss ledger.
+    pub(crate) fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        for (group, _, _) in g.coord.list_groups(&[]) {
+            for (t, p, v) in g.coord.fetch_offsets(&group, None) {
+                if let Some(v) = v {
+                    out.push((group.clone(), t, p, v.offset));
+                }
+            }
+        }
+        out
+    }
+}
+
 impl Broker {
     pub(crate) fn groups(&self) -> &GroupService {
         &self.groups

@@ -314,7 +314,8 @@ impl Broker {
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.meta.name));
         mt.topic_id = t.meta.id;
-        mt.is_internal = t.meta.name == crate::groups::OFFSETS_TOPIC;
+        mt.is_internal =
+            t.meta.name == crate::groups::OFFSETS_TOPIC || t.meta.name == crate::txn::TXN_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -1175,12 +1176,23 @@ pub(crate) fn append_records(
         return Err((ec::CORRUPT_MESSAGE, Some("null record set".into())));
     };
     let mut buf = records.to_vec();
+    let batch_bytes = buf.len();
     let mut st = p.lock();
     if holdfast_log::batch::BatchHeader::parse(&buf).is_some_and(|h| h.is_transactional()) {
         // Bounded by the request size; a malformed frame is left to the log's validation.
         for (h, _) in holdfast_log::batch::frames(&buf).flatten() {
             if h.is_transactional() {
-                verify(&h).map_err(|code| (code, None))?;
+                if let Err(code) = verify(&h) {
+                    // A fenced transactional producer's batch is lost to it: ledger.
+                    crate::ledger::produce_refused(
+                        &p.topic,
+                        p.index,
+                        code,
+                        &buf,
+                        "transactional batch refused by verification",
+                    );
+                    return Err((code, None));
+                }
             }
         }
     }
@@ -1193,14 +1205,24 @@ pub(crate) fn append_records(
     p.refresh(log);
     drop(st);
     match r {
-        Ok(o) => Ok(Appended {
-            first_offset: o.first_offset,
-            durable_end: o.durable_end,
-            log_append_time_ms: o.log_append_time_ms,
-            log_start_offset: p.log_start_offset(),
+        Ok(o) => Ok({
+            crate::metrics::bytes_in(&p.topic, batch_bytes);
+            Appended {
+                first_offset: o.first_offset,
+                durable_end: o.durable_end,
+                log_append_time_ms: o.log_append_time_ms,
+                log_start_offset: p.log_start_offset(),
+            }
         }),
         Err(e) => {
             tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "append refused");
+            crate::ledger::produce_refused(
+                &p.topic,
+                p.index,
+                e.kafka_error_code(),
+                &buf,
+                &e.to_string(),
+            );
             Err((e.kafka_error_code(), Some(e.to_string())))
         }
     }

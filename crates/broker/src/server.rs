@@ -183,7 +183,9 @@ async fn connection(
             }) => {
                 let version = header.request_api_version;
                 let cid = header.correlation_id;
+                let started = std::time::Instant::now();
                 let encode = move |r: Option<kafka_protocol::messages::ResponseKind>| -> Result<Option<BytesMut>, ()> {
+                    crate::metrics::request_done(api_key as i16, started.elapsed());
                     match r {
                         None => {
                             tracing::error!(%peer, ?api_key, "request failed internally: closing connection");
@@ -222,6 +224,7 @@ async fn connection(
                     Reply::Quiet(fut) => {
                         tokio::spawn(async move {
                             fut.await;
+                            crate::metrics::request_done(api_key as i16, started.elapsed());
                             let _ = otx.send(Ok(None));
                         });
                     }

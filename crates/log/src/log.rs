@@ -1131,6 +1131,33 @@ impl Log {
         })
     }
 
+    /// [`Log::enforce_retention`] with protected retention: a segment holding any offset at
+    /// or after `protect_from` (the lowest committed offset of the protected consumer groups)
+    /// is kept, whatever its age or the size limit, while the partition holds at most
+    /// `cap_bytes`; beyond the cap, deletion proceeds as without protection.
+    pub fn enforce_retention_protecting(
+        &mut self,
+        now_ms: i64,
+        protect_from: i64,
+        cap_bytes: u64,
+    ) -> Result<RetentionReport> {
+        if !self.config.cleanup_policy.delete {
+            return self.enforce_retention(now_ms);
+        }
+        let retention_ms = self.config.retention_ms;
+        let retention_bytes = self.config.retention_bytes;
+        self.delete_segments_while(|s, start, total| {
+            let below_start = s.next_offset() <= start;
+            let expired = retention_ms >= 0
+                && s.index.max_timestamp >= 0
+                && now_ms.saturating_sub(s.index.max_timestamp) > retention_ms;
+            let too_big =
+                retention_bytes >= 0 && total.saturating_sub(s.size) >= retention_bytes as u64;
+            let protected = s.next_offset() > protect_from && total <= cap_bytes;
+            below_start || ((expired || too_big) && !protected)
+        })
+    }
+
     /// Removes every batch at or after the batch containing `offset` (a follower reconciling
     /// with a new leader, or an operator cutting a corrupt tail). The log end offset becomes
     /// the start of that batch.
