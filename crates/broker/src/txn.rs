@@ -654,11 +654,13 @@ impl Broker {
         let id2 = id.clone();
         let decided = blocking(move || {
             b.txns().coord().end_txn(
-                &id2,
-                r.producer_id.0,
-                r.producer_epoch,
-                r.committed,
-                bump,
+                holdfast_txn::EndTxn {
+                    transactional_id: &id2,
+                    producer_id: r.producer_id.0,
+                    producer_epoch: r.producer_epoch,
+                    commit: r.committed,
+                    bump,
+                },
                 now_ms(),
                 || b.allocate_producer_id(),
             )

@@ -130,6 +130,17 @@ pub enum InitOutcome {
     AbortFirst(Transition),
 }
 
+/// An EndTxn request.
+#[derive(Debug, Clone, Copy)]
+pub struct EndTxn<'a> {
+    pub transactional_id: &'a str,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub commit: bool,
+    /// Transactions version 2 (EndTxn v5+): end with the producer epoch bumped.
+    pub bump: bool,
+}
+
 /// What EndTxn leads to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndOutcome {
@@ -356,14 +367,17 @@ impl Coordinator {
     /// transaction; `allocate` gives a new producer id when the epochs are exhausted.
     pub fn end_txn<E>(
         &mut self,
-        transactional_id: &str,
-        pid: i64,
-        epoch: i16,
-        commit: bool,
-        bump: bool,
+        req: EndTxn<'_>,
         now_ms: i64,
         allocate: impl FnOnce() -> Result<i64, E>,
     ) -> Result<Result<EndOutcome, i16>, E> {
+        let EndTxn {
+            transactional_id,
+            producer_id: pid,
+            producer_epoch: epoch,
+            commit,
+            bump,
+        } = req;
         if bump {
             // A retry of an EndTxn v5 that already bumped the epoch.
             if let Some(m) = self.txns.get(transactional_id) {

@@ -46,7 +46,17 @@ fn commit_cycle_and_retry() {
         Err(codes::INVALID_TXN_STATE)
     );
     let EndOutcome::Prepare(t) = c
-        .end_txn::<()>("a", pid, epoch, true, false, 20, || Ok(99))
+        .end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: true,
+                bump: false,
+            },
+            20,
+            || Ok(99),
+        )
         .expect("alloc")
         .expect("end")
     else {
@@ -55,13 +65,33 @@ fn commit_cycle_and_retry() {
     c.complete(&t, true);
     assert_eq!(c.prepared().len(), 1);
     assert_eq!(
-        c.end_txn::<()>("a", pid, epoch, true, false, 21, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: true,
+                bump: false
+            },
+            21,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Err(codes::CONCURRENT_TRANSACTIONS)
     );
     assert_eq!(
-        c.end_txn::<()>("a", pid, epoch, false, false, 21, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: false,
+                bump: false
+            },
+            21,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Err(codes::INVALID_TXN_STATE)
     );
     let done = c.markers_written("a", 30).expect("complete");
@@ -70,13 +100,33 @@ fn commit_cycle_and_retry() {
     assert_eq!(m.state, TxnState::CompleteCommit);
     assert!(m.partitions.is_empty());
     assert_eq!(
-        c.end_txn::<()>("a", pid, epoch, true, false, 40, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: true,
+                bump: false
+            },
+            40,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Ok(EndOutcome::AlreadyDone)
     );
     assert_eq!(
-        c.end_txn::<()>("a", pid, epoch, false, false, 40, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: epoch,
+                commit: false,
+                bump: false
+            },
+            40,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Err(codes::INVALID_TXN_STATE)
     );
     // After completion, data for the old transaction is refused.
@@ -98,8 +148,18 @@ fn a_second_instance_fences_the_first() {
         Err(codes::PRODUCER_FENCED)
     );
     assert_eq!(
-        c.end_txn::<()>("a", pid, e0, true, false, 2, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: e0,
+                commit: true,
+                bump: false
+            },
+            2,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Err(codes::PRODUCER_FENCED)
     );
     assert_eq!(
@@ -156,8 +216,18 @@ fn open_transactions_time_out_with_an_epoch_bump() {
     assert_eq!(t.target.state, TxnState::PrepareAbort);
     c.complete(&t, true);
     assert_eq!(
-        c.end_txn::<()>("a", pid, e0, true, false, 61_002, || Ok(99))
-            .expect("alloc"),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: e0,
+                commit: true,
+                bump: false
+            },
+            61_002,
+            || Ok(99)
+        )
+        .expect("alloc"),
         Err(codes::PRODUCER_FENCED)
     );
     // KIP-360: the fenced producer may re-initialise with its old epoch.
@@ -226,7 +296,17 @@ fn version_2_bumps_the_epoch_so_a_delayed_end_txn_cannot_touch_the_next_transact
         .expect("write");
     c.complete(&t, true);
     let out = c
-        .end_txn::<()>("a", pid, e0, true, true, 2, || Ok(99))
+        .end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: e0,
+                commit: true,
+                bump: true,
+            },
+            2,
+            || Ok(99),
+        )
         .expect("alloc")
         .expect("end");
     let EndOutcome::Prepare(t) = out else {
@@ -243,7 +323,17 @@ fn version_2_bumps_the_epoch_so_a_delayed_end_txn_cannot_touch_the_next_transact
     c.complete(&done, true);
     // A retry of the same EndTxn is answered with success.
     assert_eq!(
-        c.end_txn::<()>("a", pid, e0, true, true, 4, || Ok(99)),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: e0,
+                commit: true,
+                bump: true
+            },
+            4,
+            || Ok(99)
+        ),
         Ok(Ok(EndOutcome::AlreadyDone))
     );
     // The next transaction runs with the new epoch.
@@ -255,7 +345,17 @@ fn version_2_bumps_the_epoch_so_a_delayed_end_txn_cannot_touch_the_next_transact
     c.complete(&t, true);
     // The delayed EndTxn of the first transaction arrives now: it cannot end this one.
     assert_eq!(
-        c.end_txn::<()>("a", pid, e0, true, true, 6, || Ok(99)),
+        c.end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: e0,
+                commit: true,
+                bump: true
+            },
+            6,
+            || Ok(99)
+        ),
         Ok(Err(codes::PRODUCER_FENCED))
     );
     assert_eq!(c.get("a").map(|m| m.state), Some(TxnState::Ongoing));
@@ -280,7 +380,17 @@ fn version_2_switches_to_a_new_producer_id_when_epochs_run_out() {
         .expect("write");
     c.complete(&t, true);
     let out = c
-        .end_txn::<()>("a", pid, i16::MAX - 1, true, true, 2, || Ok(555))
+        .end_txn::<()>(
+            EndTxn {
+                transactional_id: "a",
+                producer_id: pid,
+                producer_epoch: i16::MAX - 1,
+                commit: true,
+                bump: true,
+            },
+            2,
+            || Ok(555),
+        )
         .expect("alloc")
         .expect("end");
     let EndOutcome::Prepare(t) = out else {
