@@ -140,3 +140,32 @@ def test_delayed_end_txn_negative_control_transactions_version_1():
     finally:
         b.kill()
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_kafka_transactions_describe_producers_and_find_hanging(broker):
+    from test_transactions import create_topic, txn_producer
+    topic = unique_topic("producers")
+    create_topic(broker.bootstrap, topic)
+    p = txn_producer(broker.bootstrap, "tx-" + topic)
+    p.begin_transaction()
+    p.produce(topic, value=b"open")
+    p.flush(10)
+    d = java(TRANSACTIONS_TOOL, ["--bootstrap-server", broker.bootstrap, "describe-producers",
+                                 "--topic", topic, "--partition", "0"])
+    assert d.returncode == 0, fail_text(d)
+    rows = [l.split() for l in d.stdout.splitlines()[1:] if l.strip()]
+    assert len(rows) == 1, d.stdout
+    header = d.stdout.splitlines()[0].split()
+    row = dict(zip(header, rows[0]))
+    assert row["CurrentTransactionStartOffset"] == "0", d.stdout
+    # An open transaction the coordinator knows is not hanging.
+    h = java(TRANSACTIONS_TOOL, ["--bootstrap-server", broker.bootstrap, "find-hanging",
+                                 "--broker-id", "1"])
+    assert h.returncode == 0, fail_text(h)
+    assert topic not in h.stdout, h.stdout
+    p.commit_transaction(30)
+    d = java(TRANSACTIONS_TOOL, ["--bootstrap-server", broker.bootstrap, "describe-producers",
+                                 "--topic", topic, "--partition", "0"])
+    header = d.stdout.splitlines()[0].split()
+    row = dict(zip(header, d.stdout.splitlines()[1].split()))
+    assert row["CurrentTransactionStartOffset"] == "None", d.stdout

@@ -8,16 +8,19 @@ import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from conftest import Broker, unique_topic, wait_until
+from conftest import Broker, free_port, unique_topic, wait_until
 
 
 @pytest.fixture(scope="module")
 def broker(data_dir):
+    metrics_port = free_port()
     b = Broker(data_dir, [
+        "--metrics-listen", "127.0.0.1:%d" % metrics_port,
         "--set", "num.partitions=1",
         # Timed-out transactions are found quickly in tests.
         "--set", "transaction.abort.timed.out.transaction.cleanup.interval.ms=200",
     ]).start()
+    b.metrics_url = "http://127.0.0.1:%d/metrics" % metrics_port
     yield b
     rc = b.stop()
     if rc != 0:
@@ -112,6 +115,10 @@ def test_open_transaction_holds_back_read_committed(broker):
     lo, hi = c.get_watermark_offsets(TopicPartition(topic, 0), timeout=10)
     assert (lo, hi) == (0, 0), "ListOffsets(read_committed) answers the last stable offset"
     c.close()
+    from test_ops_metrics import scrape, value
+    _, samples, _ = scrape(broker)
+    assert value(samples, "holdfast_transactions", state="Ongoing") >= 1
+    assert value(samples, "holdfast_txn_lso_stuck_total") == 0
     p.commit_transaction(30)
     assert [v for _, _, v in read_all(broker.bootstrap, topic, "read_committed")] == [b"in-txn", b"after"]
 

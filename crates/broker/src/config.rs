@@ -426,6 +426,9 @@ impl BrokerConfig {
             "holdfast.transaction.version" => {
                 self.transaction_version = parse_i64(key, value, 1)?.min(2) as i16
             }
+            "transactional.id.expiration.ms" => {
+                self.txns.id_expiration_ms = parse_i64(key, value, 1)?
+            }
             "transaction.state.log.num.partitions" => {
                 self.txn_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
             }

@@ -540,6 +540,29 @@ pub fn render(broker: &Broker) -> String {
         let (_, r) = ledger.get(reason).copied().unwrap_or_default();
         o.sample("holdfast_loss_records_total", &[("reason", reason)], r);
     }
+
+    // Transactions.
+    o.head(
+        "holdfast_transactions",
+        "gauge",
+        "Transactional ids known to the coordinator, by state.",
+    );
+    for (state, n) in broker.txns().count_by_state() {
+        o.sample("holdfast_transactions", &[("state", state)], n);
+    }
+    o.head(
+        "holdfast_txn_lso_stuck_total",
+        "counter",
+        "Times a partition's last stable offset was found held by a transaction past its timeout or unknown to the coordinator (a hanging transaction).",
+    );
+    o.sample(
+        "holdfast_txn_lso_stuck_total",
+        &[],
+        broker
+            .txns()
+            .lso_stuck_total
+            .load(std::sync::atomic::Ordering::Relaxed),
+    );
     o.0
 }
 

@@ -150,6 +150,29 @@ impl TxnService {
         }
     }
 
+    /// Transactional ids per state (metrics), in a fixed order.
+    pub(crate) fn count_by_state(&self) -> Vec<(&'static str, u64)> {
+        let states = [
+            TxnState::Empty,
+            TxnState::Ongoing,
+            TxnState::PrepareCommit,
+            TxnState::PrepareAbort,
+            TxnState::CompleteCommit,
+            TxnState::CompleteAbort,
+        ];
+        let c = self.coord();
+        states
+            .iter()
+            .map(|s| {
+                let n = c
+                    .all()
+                    .filter(|m| m.producer_id >= 0 && m.state == *s)
+                    .count();
+                (s.name(), n as u64)
+            })
+            .collect()
+    }
+
     /// Whether a group has transactional offsets waiting for a marker (OffsetFetch with
     /// `require_stable` answers UNSTABLE_OFFSET_COMMIT for those partitions).
     pub(crate) fn has_pending_offsets(&self, group: &str, topic: &str, partition: i32) -> bool {
@@ -325,6 +348,29 @@ impl Broker {
         result
     }
 
+    /// Writes a tombstone for an expired transactional id.
+    async fn persist_tombstone(self: &Arc<Self>, id: &str) -> Result<(), i16> {
+        let index = group_records::partition_for(id, self.txns().partitions);
+        let p = self
+            .partition(TXN_TOPIC, index)
+            .ok_or(ec::COORDINATOR_NOT_AVAILABLE)?;
+        let key = holdfast_txn::records::key(id);
+        let data = batch(
+            &[Record {
+                key: Some(&key),
+                value: None,
+                timestamp_ms: now_ms(),
+            }],
+            BatchOptions {
+                producer_id: -1,
+                producer_epoch: -1,
+                base_sequence: -1,
+                ..BatchOptions::default()
+            },
+        );
+        self.append_internal(&p, data).await
+    }
+
     /// Writes the markers of a prepared transaction, applies or drops its pending offsets,
     /// and persists its completion. At most one task per transactional id.
     async fn finish_txn(self: Arc<Self>, transactional_id: String) {
@@ -439,6 +485,14 @@ impl Broker {
                 tracing::warn!(transactional_id = %t.transactional_id(), producer_id = t.target.producer_id, "transaction timed out: aborting");
                 if self.persist(&t).await.is_ok() {
                     tokio::spawn(Arc::clone(&self).finish_txn(t.transactional_id().to_string()));
+                }
+            }
+            let idle = self.txns().coord().expired_ids(now);
+            for id in idle {
+                let ok = self.persist_tombstone(&id).await.is_ok();
+                self.txns().coord().forget(&id, ok);
+                if ok {
+                    tracing::info!(transactional_id = %id, "transactional id expired");
                 }
             }
             let prepared = self.txns().coord().prepared();

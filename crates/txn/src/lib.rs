@@ -154,12 +154,16 @@ pub enum EndOutcome {
 pub struct Config {
     /// `transaction.max.timeout.ms` (Kafka: 900000).
     pub max_timeout_ms: i32,
+    /// `transactional.id.expiration.ms` (Kafka: 7 days): an id with no transaction open
+    /// and no activity for this long is forgotten (its state is tombstoned).
+    pub id_expiration_ms: i64,
 }
 
 impl Default for Config {
     fn default() -> Self {
         Config {
             max_timeout_ms: 900_000,
+            id_expiration_ms: 7 * 24 * 3600 * 1000,
         }
     }
 }
@@ -519,6 +523,46 @@ impl Coordinator {
             }
         }
         out
+    }
+
+    /// Transactional ids idle past `transactional.id.expiration.ms` with nothing open: the
+    /// caller persists a tombstone for each and then calls [`Coordinator::forget`]. They are
+    /// marked pending meanwhile, so no request can revive them half-way.
+    pub fn expired_ids(&mut self, now_ms: i64) -> Vec<String> {
+        let limit = self.cfg.id_expiration_ms;
+        let ids: Vec<String> = self
+            .txns
+            .values()
+            .filter(|m| {
+                m.pending.is_none()
+                    && matches!(
+                        m.state,
+                        TxnState::Empty | TxnState::CompleteCommit | TxnState::CompleteAbort
+                    )
+                    && now_ms.saturating_sub(m.last_update_ms) > limit
+            })
+            .map(|m| m.transactional_id.clone())
+            .collect();
+        for id in &ids {
+            if let Some(m) = self.txns.get_mut(id) {
+                m.pending = Some(TxnState::Dead);
+            }
+        }
+        ids
+    }
+
+    /// Forgets an expired transactional id once its tombstone is durable (`persisted`), or
+    /// keeps it (the write failed).
+    pub fn forget(&mut self, transactional_id: &str, persisted: bool) {
+        if !persisted {
+            if let Some(m) = self.txns.get_mut(transactional_id) {
+                m.pending = None;
+            }
+            return;
+        }
+        if let Some(m) = self.txns.remove(transactional_id) {
+            self.by_producer.remove(&m.producer_id);
+        }
     }
 
     /// The earliest moment a transaction can time out, for the timer.

@@ -404,3 +404,29 @@ fn version_2_switches_to_a_new_producer_id_when_epochs_run_out() {
     assert_eq!((m.producer_id, m.producer_epoch), (555, 0));
     assert_eq!(c.transactional_id_of(555), Some("a"));
 }
+
+#[test]
+fn idle_transactional_ids_expire() {
+    let mut c = Coordinator::new(Config {
+        id_expiration_ms: 1000,
+        ..Config::default()
+    });
+    let (pid, _) = init(&mut c, "idle", 0);
+    let (busy_pid, busy_epoch) = init(&mut c, "busy", 0);
+    let t = c
+        .add_partitions("busy", busy_pid, busy_epoch, &[tp("t", 0)], 10)
+        .expect("add")
+        .expect("write");
+    c.complete(&t, true);
+    assert!(c.expired_ids(1000).is_empty());
+    // An open transaction never expires this way (it times out instead).
+    let ids = c.expired_ids(5000);
+    assert_eq!(ids, vec!["idle".to_string()]);
+    assert_eq!(
+        c.init_producer_id::<()>("idle", 1000, None, 5001, || Ok(1)),
+        Ok(Err(codes::CONCURRENT_TRANSACTIONS))
+    );
+    c.forget("idle", true);
+    assert!(c.get("idle").is_none());
+    assert_eq!(c.transactional_id_of(pid), None);
+}
