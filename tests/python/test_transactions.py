@@ -233,3 +233,46 @@ def test_transactions_survive_broker_sigkill(data_dir):
         b.kill()
         import shutil
         shutil.rmtree(d, ignore_errors=True)
+
+
+def test_prepared_transaction_is_completed_after_a_crash(tmp_path):
+    """The broker dies right after PrepareCommit is durable and before any marker (test
+    hook); after a restart the coordinator writes the markers and completes the commit, and
+    the producer's retried EndTxn succeeds."""
+    import os
+    import threading
+    d = str(tmp_path / "data")
+    os.environ["HOLDFAST_TEST_CRASH_AFTER_PREPARE"] = "1"
+    try:
+        b = Broker(d, ["--set", "num.partitions=1"]).start()
+    finally:
+        del os.environ["HOLDFAST_TEST_CRASH_AFTER_PREPARE"]
+    port = b.port
+    topic = unique_topic("prepared")
+    try:
+        create_topic(b.bootstrap, topic)
+        p = txn_producer(b.bootstrap, "tx-" + topic)
+        p.begin_transaction()
+        for i in range(3):
+            p.produce(topic, value=b"v%d" % i)
+        p.flush(10)
+        result = {}
+
+        def commit():
+            try:
+                p.commit_transaction(60)
+                result["ok"] = True
+            except KafkaException as e:
+                result["err"] = e
+
+        t = threading.Thread(target=commit)
+        t.start()
+        assert b.proc.wait(30) != 0, "the test hook should have aborted the broker"
+        b = Broker(d, ["--set", "num.partitions=1"])
+        b.port = port
+        b.start()
+        t.join(90)
+        assert result.get("ok"), result
+        assert [v for _, _, v in read_all(b.bootstrap, topic, "read_committed")] == [b"v0", b"v1", b"v2"]
+    finally:
+        b.kill()

@@ -29,6 +29,20 @@ use crate::state::{now_ms, Broker, Partition};
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
+/// Test hook (`HOLDFAST_TEST_CRASH_AFTER_PREPARE=1`): the process aborts right after a
+/// PrepareCommit/PrepareAbort is durable and before any marker is written, so a test can
+/// prove that recovery finishes the transaction. Read once; off unless exactly `1`.
+fn crash_after_prepare() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_TEST_CRASH_AFTER_PREPARE").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!("HOLDFAST_TEST_CRASH_AFTER_PREPARE=1: the broker aborts after the first prepared transaction (test hook)");
+        }
+        on
+    })
+}
+
 const OPERATION_NOT_ATTEMPTED: i16 = 55;
 pub(crate) const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 /// How long a coordinator write may wait for durability before the request fails.
@@ -554,6 +568,7 @@ impl Broker {
     }
 
     pub fn spawn_txn_tasks(self: &Arc<Self>, stop: watch::Receiver<bool>) {
+        crash_after_prepare();
         tokio::spawn(Arc::clone(self).txn_timer_loop(stop));
     }
 
@@ -733,6 +748,10 @@ impl Broker {
             Some(Ok(Ok(EndOutcome::AlreadyDone))) => ec::NONE,
             Some(Ok(Ok(EndOutcome::Prepare(t)))) => match self.persist(&t).await {
                 Ok(()) => {
+                    if crash_after_prepare() {
+                        tracing::error!(transactional_id = %id, "test hook: aborting the process after PrepareCommit/PrepareAbort");
+                        std::process::abort();
+                    }
                     tokio::spawn(Arc::clone(&self).finish_txn(id.clone()));
                     ec::NONE
                 }
