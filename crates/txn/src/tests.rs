@@ -430,3 +430,32 @@ fn idle_transactional_ids_expire() {
     assert!(c.get("idle").is_none());
     assert_eq!(c.transactional_id_of(pid), None);
 }
+
+#[test]
+fn mutated_records_never_panic() {
+    // Deterministic mutations of a valid record (the fuzz target decode_txn_state explores
+    // further on nightly).
+    let mut c = coord();
+    let (pid, e) = init(&mut c, "m", 0);
+    let t = c
+        .add_partitions("m", pid, e, &[tp("a", 0), tp("b", 7)], 1)
+        .expect("add")
+        .expect("write");
+    let value = records::value(&t.target);
+    let key = records::key("m");
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for _ in 0..20_000 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut v = value.clone();
+        let i = (seed as usize) % v.len();
+        v[i] ^= (seed >> 32) as u8 | 1;
+        if seed % 3 == 0 {
+            v.truncate((seed as usize >> 8) % v.len());
+        }
+        let mut c2 = coord();
+        let _ = c2.load_record(&key, Some(&v));
+        let _ = c2.load_record(&v, Some(&key));
+    }
+}
