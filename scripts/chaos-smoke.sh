@@ -74,6 +74,7 @@ expect_caught() {
 }
 
 expect kill pass --scenario kill --seed 1 --seconds 12
+expect kill-txn pass --scenario kill --seed 3 --seconds 15 --txn
 expect pause pass --scenario pause --seed 4 --seconds 15
 expect disk-full pass --scenario disk-full --seed 1 --seconds 12
 expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000

@@ -9,6 +9,7 @@ mod checker;
 mod env;
 mod history;
 mod report;
+mod txn;
 mod workload;
 
 use std::path::PathBuf;
@@ -66,6 +67,9 @@ struct RunArgs {
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
+    /// Also run the transactional workload (crates/chaos/src/txn.rs) on its own topic.
+    #[arg(long)]
+    txn: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -342,6 +346,12 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     workload::create_topic(&bootstrap, Duration::from_secs(30))?;
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    let txn_load = if a.txn {
+        workload::create_named_topic(&bootstrap, txn::TOPIC, Duration::from_secs(30))?;
+        Some(txn::TxnWorkload::start(&bootstrap, a.seed))
+    } else {
+        None
+    };
     let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
     let mut applied = Vec::new();
     let mut restart_failures = Vec::new();
@@ -398,6 +408,33 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if let Err(e) = &stop_res {
         notes.push(format!("workload thread error: {e:#}"));
     }
+    let mut txn_anomalies = Vec::new();
+    if let Some(t) = txn_load {
+        match t.stop() {
+            Ok(ledger) => {
+                let (c, ab, u) = txn::summary(&ledger);
+                notes.push(format!(
+                    "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
+                    ledger.instances, ledger.errors
+                ));
+                match txn::check(&bootstrap, &ledger, Duration::from_secs(60)) {
+                    Ok(a) => txn_anomalies = a,
+                    Err(e) => txn_anomalies.push(checker::Anomaly {
+                        class: "txn-final-read",
+                        what: format!("{e:#}"),
+                        ops: Vec::new(),
+                        at_us: None,
+                    }),
+                }
+            }
+            Err(e) => txn_anomalies.push(checker::Anomaly {
+                class: "txn-workload",
+                what: format!("the transactional workload failed: {e:#}"),
+                ops: Vec::new(),
+                at_us: None,
+            }),
+        }
+    }
     // Liveness: produce and fetch must work within deadlines after healing.
     let probe =
         workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
@@ -428,6 +465,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         (0..workload::PARTITIONS).map(|p| (p, (1, 0))).collect()
     };
     let mut verdict = checker::check(&events, &coverage);
+    verdict.anomalies.extend(txn_anomalies);
     for r in restart_failures {
         verdict.anomalies.push(checker::Anomaly {
             class: "broker-did-not-recover",

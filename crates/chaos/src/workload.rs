@@ -126,6 +126,11 @@ fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
 /// Creates the topic (auto-created by metadata with num.partitions=4) and waits until every
 /// partition has a leader.
 pub fn create_topic(bootstrap: &str, deadline: Duration) -> anyhow::Result<()> {
+    create_named_topic(bootstrap, TOPIC, deadline)
+}
+
+/// [`create_topic`] for another topic of [`PARTITIONS`] partitions.
+pub fn create_named_topic(bootstrap: &str, topic: &str, deadline: Duration) -> anyhow::Result<()> {
     let rec_dummy: ThreadedProducer<rdkafka::producer::DefaultProducerContext> =
         ClientConfig::new()
             .set("bootstrap.servers", bootstrap)
@@ -135,9 +140,9 @@ pub fn create_topic(bootstrap: &str, deadline: Duration) -> anyhow::Result<()> {
     while t.elapsed() < deadline {
         if let Ok(md) = rec_dummy
             .client()
-            .fetch_metadata(Some(TOPIC), Duration::from_secs(2))
+            .fetch_metadata(Some(topic), Duration::from_secs(2))
         {
-            if let Some(tm) = md.topics().iter().find(|t| t.name() == TOPIC) {
+            if let Some(tm) = md.topics().iter().find(|t| t.name() == topic) {
                 if tm.error().is_none()
                     && tm.partitions().len() == PARTITIONS as usize
                     && tm.partitions().iter().all(|p| p.leader() >= 0)
@@ -148,7 +153,7 @@ pub fn create_topic(bootstrap: &str, deadline: Duration) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    bail!("topic {TOPIC} with {PARTITIONS} partitions not ready within {deadline:?}")
+    bail!("topic {topic} with {PARTITIONS} partitions not ready within {deadline:?}")
 }
 
 /// The running workload threads.

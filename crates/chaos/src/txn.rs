@@ -1,0 +1,386 @@
+//! The transactional workload (`--txn`): one librdkafka transactional producer writes
+//! transactions of 1..8 unique values over the partitions of its own topic, committing most
+//! and aborting some, while the nemesis injects faults. After healing, a `read_committed`
+//! reader checks what Jepsen checks of Kafka transactions:
+//!
+//! - atomicity: every transaction is visible whole or not at all (`txn-torn`);
+//! - a transaction whose commit was acknowledged is visible (`txn-committed-lost`);
+//! - a transaction whose abort was acknowledged, or that the client was told to abort, is
+//!   not visible (`txn-aborted-visible`);
+//! - no value is visible twice (`txn-duplicate`);
+//! - the last stable offset reaches the high watermark once producers are gone
+//!   (`txn-lso-stuck`): no hanging transaction.
+//!
+//! Outcomes the client could not learn (a timeout, a fatal error) are "unknown": only
+//! atomicity applies to them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use anyhow::bail;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::checker::Anomaly;
+
+pub const TOPIC: &str = "chaos-txn";
+pub const PARTITIONS: i32 = 4;
+/// Bound on transactions remembered (the run is short; this only guards memory).
+const MAX_TXNS: usize = 200_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Committed,
+    Aborted,
+    Unknown,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    /// transaction key ("<instance>-<n>") -> (values written, outcome).
+    pub txns: BTreeMap<String, (usize, Outcome)>,
+    pub errors: BTreeMap<String, usize>,
+    pub instances: usize,
+}
+
+pub struct TxnWorkload {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<anyhow::Result<()>>,
+    ledger: Arc<Mutex<Ledger>>,
+}
+
+fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
+    l.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Client logs go to stderr when `CHAOS_TXN_DEBUG` is set (librdkafka debug contexts).
+struct TxnCtx;
+
+impl rdkafka::ClientContext for TxnCtx {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if std::env::var_os("CHAOS_TXN_DEBUG").is_some() {
+            eprintln!("rdkafka {level:?} {fac}: {log_message}");
+        }
+    }
+}
+
+impl rdkafka::producer::ProducerContext for TxnCtx {
+    type DeliveryOpaque = ();
+    fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
+}
+
+type TxnProducer = ThreadedProducer<TxnCtx>;
+
+fn producer(bootstrap: &str) -> anyhow::Result<TxnProducer> {
+    let mut c = ClientConfig::new();
+    if let Ok(d) = std::env::var("CHAOS_TXN_DEBUG") {
+        c.set("debug", d).set("log_level", "7");
+    }
+    Ok(c.set("bootstrap.servers", bootstrap)
+        .set("transactional.id", "chaos-txn")
+        .set("transaction.timeout.ms", "10000")
+        .set("linger.ms", "2")
+        .set("request.timeout.ms", "5000")
+        .set("message.timeout.ms", "9000")
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "500")
+        .set(
+            "metadata.recovery.strategy",
+            std::env::var("CHAOS_TXN_RECOVERY").unwrap_or_else(|_| "none".into()),
+        )
+        .create_with_context(TxnCtx)?)
+}
+
+impl TxnWorkload {
+    pub fn start(bootstrap: &str, seed: u64) -> TxnWorkload {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let (b, s, l) = (
+            bootstrap.to_string(),
+            Arc::clone(&stop),
+            Arc::clone(&ledger),
+        );
+        let thread = std::thread::spawn(move || run(&b, &s, &l, seed));
+        TxnWorkload {
+            stop,
+            thread,
+            ledger,
+        }
+    }
+
+    pub fn stop(self) -> anyhow::Result<Ledger> {
+        self.stop.store(true, Ordering::SeqCst);
+        let r = self
+            .thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("transactional workload panicked"))?;
+        let ledger = std::mem::take(&mut *lock(&self.ledger));
+        r.map(|()| ledger)
+    }
+}
+
+fn note(l: &Mutex<Ledger>, e: &rdkafka::error::KafkaError) {
+    let key = match e.rdkafka_error_code() {
+        Some(c) => format!("{c:?}"),
+        None => e.to_string(),
+    };
+    *lock(l).errors.entry(key).or_default() += 1;
+}
+
+fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyhow::Result<()> {
+    let mut rng = fastrand::Rng::with_seed(seed ^ 0x7478_6e00);
+    let mut current: Option<(TxnProducer, usize)> = None;
+    let mut instance = 0usize;
+    let mut n = 0u64;
+    let timeout = Duration::from_secs(20);
+    while !stop.load(Ordering::SeqCst) {
+        if lock(l).txns.len() >= MAX_TXNS {
+            break;
+        }
+        let (p, inst) = match current.take() {
+            Some(x) => x,
+            None => {
+                instance += 1;
+                lock(l).instances = instance;
+                let p = producer(bootstrap)?;
+                if let Err(e) = p.init_transactions(timeout) {
+                    note(l, &e);
+                    std::thread::sleep(Duration::from_millis(200));
+                    continue;
+                }
+                (p, instance)
+            }
+        };
+        n += 1;
+        let key = format!("{inst}-{n}");
+        let count = rng.usize(1..=8);
+        let abort = rng.u32(0..5) == 0;
+        if let Err(e) = p.begin_transaction() {
+            note(l, &e);
+            continue; // new instance
+        }
+        lock(l).txns.insert(key.clone(), (count, Outcome::Unknown));
+        let mut send_failed = false;
+        for i in 0..count {
+            let value = format!("{key}-{i}-of-{count}");
+            let part = ((n as usize + i) % PARTITIONS as usize) as i32;
+            // Bounded: a full queue is drained by polling, at most 100 tries.
+            let mut tries = 0;
+            loop {
+                match p.send(
+                    BaseRecord::<(), str>::to(TOPIC)
+                        .partition(part)
+                        .payload(&value),
+                ) {
+                    Ok(()) => break,
+                    Err((e, _)) if tries < 100 => {
+                        note(l, &e);
+                        tries += 1;
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                    Err((e, _)) => {
+                        note(l, &e);
+                        send_failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+        let outcome = if abort || send_failed {
+            match p.abort_transaction(timeout) {
+                Ok(()) => Outcome::Aborted,
+                Err(e) => {
+                    note(l, &e);
+                    // Nothing was committed by us; a new instance aborts what is open.
+                    lock(l).txns.insert(key, (count, Outcome::Unknown));
+                    continue;
+                }
+            }
+        } else {
+            match p.commit_transaction(timeout) {
+                Ok(()) => Outcome::Committed,
+                Err(e) if e.rdkafka_error_code().is_some() && txn_requires_abort(&e) => {
+                    note(l, &e);
+                    match p.abort_transaction(timeout) {
+                        Ok(()) => Outcome::Aborted,
+                        Err(e2) => {
+                            note(l, &e2);
+                            lock(l).txns.insert(key, (count, Outcome::Unknown));
+                            continue;
+                        }
+                    }
+                }
+                Err(e) => {
+                    // Timed out or fatal: the outcome is unknown; start a new instance
+                    // (which fences this one and aborts whatever it left open).
+                    note(l, &e);
+                    lock(l).txns.insert(key, (count, Outcome::Unknown));
+                    continue;
+                }
+            }
+        };
+        lock(l).txns.insert(key, (count, outcome));
+        current = Some((p, inst));
+    }
+    if let Some((p, _)) = current {
+        // Leave nothing open: close the producer (no transaction is open between loops).
+        p.flush(Duration::from_secs(5)).ok();
+    }
+    Ok(())
+}
+
+fn txn_requires_abort(e: &rdkafka::error::KafkaError) -> bool {
+    match e {
+        rdkafka::error::KafkaError::Transaction(r) => r.txn_requires_abort(),
+        _ => false,
+    }
+}
+
+fn reader(bootstrap: &str, isolation: &str) -> anyhow::Result<BaseConsumer> {
+    Ok(ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("chaos-txn-final-{isolation}"))
+        .set("enable.auto.commit", "false")
+        .set("isolation.level", isolation)
+        .set("fetch.wait.max.ms", "100")
+        .set("log_level", "3")
+        .create()?)
+}
+
+/// The final `read_committed` read and the checks. Waits (bounded) for the last stable
+/// offsets to reach the high watermarks first.
+pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Result<Vec<Anomaly>> {
+    let t = Instant::now();
+    let committed = reader(bootstrap, "read_committed")?;
+    let uncommitted = reader(bootstrap, "read_uncommitted")?;
+    let mut anomalies = Vec::new();
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        loop {
+            let lso = committed.fetch_watermarks(TOPIC, p, Duration::from_secs(2));
+            let hw = uncommitted.fetch_watermarks(TOPIC, p, Duration::from_secs(2));
+            match (lso, hw) {
+                (Ok((lo, lso)), Ok((_, hw))) if lso == hw => {
+                    ends.insert(p, (lo, lso));
+                    break;
+                }
+                (Ok((lo, lso)), Ok((_, hw))) if t.elapsed() > deadline / 2 => {
+                    anomalies.push(Anomaly {
+                        class: "txn-lso-stuck",
+                        what: format!(
+                            "{TOPIC}-{p}: last stable offset {lso} below the high watermark {hw} after healing"
+                        ),
+                        ops: Vec::new(),
+                        at_us: None,
+                    });
+                    ends.insert(p, (lo, lso));
+                    break;
+                }
+                (Err(e), _) | (_, Err(e)) if t.elapsed() > deadline / 2 => {
+                    bail!("watermarks of {TOPIC}-{p}: {e}")
+                }
+                _ => std::thread::sleep(Duration::from_millis(200)),
+            }
+        }
+    }
+    let mut tpl = TopicPartitionList::new();
+    let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
+    for (&p, &(lo, _)) in &ends {
+        tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))?;
+        reached.insert(p, lo);
+    }
+    committed.assign(&tpl)?;
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut per_txn: HashMap<String, usize> = HashMap::new();
+    let done = |r: &BTreeMap<i32, i64>| {
+        ends.iter()
+            .all(|(p, (_, end))| r.get(p).copied().unwrap_or(0) >= *end)
+    };
+    // read_committed skips aborted records and markers: position, not offsets, tells
+    // whether the end was reached.
+    while !done(&reached) && t.elapsed() < deadline {
+        match committed.poll(Duration::from_millis(200)) {
+            Some(Ok(m)) => {
+                let v = m
+                    .payload()
+                    .map(|b| String::from_utf8_lossy(b).into_owned())
+                    .unwrap_or_default();
+                *seen.entry(v.clone()).or_default() += 1;
+                if let Some((txn, _)) = v
+                    .rsplit_once('-')
+                    .and_then(|(a, _)| a.rsplit_once('-'))
+                    .and_then(|(a, _)| a.rsplit_once('-'))
+                {
+                    *per_txn.entry(txn.to_string()).or_default() += 1;
+                }
+                reached.insert(m.partition(), m.offset() + 1);
+            }
+            _ => {
+                if let Ok(pos) = committed.position() {
+                    for e in pos.elements() {
+                        if let Offset::Offset(o) = e.offset() {
+                            let r = reached.entry(e.partition()).or_insert(0);
+                            *r = (*r).max(o);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if !done(&reached) {
+        bail!("the read_committed final read did not reach the end of {TOPIC} ({reached:?} of {ends:?})");
+    }
+    for (v, n) in &seen {
+        if *n > 1 {
+            anomalies.push(Anomaly {
+                class: "txn-duplicate",
+                what: format!("value {v} visible {n} times"),
+                ops: Vec::new(),
+                at_us: None,
+            });
+        }
+    }
+    for (key, (count, outcome)) in &ledger.txns {
+        let visible = per_txn.get(key).copied().unwrap_or(0).min(*count);
+        let dup_free = per_txn.get(key).copied().unwrap_or(0);
+        let class = if visible != 0 && visible != *count {
+            Some("txn-torn")
+        } else if *outcome == Outcome::Committed && visible == 0 {
+            Some("txn-committed-lost")
+        } else if *outcome == Outcome::Aborted && dup_free > 0 {
+            Some("txn-aborted-visible")
+        } else {
+            None
+        };
+        if let Some(class) = class {
+            anomalies.push(Anomaly {
+                class,
+                what: format!(
+                    "transaction {key}: {visible} of {count} values visible, outcome {outcome:?}"
+                ),
+                ops: Vec::new(),
+                at_us: None,
+            });
+        }
+    }
+    Ok(anomalies)
+}
+
+/// Counts for the report: (committed, aborted, unknown) transactions.
+pub fn summary(ledger: &Ledger) -> (usize, usize, usize) {
+    let mut s = (0, 0, 0);
+    for (_, o) in ledger.txns.values() {
+        match o {
+            Outcome::Committed => s.0 += 1,
+            Outcome::Aborted => s.1 += 1,
+            Outcome::Unknown => s.2 += 1,
+        }
+    }
+    s
+}
