@@ -185,7 +185,18 @@ pub fn produce(args: ProduceArgs) -> anyhow::Result<i32> {
         init.transaction_timeout_ms = -1;
         init.producer_id = kafka_protocol::messages::ProducerId(-1);
         init.producer_epoch = -1;
-        let pid = client.send_any(init, 4).await?;
+        // Retriable coordinator errors (a broker that has just started answers
+        // COORDINATOR_LOAD_IN_PROGRESS) are retried with a short backoff, at most 50 times.
+        let mut attempt = 0;
+        let pid = loop {
+            let pid = client.send_any(init.clone(), 4).await?;
+            attempt += 1;
+            if matches!(pid.error_code, 14..=16 | 51) && attempt < 50 {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+            break pid;
+        };
         check(pid.error_code, None, || "InitProducerId".to_string())?;
         let mut seq: BTreeMap<i32, i32> = BTreeMap::new();
         let mut results = Vec::new();
