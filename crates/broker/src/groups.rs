@@ -29,6 +29,9 @@ type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 /// Bound on queued batches of coordinator writes (group metadata, tombstones).
 const WRITE_QUEUE: usize = 4096;
 
+/// A batch of coordinator writes, with whom to tell once it is durable (`true`) or failed.
+type WriteBatch = (Vec<holdfast_groups::Write>, Option<oneshot::Sender<bool>>);
+
 /// Orders offset commits and fetches: a turn is taken synchronously while the request is
 /// dispatched (connections dispatch their requests one after another), and the commit or
 /// fetch runs only when its turn comes. So commits are applied in the order they arrived,
@@ -117,8 +120,8 @@ pub struct GroupService {
     inner: Mutex<Inner>,
     pub(crate) commit_order: Arc<CommitSequencer>,
     wake: Notify,
-    writes_tx: mpsc::Sender<Vec<holdfast_groups::Write>>,
-    writes_rx: Mutex<Option<mpsc::Receiver<Vec<holdfast_groups::Write>>>>,
+    writes_tx: mpsc::Sender<WriteBatch>,
+    writes_rx: Mutex<Option<mpsc::Receiver<WriteBatch>>>,
     partitions: i32,
     retention_check_ms: u64,
 }
@@ -141,6 +144,8 @@ pub fn is_group_api(key: ApiKey) -> bool {
             | ApiKey::ListGroups
             | ApiKey::DeleteGroups
             | ApiKey::OffsetDelete
+            | ApiKey::ConsumerGroupHeartbeat
+            | ApiKey::ConsumerGroupDescribe
     )
 }
 
@@ -175,7 +180,30 @@ impl GroupService {
         out
     }
 
-    fn dispatch(g: &mut Inner, writes: &mpsc::Sender<Vec<holdfast_groups::Write>>) {
+    /// Like `with`, and also returns a receiver told when the records this call produced
+    /// are durable in `__consumer_offsets` (`true`) or could not be written.
+    fn with_durable<T>(
+        &self,
+        f: impl FnOnce(&mut Coordinator) -> T,
+    ) -> (T, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
+        let mut g = self.lock();
+        let out = f(&mut g.coord);
+        Self::dispatch_acked(&mut g, &self.writes_tx, Some(tx));
+        drop(g);
+        self.wake.notify_one();
+        (out, rx)
+    }
+
+    fn dispatch(g: &mut Inner, writes: &mpsc::Sender<WriteBatch>) {
+        Self::dispatch_acked(g, writes, None)
+    }
+
+    fn dispatch_acked(
+        g: &mut Inner,
+        writes: &mpsc::Sender<WriteBatch>,
+        ack: Option<oneshot::Sender<bool>>,
+    ) {
         for c in g.coord.take_completions() {
             let t = match &c {
                 Completion::Join(t, _) | Completion::Sync(t, _) => *t,
@@ -185,10 +213,12 @@ impl GroupService {
             }
         }
         let w = g.coord.take_writes();
-        if !w.is_empty() {
-            if let Err(e) = writes.try_send(w) {
-                tracing::error!(error = %e, "group metadata write queue full: record dropped");
+        if w.is_empty() {
+            if let Some(a) = ack {
+                let _ = a.send(true);
             }
+        } else if let Err(e) = writes.try_send((w, ack)) {
+            tracing::error!(error = %e, "group metadata write queue full: record dropped");
         }
     }
 
@@ -336,15 +366,20 @@ impl Broker {
                 w = rx.recv() => w,
                 _ = stop.changed() => return,
             };
-            let Some(w) = w else { return };
+            let Some((w, ack)) = w else { return };
             let mut by_group: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
             for x in w {
                 by_group.entry(x.group).or_default().push((x.key, x.value));
             }
+            let mut ok = true;
             for (g, recs) in by_group {
                 if let Err(code) = self.append_offsets_records(&g, recs).await {
                     tracing::error!(group = %g, code, "cannot persist group metadata");
+                    ok = false;
                 }
+            }
+            if let Some(a) = ack {
+                let _ = a.send(ok);
             }
         }
     }
@@ -476,6 +511,19 @@ impl Broker {
             RequestKind::OffsetDelete(r) => {
                 Reply::Now(Some(ResponseKind::OffsetDelete(self.offset_delete(r))))
             }
+            RequestKind::ConsumerGroupHeartbeat(r) => {
+                let b = Arc::clone(self);
+                let host = format!("/{}", peer.ip());
+                let client = client_id.to_string();
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::ConsumerGroupHeartbeat(
+                        b.consumer_group_heartbeat(r, version, client, host).await,
+                    ))
+                }))
+            }
+            RequestKind::ConsumerGroupDescribe(r) => Reply::Now(Some(
+                ResponseKind::ConsumerGroupDescribe(self.consumer_group_describe(r)),
+            )),
             _ => Reply::Now(None),
         }
     }
@@ -730,6 +778,7 @@ impl Broker {
                 generation,
                 &member,
                 r.group_instance_id.as_deref(),
+                version,
                 now,
             )
         });
@@ -832,6 +881,18 @@ impl Broker {
                 });
                 let mut og = offset_fetch_response::OffsetFetchResponseGroup::default();
                 og.group_id = g.group_id.clone();
+                if version >= 9 {
+                    let code = coord.check_offset_fetch(
+                        &g.group_id.0,
+                        g.member_id.as_deref(),
+                        g.member_epoch,
+                    );
+                    if code != codes::NONE {
+                        og.error_code = code;
+                        resp.groups.push(og);
+                        continue;
+                    }
+                }
                 for (t, parts) in fetch(&g.group_id.0, wanted) {
                     let mut ot = offset_fetch_response::OffsetFetchResponseTopics::default();
                     ot.name = TopicName(sb(&t));
@@ -881,6 +942,11 @@ impl Broker {
         for id in r.groups {
             let mut d = describe_groups_response::DescribedGroup::default();
             match g.coord.describe(&id.0) {
+                None if g.coord.is_consumer_group(&id.0) => {
+                    d.group_state = sb("Dead");
+                    d.error_code = codes::GROUP_ID_NOT_FOUND;
+                    d.error_message = Some(sb(&format!("Group {} is not a classic group.", id.0)));
+                }
                 None => d.group_state = sb("Dead"),
                 Some(x) => {
                     d.group_state = sb(x.state.name());
@@ -912,22 +978,21 @@ impl Broker {
     fn list_groups(&self, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
         let mut resp = ListGroupsResponse::default();
         let states: Vec<String> = r.states_filter.iter().map(|s| s.to_string()).collect();
-        let types_ok = r.types_filter.is_empty()
-            || r.types_filter
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case("classic"));
-        if !types_ok {
-            return resp;
-        }
-        for (id, ptype, state) in self.groups().lock().coord.list_groups(&states) {
+        let type_ok = |t: &str| {
+            r.types_filter.is_empty() || r.types_filter.iter().any(|f| f.eq_ignore_ascii_case(t))
+        };
+        for x in self.groups().lock().coord.list_groups(&states) {
+            if !type_ok(x.group_type) {
+                continue;
+            }
             let mut l = list_groups_response::ListedGroup::default();
-            l.group_id = GroupId(sb(&id));
-            l.protocol_type = sb(&ptype);
+            l.group_id = GroupId(sb(&x.group_id));
+            l.protocol_type = sb(&x.protocol_type);
             if version >= 4 {
-                l.group_state = sb(state.name());
+                l.group_state = sb(x.state);
             }
             if version >= 5 {
-                l.group_type = sb("classic");
+                l.group_type = sb(x.group_type);
             }
             resp.groups.push(l);
         }
@@ -966,6 +1031,159 @@ impl Broker {
                     resp.topics.push(ot);
                 }
             }
+        }
+        resp
+    }
+}
+
+impl Broker {
+    /// The topics as the consumer group coordinator sees them.
+    fn topics_view(&self) -> holdfast_groups::consumer::Topics {
+        self.all_topics()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.meta.name.clone(),
+                    holdfast_groups::consumer::TopicInfo {
+                        id: *t.meta.id.as_bytes(),
+                        partitions: t.partitions.len() as i32,
+                        internal: t.meta.name == OFFSETS_TOPIC,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848). The response is sent once the records the
+    /// heartbeat produced (member, epochs, assignments) are durable.
+    async fn consumer_group_heartbeat(
+        self: Arc<Self>,
+        r: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client_id: String,
+        client_host: String,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let req = holdfast_groups::consumer::HeartbeatRequest {
+            api_version: version,
+            group_id: r.group_id.0.to_string(),
+            member_id: r.member_id.to_string(),
+            member_epoch: r.member_epoch,
+            instance_id: r.instance_id.as_ref().map(|s| s.to_string()),
+            rack_id: r.rack_id.as_ref().map(|s| s.to_string()),
+            rebalance_timeout_ms: r.rebalance_timeout_ms,
+            subscribed_topic_names: r
+                .subscribed_topic_names
+                .as_ref()
+                .map(|v| v.iter().map(|t| t.0.to_string()).collect()),
+            subscribed_topic_regex: r.subscribed_topic_regex.as_ref().map(|s| s.to_string()),
+            server_assignor: r.server_assignor.as_ref().map(|s| s.to_string()),
+            owned: r.topic_partitions.as_ref().map(|v| {
+                v.iter()
+                    .map(|tp| (*tp.topic_id.as_bytes(), tp.partitions.clone()))
+                    .collect()
+            }),
+            client_id,
+            client_host,
+        };
+        let topics = self.topics_view();
+        let now = now_ms();
+        let (out, durable) = self
+            .groups()
+            .with_durable(|c| c.consumer_heartbeat(req, &topics, now));
+        let mut resp = ConsumerGroupHeartbeatResponse::default();
+        let persisted = matches!(
+            tokio::time::timeout(Duration::from_secs(30), durable).await,
+            Ok(Ok(true))
+        );
+        if !persisted {
+            resp.error_code = codes::COORDINATOR_NOT_AVAILABLE;
+            resp.error_message = Some(sb("The group state could not be made durable."));
+            return resp;
+        }
+        resp.error_code = out.error;
+        resp.error_message = out.message.as_deref().map(sb);
+        resp.member_id = out.member_id.as_deref().map(sb);
+        resp.member_epoch = out.member_epoch;
+        resp.heartbeat_interval_ms = out.heartbeat_interval_ms;
+        resp.assignment = out.assignment.map(|a| {
+            let mut x = consumer_group_heartbeat_response::Assignment::default();
+            x.topic_partitions = a
+                .into_iter()
+                .map(|(id, ps)| {
+                    let mut tp = consumer_group_heartbeat_response::TopicPartitions::default();
+                    tp.topic_id = uuid::Uuid::from_bytes(id);
+                    tp.partitions = ps;
+                    tp
+                })
+                .collect();
+            x
+        });
+        resp
+    }
+
+    fn consumer_group_describe(
+        &self,
+        r: ConsumerGroupDescribeRequest,
+    ) -> ConsumerGroupDescribeResponse {
+        use consumer_group_describe_response as d;
+        let assignment = |list: Vec<([u8; 16], String, Vec<i32>)>| {
+            let mut a = d::Assignment::default();
+            a.topic_partitions = list
+                .into_iter()
+                .map(|(id, name, ps)| {
+                    let mut tp = d::TopicPartitions::default();
+                    tp.topic_id = uuid::Uuid::from_bytes(id);
+                    tp.topic_name = TopicName(sb(&name));
+                    tp.partitions = ps;
+                    tp
+                })
+                .collect();
+            a
+        };
+        let mut resp = ConsumerGroupDescribeResponse::default();
+        let g = self.groups().lock();
+        for id in r.group_ids {
+            let mut x = d::DescribedGroup::default();
+            x.authorized_operations = i32::MIN;
+            match g.coord.consumer_describe(&id.0) {
+                Err((code, msg)) => {
+                    x.error_code = code;
+                    x.error_message = Some(sb(&msg));
+                    x.group_state = sb("Dead");
+                }
+                Ok(desc) => {
+                    x.group_state = sb(desc.state);
+                    x.group_epoch = desc.group_epoch;
+                    x.assignment_epoch = desc.assignment_epoch;
+                    x.assignor_name = sb(&desc.assignor);
+                    x.members = desc
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let mut dm = d::Member::default();
+                            dm.member_id = sb(&m.member_id);
+                            dm.instance_id = m.instance_id.as_deref().map(sb);
+                            dm.rack_id = m.rack_id.as_deref().map(sb);
+                            dm.member_epoch = m.member_epoch;
+                            dm.client_id = sb(&m.client_id);
+                            dm.client_host = sb(&m.client_host);
+                            dm.subscribed_topic_names = m
+                                .subscribed_topic_names
+                                .iter()
+                                .map(|t| TopicName(sb(t)))
+                                .collect();
+                            dm.subscribed_topic_regex = m.subscribed_topic_regex.as_deref().map(sb);
+                            dm.assignment = assignment(m.assignment);
+                            dm.target_assignment = assignment(m.target_assignment);
+                            // 1 = consumer protocol member (KIP-1099).
+                            dm.member_type = 1;
+                            dm
+                        })
+                        .collect();
+                }
+            }
+            x.group_id = id;
+            resp.groups.push(x);
         }
         resp
     }

@@ -240,7 +240,10 @@ fn static_member_rejoins_without_rebalance() {
 #[test]
 fn commits_generation_checks_and_reload() {
     let mut c = Coordinator::new(Config::default(), "t");
-    assert_eq!(c.check_commit("simple", -1, "", None, 0), CommitCheck::Ok);
+    assert_eq!(
+        c.check_commit("simple", -1, "", None, 8, 0),
+        CommitCheck::Ok
+    );
     let v = OffsetValue {
         offset: 5,
         leader_epoch: 0,
@@ -257,17 +260,17 @@ fn commits_generation_checks_and_reload() {
     c.tick(100);
     joins(&mut c);
     assert_eq!(
-        c.check_commit("g", 1, &a, None, 101),
+        c.check_commit("g", 1, &a, None, 8, 101),
         CommitCheck::Error(REBALANCE_IN_PROGRESS)
     );
     c.sync("g", 1, &a, None, None, None, vec![], 102);
-    assert_eq!(c.check_commit("g", 1, &a, None, 103), CommitCheck::Ok);
+    assert_eq!(c.check_commit("g", 1, &a, None, 8, 103), CommitCheck::Ok);
     assert_eq!(
-        c.check_commit("g", 0, &a, None, 103),
+        c.check_commit("g", 0, &a, None, 8, 103),
         CommitCheck::Error(ILLEGAL_GENERATION)
     );
     assert_eq!(
-        c.check_commit("g", -1, "", None, 103),
+        c.check_commit("g", -1, "", None, 8, 103),
         CommitCheck::Error(UNKNOWN_MEMBER_ID)
     );
     assert_eq!(c.delete_group("g"), NON_EMPTY_GROUP);
@@ -295,7 +298,7 @@ fn retention_expires_empty_group_offsets() {
         ..Config::default()
     };
     let mut c = Coordinator::new(cfg, "t");
-    assert_eq!(c.check_commit("s", -1, "", None, 0), CommitCheck::Ok);
+    assert_eq!(c.check_commit("s", -1, "", None, 8, 0), CommitCheck::Ok);
     let v = OffsetValue {
         offset: 1,
         leader_epoch: -1,
