@@ -37,6 +37,8 @@ type WriteBatch = (Vec<holdfast_groups::Write>, Option<oneshot::Sender<bool>>);
 /// fetch runs only when its turn comes. So commits are applied in the order they arrived,
 /// even though each waits for its own fsync, and a fetch sees every commit sent before it.
 /// (Found by librdkafka test 0030: back-to-back async commits were applied out of order.)
+/// One sequencer per group (`CommitOrder`): commits of different groups do not wait for
+/// each other's fsync.
 #[derive(Default)]
 pub(crate) struct CommitSequencer {
     state: Mutex<SequencerState>,
@@ -55,6 +57,43 @@ pub(crate) struct Turn {
     seq: Arc<CommitSequencer>,
     ticket: u64,
     served: bool,
+    /// The registry to drop the sequencer from once no turn of its group is left.
+    order: Option<(Arc<CommitOrder>, String)>,
+}
+
+/// The commit sequencers of the groups with commits or fetches in flight (bounded by the
+/// requests in flight: a sequencer is removed when its last turn ends).
+#[derive(Default)]
+pub(crate) struct CommitOrder {
+    by_group: Mutex<HashMap<String, Arc<CommitSequencer>>>,
+}
+
+impl CommitOrder {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<CommitSequencer>>> {
+        self.by_group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A turn in `group`'s order, taken now (synchronously, in arrival order).
+    pub(crate) fn take_turn(self: &Arc<Self>, group: &str) -> Turn {
+        let seq = Arc::clone(self.map().entry(group.to_string()).or_default());
+        let mut t = seq.take_turn();
+        t.order = Some((Arc::clone(self), group.to_string()));
+        t
+    }
+
+    /// Turns in several groups' orders (OffsetFetch v8+ names many groups).
+    pub(crate) fn take_turns<'a>(
+        self: &Arc<Self>,
+        groups: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Turn> {
+        let set: std::collections::BTreeSet<&str> = groups.into_iter().collect();
+        set.into_iter().map(|g| self.take_turn(g)).collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
 }
 
 impl CommitSequencer {
@@ -70,6 +109,7 @@ impl CommitSequencer {
             seq: Arc::clone(self),
             ticket,
             served: false,
+            order: None,
         }
     }
 }
@@ -108,6 +148,17 @@ impl Drop for Turn {
         }
         drop(st);
         self.seq.changed.notify_waiters();
+        if let Some((order, group)) = self.order.take() {
+            let mut map = order.map();
+            // Only the registry and this turn hold it: no turn of the group is left, and
+            // none can be taken meanwhile (that needs the registry lock).
+            if map
+                .get(&group)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.seq) && Arc::strong_count(s) == 2)
+            {
+                map.remove(&group);
+            }
+        }
     }
 }
 
@@ -118,7 +169,7 @@ struct Inner {
 
 pub struct GroupService {
     inner: Mutex<Inner>,
-    pub(crate) commit_order: Arc<CommitSequencer>,
+    pub(crate) commit_order: Arc<CommitOrder>,
     wake: Notify,
     writes_tx: mpsc::Sender<WriteBatch>,
     writes_rx: Mutex<Option<mpsc::Receiver<WriteBatch>>>,
@@ -157,7 +208,7 @@ impl GroupService {
                 coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
                 waiters: HashMap::new(),
             }),
-            commit_order: Arc::new(CommitSequencer::default()),
+            commit_order: Arc::new(CommitOrder::default()),
             wake: Notify::new(),
             writes_tx: tx,
             writes_rx: Mutex::new(Some(rx)),
@@ -473,7 +524,7 @@ impl Broker {
             }
             RequestKind::OffsetCommit(r) => {
                 let b = Arc::clone(self);
-                let mut turn = self.groups().commit_order.take_turn();
+                let mut turn = self.groups().commit_order.take_turn(&r.group_id.0);
                 Reply::Later(Box::pin(async move {
                     turn.wait().await;
                     let resp = b.offset_commit(r, version).await;
@@ -483,11 +534,18 @@ impl Broker {
             }
             RequestKind::OffsetFetch(r) => {
                 let b = Arc::clone(self);
-                let mut turn = self.groups().commit_order.take_turn();
+                let mut turns = if version >= 8 {
+                    let order = &self.groups().commit_order;
+                    order.take_turns(r.groups.iter().map(|g| g.group_id.0.as_str()))
+                } else {
+                    vec![self.groups().commit_order.take_turn(&r.group_id.0)]
+                };
                 Reply::Later(Box::pin(async move {
-                    turn.wait().await;
+                    for t in turns.iter_mut() {
+                        t.wait().await;
+                    }
                     let resp = b.offset_fetch(r, version);
-                    drop(turn);
+                    drop(turns);
                     Some(ResponseKind::OffsetFetch(resp))
                 }))
             }
@@ -1186,5 +1244,47 @@ impl Broker {
             resp.groups.push(x);
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_order_is_per_group_and_forgets_idle_groups() {
+        let order = Arc::new(CommitOrder::default());
+        let mut a1 = order.take_turn("a");
+        let mut a2 = order.take_turn("a");
+        let mut b1 = order.take_turn("b");
+        // b's turn does not wait for a's.
+        tokio::time::timeout(Duration::from_secs(5), b1.wait())
+            .await
+            .expect("b is served at once");
+        a1.wait().await;
+        let waiting = tokio::spawn(async move {
+            a2.wait().await;
+            a2
+        });
+        drop(b1);
+        assert_eq!(order.len(), 1);
+        drop(a1);
+        let a2 = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a2 served after a1")
+            .expect("task");
+        drop(a2);
+        assert_eq!(order.len(), 0);
+        // An abandoned turn (dropped before served) is skipped.
+        let a3 = order.take_turn("a");
+        let a4 = order.take_turn("a");
+        let mut a5 = order.take_turn("a");
+        drop(a4);
+        drop(a3);
+        tokio::time::timeout(Duration::from_secs(5), a5.wait())
+            .await
+            .expect("a5 served");
+        drop(a5);
+        assert_eq!(order.len(), 0);
     }
 }
