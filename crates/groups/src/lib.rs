@@ -363,6 +363,28 @@ impl Group {
             .map(str::to_string)
     }
 
+    /// The topics the members subscribe to, read from their embedded consumer protocol
+    /// subscriptions (the version 0 prefix every version shares: i16 version, then an array
+    /// of topic names); `None` if there is no protocol yet or a subscription does not parse.
+    fn subscribed_topics(&self) -> Option<std::collections::BTreeSet<String>> {
+        let protocol = self.protocol.as_deref()?;
+        let mut out = std::collections::BTreeSet::new();
+        for m in self.members.values() {
+            let meta = m.metadata_for(protocol);
+            let b = meta.get(2..)?;
+            let n = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+            let mut rest = b.get(4..)?;
+            for _ in 0..n.max(0) {
+                let len = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+                let len = usize::try_from(len).ok()?;
+                let name = rest.get(2..2 + len)?;
+                out.insert(String::from_utf8(name.to_vec()).ok()?);
+                rest = rest.get(2 + len..)?;
+            }
+        }
+        Some(out)
+    }
+
     fn all_joined(&self) -> bool {
         self.pending.is_empty() && self.members.values().all(|m| m.join_ticket.is_some())
     }
@@ -1321,14 +1343,22 @@ impl Coordinator {
         let Some(g) = self.groups.get_mut(group_id) else {
             return Err(GROUP_ID_NOT_FOUND);
         };
-        if !g.members.is_empty() {
-            return Ok(partitions
-                .iter()
-                .map(|_| GROUP_SUBSCRIBED_TO_TOPIC)
-                .collect());
-        }
+        // Kafka's rules: a classic group with members refuses OffsetDelete unless it uses the
+        // consumer protocol type, and then only for the topics its members subscribe to
+        // (all topics while those are unknown).
+        let subscribed: Option<std::collections::BTreeSet<String>> = if g.members.is_empty() {
+            Some(std::collections::BTreeSet::new())
+        } else if g.protocol_type.as_deref() != Some("consumer") {
+            return Err(NON_EMPTY_GROUP);
+        } else {
+            g.subscribed_topics()
+        };
         let mut out = Vec::with_capacity(partitions.len());
         for (t, p) in partitions {
+            if subscribed.as_ref().is_none_or(|s| s.contains(t)) {
+                out.push(GROUP_SUBSCRIBED_TO_TOPIC);
+                continue;
+            }
             if g.offsets.remove(&(t.clone(), *p)).is_some() {
                 self.writes.push(Write {
                     group: group_id.to_string(),

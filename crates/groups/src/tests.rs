@@ -431,3 +431,48 @@ fn initial_delay_window_restarts_per_member_and_is_capped() {
     assert_eq!(j.len(), 5);
     assert!(j.iter().all(|(_, r)| r.generation == 1));
 }
+
+#[test]
+fn offset_delete_refuses_only_subscribed_topics_of_a_group_with_members() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    // A consumer-protocol subscription v0 to topic "a".
+    let sub = {
+        let mut v = vec![0, 0, 0, 0, 0, 1, 0, 1];
+        v.extend_from_slice(b"a");
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v
+    };
+    let mut r = req("g", "");
+    r.require_known_member_id = false;
+    r.protocols = vec![Protocol {
+        name: "range".into(),
+        metadata: sub,
+    }];
+    let t = wait(c.join(r, 0));
+    c.tick(1_000);
+    let joined = joins(&mut c);
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].0, t);
+    let ov = OffsetValue {
+        offset: 1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp: 0,
+    };
+    c.apply_commit("g", vec![("a".into(), 0, ov.clone()), ("b".into(), 0, ov)]);
+    let codes = c
+        .delete_offsets("g", &[("a".into(), 0), ("b".into(), 0)])
+        .expect("group exists");
+    assert_eq!(codes, vec![GROUP_SUBSCRIBED_TO_TOPIC, NONE]);
+    assert_eq!(c.fetch_offsets("g", None).len(), 1);
+    // Another protocol type with members: the whole request is refused.
+    let mut r = req("h", "");
+    r.require_known_member_id = false;
+    r.protocol_type = "connect".into();
+    wait(c.join(r, 0));
+    c.tick(1_000);
+    assert_eq!(
+        c.delete_offsets("h", &[("a".into(), 0)]),
+        Err(NON_EMPTY_GROUP)
+    );
+}
