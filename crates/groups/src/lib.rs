@@ -1222,9 +1222,16 @@ impl Coordinator {
                 e => CommitCheck::Error(e),
             };
         }
+        // Kafka's rules (OffsetMetadataManager / ClassicGroup.validateOffsetCommit): a
+        // generation below 0 commits to a missing or empty group whatever the member id (a
+        // KIP-848 client not in the group sends its own member id with epoch -1).
         if !self.groups.contains_key(group_id) {
-            if generation >= 0 || !member_id.is_empty() {
-                return CommitCheck::Error(ILLEGAL_GENERATION);
+            if generation >= 0 {
+                return CommitCheck::Error(if api_version >= 9 {
+                    GROUP_ID_NOT_FOUND
+                } else {
+                    ILLEGAL_GENERATION
+                });
             }
             return match self.ensure_group(group_id, now) {
                 Ok(_) => CommitCheck::Ok,
@@ -1234,12 +1241,11 @@ impl Coordinator {
         let Some(g) = self.groups.get_mut(group_id) else {
             return CommitCheck::Error(UNKNOWN_SERVER_ERROR);
         };
-        if generation < 0 && member_id.is_empty() {
-            return if g.members.is_empty() {
-                CommitCheck::Ok
-            } else {
-                CommitCheck::Error(UNKNOWN_MEMBER_ID)
-            };
+        if generation < 0 && g.members.is_empty() {
+            return CommitCheck::Ok;
+        }
+        if generation < 0 && member_id.is_empty() && instance_id.is_none() {
+            return CommitCheck::Error(UNKNOWN_MEMBER_ID);
         }
         if let Some(i) = instance_id {
             if let Some(cur) = g.statics.get(i) {
