@@ -139,9 +139,16 @@ impl CMember {
         }
     }
 
-    fn subscribes(&self, name: &str, info: &TopicInfo) -> bool {
+    /// Whether the member subscribes to a topic; its regex counts once the group resolved it.
+    fn subscribes(&self, name: &str, info: &TopicInfo, resolved: &BTreeSet<String>) -> bool {
         self.meta.subscribed_topic_names.iter().any(|n| n == name)
-            || (!info.internal && self.compiled.as_ref().is_some_and(|r| r.is_match(name)))
+            || (!info.internal
+                && self
+                    .meta
+                    .subscribed_topic_regex
+                    .as_ref()
+                    .is_some_and(|re| resolved.contains(re))
+                && self.compiled.as_ref().is_some_and(|r| r.is_match(name)))
     }
 }
 
@@ -154,6 +161,10 @@ pub(crate) struct CGroup {
     target: BTreeMap<String, Assign>,
     /// Subscription metadata: the subscribed topics as last seen.
     metadata: BTreeMap<String, (TopicId, i32)>,
+    /// Regexes of the members that the group has resolved. As in Kafka, a regex new to the
+    /// group is resolved asynchronously: the heartbeat that brings it gets an assignment
+    /// without its topics, a later heartbeat (of any member) resolves it and bumps the epoch.
+    resolved_regex: BTreeSet<String>,
 }
 
 impl CGroup {
@@ -171,6 +182,22 @@ impl CGroup {
         } else {
             "Stable"
         }
+    }
+
+    fn regexes_in_use(&self) -> BTreeSet<String> {
+        self.members
+            .values()
+            .filter_map(|m| m.meta.subscribed_topic_regex.clone())
+            .collect()
+    }
+
+    fn regex_pending(&self) -> bool {
+        self.members.values().any(|m| {
+            m.meta
+                .subscribed_topic_regex
+                .as_ref()
+                .is_some_and(|r| !self.resolved_regex.contains(r))
+        })
     }
 
     fn assignor(&self) -> &'static str {
@@ -267,7 +294,7 @@ impl Coordinator {
     fn heartbeat_interval_for(&self, gid: &str) -> i32 {
         let base = self.cfg.consumer_heartbeat_interval_ms;
         match self.cgroup(gid) {
-            Some(cg) if cg.state_name() != "Stable" => {
+            Some(cg) if cg.state_name() != "Stable" || cg.regex_pending() => {
                 base.min(self.cfg.consumer_reconciling_heartbeat_interval_ms)
             }
             _ => base,
@@ -538,10 +565,29 @@ impl Coordinator {
         m.meta.client_id = req.client_id.clone();
         m.meta.client_host = req.client_host.clone();
         m.session_deadline = now + session_ms;
-        let subscription_changed = new_member
+        let mut subscription_changed = new_member
             || before_meta.subscribed_topic_names != m.meta.subscribed_topic_names
             || before_meta.subscribed_topic_regex != m.meta.subscribed_topic_regex
             || before_meta.server_assignor != m.meta.server_assignor;
+        let introduced = (before_meta.subscribed_topic_regex != m.meta.subscribed_topic_regex)
+            .then(|| m.meta.subscribed_topic_regex.clone())
+            .flatten();
+        // Regexes brought by earlier heartbeats are resolved now; the one this heartbeat
+        // brings waits for the next (Kafka resolves them asynchronously).
+        let in_use = cg.regexes_in_use();
+        let newly: Vec<String> = in_use
+            .iter()
+            .filter(|r| !cg.resolved_regex.contains(*r) && Some(*r) != introduced.as_ref())
+            .cloned()
+            .collect();
+        if !newly.is_empty() {
+            subscription_changed = true;
+        }
+        cg.resolved_regex.extend(newly);
+        cg.resolved_regex.retain(|r| in_use.contains(r));
+        let Some(m) = cg.members.get_mut(&member_id) else {
+            return Err((UNKNOWN_SERVER_ERROR, "member vanished".into()));
+        };
         if new_member || before_meta != m.meta {
             let v = cr::member_metadata_value(&m.meta);
             push(
@@ -748,7 +794,11 @@ impl Coordinator {
         };
         let mut metadata = BTreeMap::new();
         for (name, info) in topics {
-            if cg.members.values().any(|m| m.subscribes(name, info)) {
+            if cg
+                .members
+                .values()
+                .any(|m| m.subscribes(name, info, &cg.resolved_regex))
+            {
                 metadata.insert(name.clone(), (info.id, info.partitions));
             }
         }
@@ -802,6 +852,7 @@ impl Coordinator {
                             partitions: *p,
                             internal: false,
                         },
+                        &cg.resolved_regex,
                     )
                 })
                 .map(|(_, (id, _))| *id)
@@ -1221,6 +1272,9 @@ impl Coordinator {
                         .subscribed_topic_regex
                         .as_deref()
                         .and_then(|r| compile(r).ok());
+                    if let Some(r) = &meta.subscribed_topic_regex {
+                        cg.resolved_regex.insert(r.clone());
+                    }
                     x.meta = meta;
                 }
             }

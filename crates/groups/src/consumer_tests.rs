@@ -260,6 +260,12 @@ fn regex_subscription_matches_whole_names_and_skips_internal_topics() {
     x.subscribed_topic_regex = Some("t|__.*".into());
     let r = c.consumer_heartbeat(x, &t, 0);
     assert_eq!(r.error, 0);
+    // As in Kafka, a regex new to the group is resolved after the heartbeat that brought it,
+    // which is told to come back soon.
+    assert_eq!(r.assignment, Some(vec![]));
+    assert!(r.heartbeat_interval_ms < Config::default().consumer_heartbeat_interval_ms);
+    let r = c.consumer_heartbeat(hb("a", r.member_epoch, Some(vec![])), &t, 1);
+    assert_eq!(r.error, 0);
     assert_eq!(r.assignment, Some(vec![(T, vec![0, 1])]));
 }
 
