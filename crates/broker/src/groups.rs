@@ -255,22 +255,40 @@ impl GroupService {
         writes: &mpsc::Sender<WriteBatch>,
         ack: Option<oneshot::Sender<bool>>,
     ) {
+        let mut ready = Vec::new();
         for c in g.coord.take_completions() {
             let t = match &c {
                 Completion::Join(t, _) | Completion::Sync(t, _) => *t,
             };
             if let Some(tx) = g.waiters.remove(&t) {
-                let _ = tx.send(c);
+                ready.push((tx, c));
             }
         }
         let w = g.coord.take_writes();
         if w.is_empty() {
+            for (tx, c) in ready {
+                let _ = tx.send(c);
+            }
             if let Some(a) = ack {
                 let _ = a.send(true);
             }
-        } else if let Err(e) = writes.try_send((w, ack)) {
-            tracing::error!(error = %e, "group metadata write queue full: record dropped");
+            return;
         }
+        // The answers that go with these records (e.g. SyncGroup once the leader's
+        // assignment is stored) are sent only once the records are durable, as Kafka does.
+        let (done_tx, done_rx) = oneshot::channel();
+        if let Err(e) = writes.try_send((w, Some(done_tx))) {
+            tracing::error!(error = %e, "group metadata write queue full: records dropped");
+        }
+        tokio::spawn(async move {
+            let ok = matches!(done_rx.await, Ok(true));
+            for (tx, c) in ready {
+                let _ = tx.send(if ok { c } else { failed(c) });
+            }
+            if let Some(a) = ack {
+                let _ = a.send(ok);
+            }
+        });
     }
 
     /// Applies a record of `__consumer_offsets` while loading.
@@ -281,6 +299,28 @@ impl GroupService {
         }
         // Loading produces no completions or writes worth keeping.
         let _ = g.coord.take_writes();
+    }
+}
+
+/// The answer to a waiting JoinGroup/SyncGroup whose group records could not be stored.
+fn failed(c: Completion) -> Completion {
+    match c {
+        Completion::Join(t, r) => Completion::Join(
+            t,
+            holdfast_groups::JoinResponse {
+                error: codes::COORDINATOR_NOT_AVAILABLE,
+                generation: -1,
+                member_id: r.member_id,
+                ..Default::default()
+            },
+        ),
+        Completion::Sync(t, _) => Completion::Sync(
+            t,
+            holdfast_groups::SyncResponse {
+                error: codes::COORDINATOR_NOT_AVAILABLE,
+                ..Default::default()
+            },
+        ),
     }
 }
 
@@ -676,13 +716,23 @@ impl Broker {
                 }
                 Outcome::Now(_) => None,
             };
-            GroupService::dispatch(&mut g, &svc.writes_tx);
-            (out, rx)
+            let (ack_tx, ack) = oneshot::channel();
+            GroupService::dispatch_acked(&mut g, &svc.writes_tx, Some(ack_tx));
+            (out, rx, ack)
         };
         svc.wake.notify_one();
         let resp = match res {
-            (Outcome::Now(x), _) => x,
-            (Outcome::Wait(_), Some(rx)) => {
+            // E.g. a static member's rejoin: answered once its record is durable.
+            (Outcome::Now(x), _, ack) => match ack.await {
+                Ok(true) => x,
+                _ => holdfast_groups::JoinResponse {
+                    error: codes::COORDINATOR_NOT_AVAILABLE,
+                    generation: -1,
+                    member_id: x.member_id,
+                    ..Default::default()
+                },
+            },
+            (Outcome::Wait(_), Some(rx), _) => {
                 let bound = Duration::from_millis(rebalance_timeout.max(0) as u64 + 10_000);
                 match tokio::time::timeout(bound, rx).await {
                     Ok(Ok(Completion::Join(_, x))) => x,
@@ -694,7 +744,7 @@ impl Broker {
                     },
                 }
             }
-            (Outcome::Wait(_), None) => holdfast_groups::JoinResponse {
+            (Outcome::Wait(_), None, _) => holdfast_groups::JoinResponse {
                 error: codes::UNKNOWN_SERVER_ERROR,
                 ..Default::default()
             },
@@ -730,7 +780,7 @@ impl Broker {
             .iter()
             .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
             .collect();
-        let (out, rx) = {
+        let (out, rx, ack) = {
             let mut g = svc.lock();
             let out = g.coord.sync(
                 &r.group_id.0,
@@ -750,13 +800,20 @@ impl Broker {
                 }
                 Outcome::Now(_) => None,
             };
-            GroupService::dispatch(&mut g, &svc.writes_tx);
-            (out, rx)
+            let (ack_tx, ack) = oneshot::channel();
+            GroupService::dispatch_acked(&mut g, &svc.writes_tx, Some(ack_tx));
+            (out, rx, ack)
         };
         svc.wake.notify_one();
-        let resp = match (out, rx) {
-            (Outcome::Now(x), _) => x,
-            (Outcome::Wait(_), Some(rx)) => {
+        let resp = match (out, rx, ack) {
+            (Outcome::Now(x), _, ack) => match ack.await {
+                Ok(true) => x,
+                _ => holdfast_groups::SyncResponse {
+                    error: codes::COORDINATOR_NOT_AVAILABLE,
+                    ..Default::default()
+                },
+            },
+            (Outcome::Wait(_), Some(rx), _) => {
                 match tokio::time::timeout(Duration::from_secs(330), rx).await {
                     Ok(Ok(Completion::Sync(_, x))) => x,
                     _ => holdfast_groups::SyncResponse {
@@ -765,7 +822,7 @@ impl Broker {
                     },
                 }
             }
-            (Outcome::Wait(_), None) => holdfast_groups::SyncResponse {
+            (Outcome::Wait(_), None, _) => holdfast_groups::SyncResponse {
                 error: codes::UNKNOWN_SERVER_ERROR,
                 ..Default::default()
             },
