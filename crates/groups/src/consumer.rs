@@ -751,6 +751,10 @@ impl Coordinator {
             return;
         }
         cg.target.remove(id);
+        // A regex no member uses any more is forgotten: subscribing to it again resolves it
+        // anew (as in Kafka).
+        let in_use = cg.regexes_in_use();
+        cg.resolved_regex.retain(|r| in_use.contains(r));
         for v in [
             cr::CURRENT_ASSIGNMENT,
             cr::TARGET_MEMBER,

@@ -267,6 +267,20 @@ fn regex_subscription_matches_whole_names_and_skips_internal_topics() {
     let r = c.consumer_heartbeat(hb("a", r.member_epoch, Some(vec![])), &t, 1);
     assert_eq!(r.error, 0);
     assert_eq!(r.assignment, Some(vec![(T, vec![0, 1])]));
+    // Leaving and subscribing again with the regex and a literal topic: the literal topic
+    // first, the regex's topics on the next heartbeat.
+    let r = c.consumer_heartbeat(hb("a", LEAVE_EPOCH, None), &t, 2);
+    assert_eq!(r.error, 0);
+    let mut x = hb("a", 0, Some(vec![]));
+    x.subscribed_topic_names = Some(vec!["tx".into()]);
+    x.subscribed_topic_regex = Some("t".into());
+    let r = c.consumer_heartbeat(x, &t, 3);
+    assert_eq!(r.assignment, Some(vec![([2; 16], vec![0])]));
+    let r = c.consumer_heartbeat(hb("a", r.member_epoch, None), &t, 4);
+    assert_eq!(
+        r.assignment,
+        Some(vec![(T, vec![0, 1]), ([2; 16], vec![0])])
+    );
 }
 
 #[test]
