@@ -297,6 +297,20 @@ def test_group_converts_between_protocols(broker):
     classic.close()
     d = describe(broker.bootstrap, group)
     assert d.type == ConsumerGroupType.CONSUMER and len(d.members) == 1
+    # A classic-only client (kafka-python: ListGroups v2, DescribeGroups) sees the group
+    # listed with protocol type "consumer" and, like Kafka 4, DescribeGroups answers
+    # GROUP_ID_NOT_FOUND for a consumer group.
+    from kafka.admin import KafkaAdminClient
+    kp = KafkaAdminClient(bootstrap_servers=broker.bootstrap)
+    try:
+        listed = [g for g in kp.list_groups() if g["group_id"] == group]
+        assert len(listed) == 1 and listed[0]["protocol_type"] == "consumer", listed
+        listed = [g for g in kp.list_groups(types_filter=["consumer"]) if g["group_id"] == group]
+        assert len(listed) == 1 and listed[0].get("group_state", "Stable") == "Stable", listed
+        d = kp.describe_groups([group])[group]
+        assert "GroupIdNotFound" in (d["error"] or "") and d["group_state"] == "Dead", d
+    finally:
+        kp.close()
     c.close()
     c, got = consume_n(dict(base, **{"session.timeout.ms": 6000}), topic, 3)
     assert got == [6, 7, 8]

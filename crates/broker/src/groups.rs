@@ -1058,9 +1058,10 @@ impl Broker {
             let mut d = describe_groups_response::DescribedGroup::default();
             match g.coord.describe(&id.0) {
                 None if g.coord.is_consumer_group(&id.0) => {
+                    // Kafka 4: "Group ... is not a classic group." (the message field is
+                    // v6+; Holdfast serves up to v5).
                     d.group_state = sb("Dead");
                     d.error_code = codes::GROUP_ID_NOT_FOUND;
-                    d.error_message = Some(sb(&format!("Group {} is not a classic group.", id.0)));
                 }
                 None => d.group_state = sb("Dead"),
                 Some(x) => {
