@@ -1348,79 +1348,90 @@ pub fn assign_uniform(
     parts: &BTreeMap<TopicId, i32>,
     prev: &BTreeMap<String, Assign>,
 ) -> BTreeMap<String, Assign> {
-    let mut out: BTreeMap<String, BTreeSet<(TopicId, i32)>> =
-        subs.keys().map(|m| (m.clone(), BTreeSet::new())).collect();
-    let mut owner: BTreeMap<(TopicId, i32), String> = BTreeMap::new();
+    let mut out: BTreeMap<&str, BTreeSet<(TopicId, i32)>> =
+        subs.keys().map(|m| (m.as_str(), BTreeSet::new())).collect();
+    let mut owned: BTreeSet<(TopicId, i32)> = BTreeSet::new();
     let exists = |id: &TopicId, p: i32| parts.get(id).is_some_and(|n| p >= 0 && p < *n);
     for (m, a) in prev {
-        let Some(s) = subs.get(m) else { continue };
-        for (id, ps) in a {
-            if !s.contains(id) {
-                continue;
-            }
+        let (Some(s), Some(x)) = (subs.get(m), out.get_mut(m.as_str())) else {
+            continue;
+        };
+        for (id, ps) in a.iter().filter(|(id, _)| s.contains(*id)) {
             for p in ps {
-                if exists(id, *p) && !owner.contains_key(&(*id, *p)) {
-                    owner.insert((*id, *p), m.clone());
-                    if let Some(x) = out.get_mut(m) {
-                        x.insert((*id, *p));
-                    }
+                if exists(id, *p) && owned.insert((*id, *p)) {
+                    x.insert((*id, *p));
                 }
             }
+        }
+    }
+    // Members by load: the least loaded first (ties in member-id order).
+    let mut load: BTreeSet<(usize, &str)> = out.iter().map(|(m, a)| (a.len(), *m)).collect();
+    fn lightest<'a>(
+        load: &BTreeSet<(usize, &'a str)>,
+        subs: &BTreeMap<String, BTreeSet<TopicId>>,
+        id: &TopicId,
+        not: &str,
+    ) -> Option<(usize, &'a str)> {
+        load.iter()
+            .find(|(_, m)| *m != not && subs.get(*m).is_some_and(|s| s.contains(id)))
+            .copied()
+    }
+    fn shift<'a>(
+        out: &mut BTreeMap<&'a str, BTreeSet<(TopicId, i32)>>,
+        load: &mut BTreeSet<(usize, &'a str)>,
+        m: &'a str,
+        tp: (TopicId, i32),
+        add: bool,
+    ) {
+        if let Some(x) = out.get_mut(m) {
+            load.remove(&(x.len(), m));
+            if add {
+                x.insert(tp);
+            } else {
+                x.remove(&tp);
+            }
+            load.insert((x.len(), m));
         }
     }
     for (id, n) in parts {
         for p in 0..*n {
-            if owner.contains_key(&(*id, p)) {
+            if owned.contains(&(*id, p)) {
                 continue;
             }
-            let best = subs
-                .iter()
-                .filter(|(_, s)| s.contains(id))
-                .min_by_key(|(m, _)| (out.get(*m).map_or(0, BTreeSet::len), (*m).clone()))
-                .map(|(m, _)| m.clone());
-            if let Some(m) = best {
-                owner.insert((*id, p), m.clone());
-                if let Some(x) = out.get_mut(&m) {
-                    x.insert((*id, p));
-                }
+            if let Some((_, m)) = lightest(&load, subs, id, "") {
+                shift(&mut out, &mut load, m, (*id, p), true);
             }
         }
     }
-    // Balance: bounded by one move per partition per pass; each move lowers the spread.
-    let total: usize = out.values().map(BTreeSet::len).sum();
-    for _ in 0..=total {
-        let mut moved = false;
-        let mut order: Vec<(usize, String)> =
-            out.iter().map(|(m, a)| (a.len(), m.clone())).collect();
-        order.sort_by(|a, b| b.cmp(a));
-        'outer: for (n_from, from) in &order {
+    // Balance: move a partition from a more loaded member to the least loaded eligible one
+    // while that narrows the spread. Each move lowers the sum of squared loads, so this
+    // ends; with one subscription for all it takes at most one move per partition.
+    'balance: loop {
+        let heavy: Vec<(usize, &str)> = load.iter().rev().copied().collect();
+        for (n_from, from) in heavy {
             let Some(from_parts) = out.get(from) else {
                 continue;
             };
+            let mut chosen = None;
             for tp in from_parts.iter().rev() {
-                let to = subs
-                    .iter()
-                    .filter(|(m, s)| *m != from && s.contains(&tp.0))
-                    .map(|(m, _)| (out.get(m).map_or(0, BTreeSet::len), m.clone()))
-                    .min();
-                if let Some((n_to, to)) = to {
-                    if n_to + 1 < *n_from {
-                        let tp = *tp;
-                        if let Some(x) = out.get_mut(from) {
-                            x.remove(&tp);
-                        }
-                        if let Some(x) = out.get_mut(&to) {
-                            x.insert(tp);
-                        }
-                        moved = true;
-                        break 'outer;
+                match lightest(&load, subs, &tp.0, from) {
+                    Some((n_to, to)) if n_to + 1 < n_from => {
+                        chosen = Some((*tp, to));
+                        break;
                     }
+                    // For a homogeneous group the least loaded member is the same for
+                    // every partition: one look is enough.
+                    _ if subs.values().all(|s| s == &subs[from]) => break,
+                    _ => {}
                 }
             }
+            if let Some((tp, to)) = chosen {
+                shift(&mut out, &mut load, from, tp, false);
+                shift(&mut out, &mut load, to, tp, true);
+                continue 'balance;
+            }
         }
-        if !moved {
-            break;
-        }
+        break;
     }
     out.into_iter()
         .map(|(m, set)| {
@@ -1428,7 +1439,7 @@ pub fn assign_uniform(
             for (id, p) in set {
                 a.entry(id).or_default().insert(p);
             }
-            (m, a)
+            (m.to_string(), a)
         })
         .collect()
 }

@@ -432,3 +432,37 @@ fn range_gives_contiguous_ranges() {
     assert_eq!(out["a"][&T], BTreeSet::from([0, 1, 2]));
     assert_eq!(out["b"][&T], BTreeSet::from([3, 4]));
 }
+
+#[test]
+fn uniform_scales_to_a_large_group_joining_one_by_one() {
+    // 200 members join one after another a 2000-partition topic: each join recomputes the
+    // target from the previous one. Balanced within one at every step, and quick.
+    let parts = BTreeMap::from([(T, 2000)]);
+    let mut subs = BTreeMap::new();
+    let mut target = BTreeMap::new();
+    let t0 = std::time::Instant::now();
+    for i in 0..200 {
+        subs.insert(format!("m{i:03}"), BTreeSet::from([T]));
+        let next = assign_uniform(&subs, &parts, &target);
+        let counts: Vec<usize> = next
+            .values()
+            .map(|a| a.get(&T).map_or(0, BTreeSet::len))
+            .collect();
+        let (lo, hi) = (counts.iter().min(), counts.iter().max());
+        assert!(hi.zip(lo).is_some_and(|(h, l)| h - l <= 1), "{counts:?}");
+        assert_eq!(counts.iter().sum::<usize>(), 2000);
+        // Sticky: a member keeps all but what it must give up.
+        for (m, a) in &target {
+            let kept = a
+                .get(&T)
+                .map_or(0, |s: &BTreeSet<i32>| s.intersection(&next[m][&T]).count());
+            assert!(kept + 1 >= next[m][&T].len().min(a.get(&T).map_or(0, BTreeSet::len)));
+        }
+        target = next;
+    }
+    assert!(
+        t0.elapsed() < std::time::Duration::from_secs(20),
+        "{:?}",
+        t0.elapsed()
+    );
+}
