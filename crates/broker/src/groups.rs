@@ -1057,12 +1057,8 @@ impl Broker {
         for id in r.groups {
             let mut d = describe_groups_response::DescribedGroup::default();
             match g.coord.describe(&id.0) {
-                None if g.coord.is_consumer_group(&id.0) => {
-                    // Kafka 4: "Group ... is not a classic group." (the message field is
-                    // v6+; Holdfast serves up to v5).
-                    d.group_state = sb("Dead");
-                    d.error_code = codes::GROUP_ID_NOT_FOUND;
-                }
+                // A missing group, or a consumer-protocol one: Dead with no error, as Kafka
+                // answers DescribeGroups up to v5 (v6, not served, adds GROUP_ID_NOT_FOUND).
                 None => d.group_state = sb("Dead"),
                 Some(x) => {
                     d.group_state = sb(x.state.name());
