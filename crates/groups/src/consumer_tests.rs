@@ -466,3 +466,211 @@ fn uniform_scales_to_a_large_group_joining_one_by_one() {
         t0.elapsed()
     );
 }
+
+/// Deterministic xorshift for the randomized test (no dependency).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+struct SimClient {
+    id: String,
+    epoch: i32,
+    /// What the client believes it owns (it adopts every assignment at once: revoking is
+    /// instantaneous in this model).
+    owned: BTreeMap<TopicId, BTreeSet<i32>>,
+    alive: bool,
+    last_beat: i64,
+}
+
+fn owned_list(c: &SimClient) -> Vec<(TopicId, Vec<i32>)> {
+    c.owned
+        .iter()
+        .filter(|(_, ps)| !ps.is_empty())
+        .map(|(id, ps)| (*id, ps.iter().copied().collect()))
+        .collect()
+}
+
+fn sim_beat(co: &mut Coordinator, c: &mut SimClient, t: &Topics, now: i64, full: bool) {
+    let mut req = hb(&c.id, c.epoch, Some(vec![]));
+    req.owned = Some(owned_list(c));
+    if c.epoch == 0 {
+        req.owned = Some(vec![]);
+        req.rebalance_timeout_ms = 30_000;
+        req.subscribed_topic_names = Some(vec!["t".into(), "u".into()]);
+    } else if full {
+        req.rebalance_timeout_ms = 30_000;
+        req.subscribed_topic_names = Some(vec!["t".into(), "u".into()]);
+    }
+    let r = co.consumer_heartbeat(req, t, now);
+    c.last_beat = now;
+    match r.error {
+        0 => {
+            c.epoch = r.member_epoch;
+            if let Some(a) = r.assignment {
+                c.owned = a
+                    .into_iter()
+                    .map(|(id, ps)| (id, ps.into_iter().collect()))
+                    .collect();
+            }
+        }
+        FENCED_MEMBER_EPOCH | UNKNOWN_MEMBER_ID => {
+            // The client loses its partitions and rejoins.
+            c.epoch = 0;
+            c.owned.clear();
+        }
+        e => panic!("unexpected error {e}: {r:?}"),
+    }
+}
+
+/// What each live member of the coordinator's group holds.
+fn members_holdings(co: &Coordinator) -> BTreeMap<String, (i32, BTreeSet<(TopicId, i32)>)> {
+    let mut out = BTreeMap::new();
+    if let Some(cg) = co.groups.get("g").and_then(|g| g.consumer.as_ref()) {
+        for m in cg.members.values() {
+            let mut set = BTreeSet::new();
+            for a in [&m.assigned, &m.pending_revocation] {
+                for (id, ps) in a {
+                    set.extend(ps.iter().map(|p| (*id, *p)));
+                }
+            }
+            out.insert(m.id.clone(), (m.epoch, set));
+        }
+    }
+    out
+}
+
+#[test]
+fn randomized_joins_leaves_crashes_and_growth_keep_one_owner_and_converge() {
+    for seed in 1..=40u64 {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ seed.wrapping_mul(0x2545_f491_4f6c_dd1d));
+        let mut co = Coordinator::new(Config::default(), "sim");
+        let mut t = topics(1 + rng.below(6) as i32);
+        t.insert(
+            "u".into(),
+            TopicInfo {
+                id: [2; 16],
+                partitions: 1 + rng.below(4) as i32,
+                internal: false,
+            },
+        );
+        let mut clients: Vec<SimClient> = Vec::new();
+        let mut now = 0i64;
+        for step in 0..300 {
+            now += rng.below(3_000) as i64;
+            match rng.below(20) {
+                0 | 1 if clients.iter().filter(|c| c.alive).count() < 6 => {
+                    let mut c = SimClient {
+                        id: format!("c{step}"),
+                        epoch: 0,
+                        owned: BTreeMap::new(),
+                        alive: true,
+                        last_beat: now,
+                    };
+                    sim_beat(&mut co, &mut c, &t, now, false);
+                    clients.push(c);
+                }
+                2 => {
+                    // A clean leave.
+                    if let Some(c) = clients.iter_mut().find(|c| c.alive && c.epoch > 0) {
+                        let r = co.consumer_heartbeat(hb(&c.id, LEAVE_EPOCH, None), &t, now);
+                        assert!(r.error == 0 || r.error == UNKNOWN_MEMBER_ID, "{r:?}");
+                        c.alive = false;
+                    }
+                }
+                3 => {
+                    // A crash: the client stops; its session expires later.
+                    let n = clients.len() as u64;
+                    if let Some(c) = clients.get_mut(rng.below(n) as usize) {
+                        c.alive = false;
+                    }
+                }
+                4 => {
+                    // More partitions.
+                    if let Some(x) = t.get_mut("t") {
+                        x.partitions += 1 + rng.below(3) as i32;
+                    }
+                }
+                5 => {
+                    now += 50_000; // past every session of members that did not beat
+                    for c in clients.iter_mut().filter(|c| c.alive) {
+                        sim_beat(&mut co, c, &t, now - 1, false);
+                    }
+                }
+                _ => {
+                    let n = clients.len() as u64;
+                    let full = rng.below(10) == 0;
+                    if let Some(c) = clients.get_mut(rng.below(n) as usize) {
+                        if c.alive {
+                            sim_beat(&mut co, c, &t, now, full);
+                        }
+                    }
+                }
+            }
+            // Live clients whose session ran out are fenced by the timer, like in the broker.
+            for c in clients.iter_mut().filter(|c| c.alive) {
+                if now - c.last_beat >= 45_000 {
+                    c.alive = false;
+                }
+            }
+            co.tick(now);
+            check_single_owner(&co);
+            // A client believes it owns only what the coordinator has it holding.
+            let held = members_holdings(&co);
+            for c in clients.iter().filter(|c| c.alive && c.epoch > 0) {
+                if let Some((_, set)) = held.get(&c.id) {
+                    for (id, ps) in &c.owned {
+                        for p in ps {
+                            assert!(set.contains(&(*id, *p)), "seed {seed} step {step}: {} owns {p} the coordinator does not give it", c.id);
+                        }
+                    }
+                }
+            }
+        }
+        // Convergence: the live clients keep heartbeating; the group ends Stable with every
+        // partition owned once and counts within one.
+        let live: Vec<usize> = (0..clients.len()).filter(|i| clients[*i].alive).collect();
+        // Rounds 5 s apart: members of crashed clients expire after the 45 s session.
+        for round in 0..30 {
+            now += 5_000;
+            for i in &live {
+                sim_beat(&mut co, &mut clients[*i], &t, now, round == 0);
+            }
+            co.tick(now);
+            check_single_owner(&co);
+        }
+        if live.is_empty() {
+            continue;
+        }
+        let d = co.consumer_describe("g").expect("group");
+        assert_eq!(d.state, "Stable", "seed {seed}");
+        let total: i32 = t.values().map(|x| x.partitions).sum();
+        let mut all = BTreeSet::new();
+        let mut counts = Vec::new();
+        for i in &live {
+            let c = &clients[*i];
+            let n: usize = c.owned.values().map(BTreeSet::len).sum();
+            counts.push(n);
+            for (id, ps) in &c.owned {
+                for p in ps {
+                    assert!(all.insert((*id, *p)), "seed {seed}: two clients own {p}");
+                }
+            }
+        }
+        assert_eq!(all.len() as i32, total, "seed {seed}: {counts:?}");
+        let (lo, hi) = (counts.iter().min(), counts.iter().max());
+        assert!(
+            hi.zip(lo).is_some_and(|(h, l)| h - l <= 1),
+            "seed {seed}: {counts:?}"
+        );
+    }
+}
