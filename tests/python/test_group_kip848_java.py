@@ -57,3 +57,35 @@ def test_consumer_groups_describe_state_and_members(broker):
         assert "4" in row and topic + ":0,1,2,3" in " ".join(row), fail_text(v)
     finally:
         m.cleanup()
+
+
+def test_java_members_split_partitions_and_one_leaves(broker):
+    """Two Java 4.3 consumers (group.protocol=consumer) share a 4-partition topic, 2 each;
+    one closes (SIGTERM: the console consumer closes its consumer, which leaves the group
+    with epoch -1) and the other gets all 4. Observed with kafka-consumer-groups --members."""
+    import subprocess
+    from test_java import java_cmd
+    topic, group = unique_topic("j848m"), unique_topic("gj848m")
+    create_topic(broker.bootstrap, topic, 4)
+    args = ["--bootstrap-server", broker.bootstrap, "--topic", topic, "--group", group,
+            "--command-property", "group.protocol=consumer", "--timeout-ms", "120000"]
+    procs = [subprocess.Popen(java_cmd(CONSOLE_CONSUMER, args), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for _ in range(2)]
+    base = ["--bootstrap-server", broker.bootstrap, "--describe", "--group", group, "--members"]
+
+    def partitions_per_member():
+        p = java(CONSUMER_GROUPS, base, what="kafka-consumer-groups --describe --members")
+        # GROUP CONSUMER-ID HOST CLIENT-ID #PARTITIONS
+        return sorted(int(r[4]) for r in rows(p.stdout, group) if len(r) >= 5 and r[4].isdigit())
+    try:
+        wait_until(lambda: partitions_per_member() == [2, 2], timeout=90, interval=0.5,
+                   what="two Java members with 2 partitions each")
+        procs[1].terminate()
+        assert procs[1].wait(60) is not None
+        wait_until(lambda: partitions_per_member() == [4], timeout=60, interval=0.5,
+                   what="the remaining Java member owns all 4")
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(30)
