@@ -11,9 +11,10 @@ if [ ! -x .venv/bin/python ]; then
     "$PY" -m venv .venv
 fi
 # Codec packages kafka-python needs: lz4, cramjam (snappy), zstandard; gzip is stdlib.
-PKGS="confluent-kafka kafka-python pytest lz4 cramjam python-snappy zstandard"
+# prometheus-client parses /metrics scrapes (tests/python/test_ops_metrics.py).
+PKGS="confluent-kafka kafka-python pytest lz4 cramjam python-snappy zstandard prometheus-client"
 missing=0
-for mod in confluent_kafka kafka pytest lz4 cramjam snappy zstandard; do
+for mod in confluent_kafka kafka pytest lz4 cramjam snappy zstandard prometheus_client; do
     .venv/bin/python -c "import $mod" 2>/dev/null || missing=1
 done
 if [ "$missing" = 1 ]; then

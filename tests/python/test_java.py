@@ -320,7 +320,7 @@ def test_broker_api_versions(broker):
     assert p.returncode == 0, fail_text(p)
     usable = dict(re.findall(r"\t(\w+)\(\d+\): \d+ to \d+ \[usable: (\d+)\]", p.stdout))
     # What the Java client and the tools above rely on, at the 4.x clients' newest versions.
-    for api, v in [("Produce", "11"), ("Fetch", "16"), ("ListOffsets", "8"), ("Metadata", "12"),
+    for api, v in [("Produce", "12"), ("Fetch", "16"), ("ListOffsets", "8"), ("Metadata", "12"),
                    ("ApiVersions", "4"), ("CreateTopics", "7"), ("DeleteTopics", "6"),
                    ("InitProducerId", "4"), ("DeleteRecords", "2"), ("CreatePartitions", "3"),
                    ("DescribeConfigs", "4"), ("DescribeCluster", "1"), ("DescribeLogDirs", "4")]:

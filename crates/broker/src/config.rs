@@ -68,6 +68,8 @@ pub const TOPIC_CONFIG_KEYS: &[&str] = &[
     "preallocate",
     "retention.bytes",
     "retention.ms",
+    "retention.protect.groups",
+    "retention.protect.max.bytes",
     "segment.bytes",
     "segment.index.bytes",
     "segment.jitter.ms",
@@ -146,6 +148,11 @@ pub fn build_log_config(
             }
             "retention.bytes" => c.retention_bytes = parse_i64(k, v, -1)?,
             "retention.ms" => c.retention_ms = parse_i64(k, v, -1)?,
+            // Protected retention (crate::protect): applied by the broker's retention tick.
+            "retention.protect.groups" => {}
+            "retention.protect.max.bytes" => {
+                parse_i64(k, v, 0)?;
+            }
             "segment.bytes" => c.segment_bytes = parse_i64(k, v, 14)? as u64,
             "segment.ms" => c.segment_ms = parse_i64(k, v, 1)?,
             _ => return Err(ConfigError::UnknownKey(key.clone())),
@@ -217,6 +224,8 @@ pub fn render_topic_config(c: &LogConfig, key: &str) -> Option<String> {
         "preallocate" | "unclean.leader.election.enable" => "false".into(),
         "retention.bytes" => c.retention_bytes.to_string(),
         "retention.ms" => c.retention_ms.to_string(),
+        "retention.protect.groups" => String::new(),
+        "retention.protect.max.bytes" => crate::protect::DEFAULT_CAP_BYTES.to_string(),
         "segment.bytes" => c.segment_bytes.to_string(),
         "segment.index.bytes" => "10485760".into(),
         "segment.jitter.ms" => "0".into(),
@@ -252,6 +261,8 @@ pub fn describe_topic_configs(
                             | "segment.jitter.ms"
                             | "file.delete.delay.ms"
                             | "compression.type"
+                            | "retention.protect.groups"
+                            | "retention.protect.max.bytes"
                     ) =>
                 {
                     v.clone()
@@ -324,6 +335,18 @@ pub struct BrokerConfig {
     pub offsets_topic_partitions: i32,
     /// `offsets.retention.check.interval.ms`
     pub offsets_retention_check_interval_ms: u64,
+    /// Transaction coordinator settings (`transaction.max.timeout.ms`).
+    pub txns: holdfast_txn::Config,
+    /// `transaction.state.log.num.partitions` (Kafka: 50; Holdfast on one node: 10). Only
+    /// used when `__transaction_state` is created.
+    pub txn_topic_partitions: i32,
+    /// `holdfast.transaction.version`: the `transaction.version` feature advertised to
+    /// clients: 2 (default, KIP-890: the producer epoch is bumped on every transaction, so a
+    /// delayed request of an earlier transaction can never touch a later one) or 1.
+    pub transaction_version: i16,
+    /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (Kafka: 10000): how
+    /// often open transactions are checked against their timeout.
+    pub txn_timeout_check_interval_ms: u64,
 }
 
 impl BrokerConfig {
@@ -345,6 +368,10 @@ impl BrokerConfig {
             groups: holdfast_groups::Config::default(),
             offsets_topic_partitions: 10,
             offsets_retention_check_interval_ms: 600_000,
+            txns: holdfast_txn::Config::default(),
+            txn_topic_partitions: 10,
+            txn_timeout_check_interval_ms: 10_000,
+            transaction_version: 2,
         }
     }
 
@@ -404,6 +431,21 @@ impl BrokerConfig {
             }
             "offsets.topic.num.partitions" => {
                 self.offsets_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
+            }
+            "transaction.max.timeout.ms" => {
+                self.txns.max_timeout_ms = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "holdfast.transaction.version" => {
+                self.transaction_version = parse_i64(key, value, 1)?.min(2) as i16
+            }
+            "transactional.id.expiration.ms" => {
+                self.txns.id_expiration_ms = parse_i64(key, value, 1)?
+            }
+            "transaction.state.log.num.partitions" => {
+                self.txn_topic_partitions = parse_i64(key, value, 1)?.min(1000) as i32
+            }
+            "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
+                self.txn_timeout_check_interval_ms = parse_i64(key, value, 1)? as u64
             }
             "offsets.retention.check.interval.ms" => {
                 self.offsets_retention_check_interval_ms = parse_i64(key, value, 1)? as u64

@@ -13,8 +13,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use kafka_protocol::indexmap::IndexMap;
-use kafka_protocol::messages::fetch_response::{FetchableTopicResponse, PartitionData};
-use kafka_protocol::messages::{FetchRequest, FetchResponse, TopicName};
+use kafka_protocol::messages::fetch_response::{
+    AbortedTransaction, FetchableTopicResponse, PartitionData,
+};
+use kafka_protocol::messages::{FetchRequest, FetchResponse, ProducerId, TopicName};
 use kafka_protocol::protocol::StrBytes;
 use uuid::Uuid;
 
@@ -384,15 +386,44 @@ impl Broker {
                 }
                 Some(p) => {
                     let budget = (t.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
-                    match read_partition(p, t.fetch_offset, t.leader_epoch, budget, total == 0) {
-                        Ok((hw, start, data)) => {
-                            pd.high_watermark = hw;
-                            pd.last_stable_offset = hw;
-                            pd.log_start_offset = start;
-                            total += data.len();
-                            pd.records = Some(data);
+                    match read_partition(
+                        p,
+                        t.fetch_offset,
+                        t.leader_epoch,
+                        budget,
+                        total == 0,
+                        isolation == 1,
+                    ) {
+                        Ok(r) => {
+                            pd.high_watermark = r.high_watermark;
+                            pd.last_stable_offset = r.last_stable_offset;
+                            pd.log_start_offset = r.log_start_offset;
+                            total += r.records.len();
+                            crate::metrics::bytes_out(&p.topic, r.records.len());
+                            pd.records = Some(r.records);
+                            if isolation == 1 {
+                                pd.aborted_transactions = Some(
+                                    r.aborted
+                                        .iter()
+                                        .map(|a| {
+                                            let mut x = AbortedTransaction::default();
+                                            x.producer_id = ProducerId(a.producer_id);
+                                            x.first_offset = a.first_offset;
+                                            x
+                                        })
+                                        .collect(),
+                                );
+                            }
                         }
                         Err((code, hw, start)) => {
+                            if code == ec::OFFSET_OUT_OF_RANGE && t.fetch_offset < start {
+                                crate::ledger::fetch_below_log_start(
+                                    &p.topic,
+                                    p.index,
+                                    t.fetch_offset,
+                                    start,
+                                );
+                            }
                             pd.error_code = code;
                             pd.high_watermark = hw;
                             pd.last_stable_offset = hw;

@@ -222,7 +222,7 @@ impl GroupService {
     }
 
     /// Runs `f` on the coordinator, then delivers completions and queues writes.
-    fn with<T>(&self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
+    pub(crate) fn with<T>(&self, f: impl FnOnce(&mut Coordinator) -> T) -> T {
         let mut g = self.lock();
         let out = f(&mut g.coord);
         Self::dispatch(&mut g, &self.writes_tx);
@@ -291,8 +291,12 @@ impl GroupService {
         });
     }
 
+    pub(crate) fn partitions(&self) -> i32 {
+        self.partitions
+    }
+
     /// Applies a record of `__consumer_offsets` while loading.
-    fn load(&self, key: &[u8], value: Option<&[u8]>, now: i64) {
+    pub(crate) fn load(&self, key: &[u8], value: Option<&[u8]>, now: i64) {
         let mut g = self.lock();
         if let Err(e) = g.coord.load_record(key, value, now) {
             tracing::warn!(error = %e, "skipping a __consumer_offsets record");
@@ -321,6 +325,23 @@ fn failed(c: Completion) -> Completion {
                 ..Default::default()
             },
         ),
+    }
+}
+
+impl GroupService {
+    /// Every committed offset, as (group, topic, partition, offset): for metrics and the
+    /// loss ledger.
+    pub(crate) fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
+        let g = self.lock();
+        let mut out = Vec::new();
+        for group in g.coord.list_groups(&[]).into_iter().map(|x| x.group_id) {
+            for (t, p, v) in g.coord.fetch_offsets(&group, None) {
+                if let Some(v) = v {
+                    out.push((group.clone(), t, p, v.offset));
+                }
+            }
+        }
+        out
     }
 }
 
@@ -364,11 +385,20 @@ impl Broker {
                 for f in holdfast_log::batch::frames(&bytes) {
                     let (h, b) = f.map_err(|e| format!("{OFFSETS_TOPIC}-{}: {e}", p.index))?;
                     next = h.last_offset() + 1;
-                    if h.is_control() {
-                        continue;
-                    }
+                    let transactional = h.is_transactional();
                     holdfast_log::batch::for_each_stored_record(&h, b, |r| {
-                        if let Some(k) = r.key {
+                        let Some(k) = r.key else { return Ok(()) };
+                        if h.is_control() {
+                            // A transaction marker: its offsets apply (COMMIT) or vanish.
+                            if let Some(kind) = holdfast_log::MarkerKind::from_control_key(k) {
+                                for (k, v) in self.txns().loaded_marker(h.producer_id, kind) {
+                                    self.groups().load(&k, v.as_deref(), now);
+                                    count += 1;
+                                }
+                            }
+                        } else if transactional {
+                            self.txns().loaded_txn_offset(h.producer_id, k, r.value);
+                        } else {
                             self.groups().load(k, r.value, now);
                             count += 1;
                         }
@@ -420,7 +450,7 @@ impl Broker {
         };
         let p2 = Arc::clone(&p);
         let appended = blocking(move || {
-            crate::handlers::append_records(&p2, Some(Bytes::from(data)), now_ms())
+            crate::handlers::append_records(&p2, Some(Bytes::from(data)), now_ms(), |_| Ok(()))
         })
         .await
         .ok_or(codes::UNKNOWN_SERVER_ERROR)?;
@@ -632,10 +662,11 @@ impl Broker {
         version: i16,
     ) -> FindCoordinatorResponse {
         use find_coordinator_response::Coordinator as C;
-        const TXN: &str = "Holdfast has no transaction coordinator yet.";
+        const BAD_KEY: &str = "Unknown coordinator key type.";
         let (host, port) = self.advertised();
         let node = BrokerId(self.config.node_id);
-        let is_txn = req.key_type == 1;
+        // 0: group, 1: transaction (this broker coordinates both); anything else is refused.
+        let bad_key_type = !(0..=1).contains(&req.key_type);
         let mut r = FindCoordinatorResponse::default();
         if version >= 4 {
             r.coordinators = req
@@ -644,11 +675,11 @@ impl Broker {
                 .map(|key| {
                     let mut c = C::default();
                     c.key = key;
-                    if is_txn {
+                    if bad_key_type {
                         c.node_id = BrokerId(-1);
                         c.port = -1;
-                        c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-                        c.error_message = Some(sb(TXN));
+                        c.error_code = ec::INVALID_REQUEST;
+                        c.error_message = Some(sb(BAD_KEY));
                     } else {
                         c.node_id = node;
                         c.host = sb(&host);
@@ -657,10 +688,10 @@ impl Broker {
                     c
                 })
                 .collect();
-        } else if is_txn {
-            r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
+        } else if bad_key_type {
+            r.error_code = ec::INVALID_REQUEST;
             if version >= 1 {
-                r.error_message = Some(sb(TXN));
+                r.error_message = Some(sb(BAD_KEY));
             }
             r.node_id = BrokerId(-1);
             r.port = -1;
@@ -1018,6 +1049,10 @@ impl Broker {
                         op.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
                         op.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
                         op.metadata = Some(sb(v.as_ref().map_or("", |v| v.metadata.as_str())));
+                        if r.require_stable && self.txns().has_pending_offsets(&g.group_id.0, &t, p)
+                        {
+                            op.error_code = crate::txn::UNSTABLE_OFFSET_COMMIT;
+                        }
                         ot.partitions.push(op);
                     }
                     og.topics.push(ot);
@@ -1043,6 +1078,12 @@ impl Broker {
                     op.committed_offset = v.as_ref().map_or(-1, |v| v.offset);
                     op.committed_leader_epoch = v.as_ref().map_or(-1, |v| v.leader_epoch);
                     op.metadata = Some(sb(v.as_ref().map_or("", |v| v.metadata.as_str())));
+                    if version >= 7
+                        && r.require_stable
+                        && self.txns().has_pending_offsets(&r.group_id.0, &t, p)
+                    {
+                        op.error_code = crate::txn::UNSTABLE_OFFSET_COMMIT;
+                    }
                     ot.partitions.push(op);
                 }
                 resp.topics.push(ot);

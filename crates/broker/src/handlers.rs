@@ -2,7 +2,7 @@
 //! resolves to it (produce waiting for durability, fetch long polling). The part of a request
 //! that must happen in request order (appends) runs before the handler returns.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -109,12 +109,14 @@ impl Broker {
     ) -> Reply {
         match body {
             RequestKind::ApiVersions(_) => Reply::Now(Some(ResponseKind::ApiVersions(
-                holdfast_codec::api_versions_response(ec::NONE),
+                holdfast_codec::api_versions_response_with_features(
+                    self.config.transaction_version,
+                ),
             ))),
             RequestKind::Metadata(r) => {
                 Reply::Now(self.metadata(r, version).await.map(ResponseKind::Metadata))
             }
-            RequestKind::Produce(r) => self.produce(r).await,
+            RequestKind::Produce(r) => self.produce(r, version).await,
             RequestKind::Fetch(r) => {
                 let b = Arc::clone(self);
                 Reply::Later(Box::pin(async move {
@@ -139,6 +141,16 @@ impl Broker {
                     .await
                     .map(ResponseKind::DeleteTopics),
             ),
+            RequestKind::InitProducerId(r)
+                if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) =>
+            {
+                let b = Arc::clone(self);
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::InitProducerId(
+                        b.txn_init_producer_id(r, version).await,
+                    ))
+                }))
+            }
             RequestKind::InitProducerId(r) => {
                 let b = Arc::clone(self);
                 Reply::Now(
@@ -302,7 +314,8 @@ impl Broker {
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.meta.name));
         mt.topic_id = t.meta.id;
-        mt.is_internal = t.meta.name == crate::groups::OFFSETS_TOPIC;
+        mt.is_internal =
+            t.meta.name == crate::groups::OFFSETS_TOPIC || t.meta.name == crate::txn::TXN_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -321,8 +334,13 @@ impl Broker {
 
     // ---------------------------------------------------------------- Produce
 
-    async fn produce(self: &Arc<Self>, req: ProduceRequest) -> Reply {
+    async fn produce(self: &Arc<Self>, req: ProduceRequest, version: i16) -> Reply {
         let acks = req.acks;
+        let transactional_id = req
+            .transactional_id
+            .as_ref()
+            .map(|t| t.0.to_string())
+            .filter(|t| !t.is_empty());
         let timeout_ms = if req.timeout_ms > 0 {
             req.timeout_ms as u64
         } else {
@@ -343,20 +361,62 @@ impl Broker {
                 .collect();
             return Reply::Now(Some(ResponseKind::Produce(produce_response(results))));
         }
+        // Transactions version 2 (Produce v12+): the first write to a partition adds it to
+        // the producer's transaction.
+        let mut refused: HashMap<(String, i32), i16> = HashMap::new();
+        if version >= 12 {
+            if let Some(txn_id) = &transactional_id {
+                let mut by_producer: BTreeMap<(i64, i16), Vec<(String, i32)>> = BTreeMap::new();
+                for (t, p, records) in &work {
+                    if let Some(h) = records
+                        .as_deref()
+                        .and_then(holdfast_log::batch::BatchHeader::parse)
+                        .filter(|h| h.is_transactional())
+                    {
+                        by_producer
+                            .entry((h.producer_id, h.producer_epoch))
+                            .or_default()
+                            .push((t.clone(), *p));
+                    }
+                }
+                for ((pid, epoch), parts) in by_producer {
+                    if let Err(code) = self
+                        .add_partitions_implicitly(txn_id, pid, epoch, &parts)
+                        .await
+                    {
+                        for tp in parts {
+                            refused.insert(tp, code);
+                        }
+                    }
+                }
+            }
+        }
         let b = Arc::clone(self);
         // Appends, in request order, on a blocking thread.
         let appended = blocking(move || {
             let now = now_ms();
             work.into_iter()
                 .map(|(topic, index, records)| {
+                    if let Some(code) = refused.get(&(topic.clone(), index)) {
+                        return (topic, index, Err((*code, None)));
+                    }
                     let r = match b.partition(&topic, index) {
                         // Only the group coordinator writes its internal topic (as in Kafka).
-                        Some(_) if topic == crate::groups::OFFSETS_TOPIC => Err((
-                            ec::INVALID_TOPIC_EXCEPTION,
-                            Some(format!("Cannot append to internal topic {topic}")),
-                        )),
+                        Some(_)
+                            if topic == crate::groups::OFFSETS_TOPIC
+                                || topic == crate::txn::TXN_TOPIC =>
+                        {
+                            Err((
+                                ec::INVALID_TOPIC_EXCEPTION,
+                                Some(format!("Cannot append to internal topic {topic}")),
+                            ))
+                        }
                         None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
-                        Some(p) => append_records(&p, records, now).map(|o| (o, p)),
+                        Some(p) => append_records(&p, records, now, |h| {
+                            b.txns()
+                                .verify(h.producer_id, h.producer_epoch, &topic, index)
+                        })
+                        .map(|o| (o, p)),
                     };
                     (topic, index, r)
                 })
@@ -422,7 +482,12 @@ impl Broker {
                 pr.partition_index = lp.partition_index;
                 match self.partition(t.name.0.as_str(), lp.partition_index) {
                     None => pr.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
-                    Some(p) => match list_offset(&p, lp.timestamp, lp.current_leader_epoch) {
+                    Some(p) => match list_offset(
+                        &p,
+                        lp.timestamp,
+                        lp.current_leader_epoch,
+                        version >= 2 && req.isolation_level == 1,
+                    ) {
                         Ok((offset, ts, epoch)) => {
                             pr.offset = offset;
                             pr.timestamp = ts;
@@ -1038,18 +1103,9 @@ impl Broker {
     }
 
     fn init_producer_id(&self, req: InitProducerIdRequest) -> InitProducerIdResponse {
+        // Transactional ids go to the transaction coordinator (crate::txn).
+        let _ = req;
         let mut r = InitProducerIdResponse::default();
-        if req
-            .transactional_id
-            .as_ref()
-            .is_some_and(|t| !t.0.is_empty())
-        {
-            // Transactions need a transaction coordinator: not implemented yet.
-            r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-            r.producer_id = (-1).into();
-            r.producer_epoch = -1;
-            return r;
-        }
         match self.allocate_producer_id() {
             Ok(id) => {
                 r.producer_id = id.into();
@@ -1108,16 +1164,38 @@ pub(crate) struct Appended {
 
 pub(crate) type ProduceResult = Result<Appended, (i16, Option<String>)>;
 
+/// Appends a producer's records as the leader. `verify` sees each transactional batch's
+/// header under the partition lock, before anything is written (KIP-890 verification).
 pub(crate) fn append_records(
     p: &Arc<Partition>,
     records: Option<Bytes>,
     now: i64,
+    verify: impl Fn(&holdfast_log::batch::BatchHeader) -> Result<(), i16>,
 ) -> ProduceResult {
     let Some(records) = records else {
         return Err((ec::CORRUPT_MESSAGE, Some("null record set".into())));
     };
     let mut buf = records.to_vec();
+    let batch_bytes = buf.len();
     let mut st = p.lock();
+    if holdfast_log::batch::BatchHeader::parse(&buf).is_some_and(|h| h.is_transactional()) {
+        // Bounded by the request size; a malformed frame is left to the log's validation.
+        for (h, _) in holdfast_log::batch::frames(&buf).flatten() {
+            if h.is_transactional() {
+                if let Err(code) = verify(&h) {
+                    // A fenced transactional producer's batch is lost to it: ledger.
+                    crate::ledger::produce_refused(
+                        &p.topic,
+                        p.index,
+                        code,
+                        &buf,
+                        "transactional batch refused by verification",
+                    );
+                    return Err((code, None));
+                }
+            }
+        }
+    }
     let epoch = st.leader_epoch;
     let log = st
         .log
@@ -1127,14 +1205,24 @@ pub(crate) fn append_records(
     p.refresh(log);
     drop(st);
     match r {
-        Ok(o) => Ok(Appended {
-            first_offset: o.first_offset,
-            durable_end: o.durable_end,
-            log_append_time_ms: o.log_append_time_ms,
-            log_start_offset: p.log_start_offset(),
+        Ok(o) => Ok({
+            crate::metrics::bytes_in(&p.topic, batch_bytes);
+            Appended {
+                first_offset: o.first_offset,
+                durable_end: o.durable_end,
+                log_append_time_ms: o.log_append_time_ms,
+                log_start_offset: p.log_start_offset(),
+            }
         }),
         Err(e) => {
             tracing::debug!(topic = %p.topic, partition = p.index, error = %e, "append refused");
+            crate::ledger::produce_refused(
+                &p.topic,
+                p.index,
+                e.kafka_error_code(),
+                &buf,
+                &e.to_string(),
+            );
             Err((e.kafka_error_code(), Some(e.to_string())))
         }
     }
@@ -1187,41 +1275,78 @@ fn check_epoch(requested: i32, current: i32) -> Result<(), i16> {
     }
 }
 
-/// Reads a partition for a fetch (blocking): (high watermark, log start, records) or
-/// (error, high watermark, log start).
+/// What a fetch read of one partition found.
+pub(crate) struct PartitionRead {
+    pub high_watermark: i64,
+    pub last_stable_offset: i64,
+    pub log_start_offset: i64,
+    pub records: Bytes,
+    /// For `read_committed`: aborted transactions overlapping the records.
+    pub aborted: Vec<holdfast_log::AbortedTxn>,
+}
+
+/// Reads a partition for a fetch (blocking), or (error, high watermark, log start).
+/// `read_committed` reads stop at the last stable offset.
 pub(crate) fn read_partition(
     p: &Partition,
     offset: i64,
     leader_epoch: i32,
     max_bytes: usize,
     min_one: bool,
-) -> Result<(i64, i64, Bytes), (i16, i64, i64)> {
+    read_committed: bool,
+) -> Result<PartitionRead, (i16, i64, i64)> {
     let hw = p.high_watermark();
-    let st = p.lock();
-    let Some(log) = st.log.as_ref() else {
-        return Err((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
-    };
-    let start = log.log_start_offset();
-    check_epoch(leader_epoch, st.leader_epoch).map_err(|c| (c, hw, start))?;
-    if offset < start || offset > log.log_end_offset() {
-        return Err((ec::OFFSET_OUT_OF_RANGE, hw, start));
-    }
-    if offset >= hw || max_bytes == 0 && !min_one {
-        return Ok((hw, start, Bytes::new()));
-    }
-    drop(st);
     let mut st = p.lock();
+    let epoch = st.leader_epoch;
     let Some(log) = st.log.as_mut() else {
         return Err((ec::UNKNOWN_TOPIC_OR_PARTITION, -1, -1));
     };
-    let slice = match log.read(offset, max_bytes, hw, min_one) {
+    let start = log.log_start_offset();
+    check_epoch(leader_epoch, epoch).map_err(|c| (c, hw, start))?;
+    if offset < start || offset > log.log_end_offset() {
+        return Err((ec::OFFSET_OUT_OF_RANGE, hw, start));
+    }
+    let lso = log.last_stable_offset(hw);
+    debug_assert!(
+        lso <= hw,
+        "the last stable offset never passes the high watermark"
+    );
+    let upper = if read_committed { lso } else { hw };
+    let mut out = PartitionRead {
+        high_watermark: hw,
+        last_stable_offset: lso,
+        log_start_offset: start,
+        records: Bytes::new(),
+        aborted: Vec::new(),
+    };
+    if offset >= upper || max_bytes == 0 && !min_one {
+        return Ok(out);
+    }
+    let slice = match log.read(offset, max_bytes, upper, min_one) {
         Ok(s) => s,
         Err(e) => return Err((e.kafka_error_code(), hw, start)),
     };
+    let may_have_aborts = read_committed && !slice.is_empty();
+    let aborted_upper = upper;
+    if may_have_aborts {
+        out.aborted = log.aborted_transactions(offset, aborted_upper);
+    }
     drop(st);
     // The file read happens outside the partition lock.
     match slice.read_bytes() {
-        Ok(v) => Ok((hw, start, Bytes::from(v))),
+        Ok(v) => {
+            if may_have_aborts && !out.aborted.is_empty() {
+                // Only the transactions overlapping what is returned.
+                let end = holdfast_log::batch::frames(&v)
+                    .flatten()
+                    .last()
+                    .map(|(h, _)| h.last_offset() + 1)
+                    .unwrap_or(aborted_upper);
+                out.aborted.retain(|a| a.first_offset < end);
+            }
+            out.records = Bytes::from(v);
+            Ok(out)
+        }
         Err(e) => {
             tracing::error!(topic = %p.topic, partition = p.index, error = %e, "fetch read failed");
             Err((ec::KAFKA_STORAGE_ERROR, hw, start))
@@ -1230,12 +1355,24 @@ pub(crate) fn read_partition(
 }
 
 /// ListOffsets for one partition (blocking): (offset, timestamp, leader epoch).
-fn list_offset(p: &Partition, timestamp: i64, leader_epoch: i32) -> Result<(i64, i64, i32), i16> {
+fn list_offset(
+    p: &Partition,
+    timestamp: i64,
+    leader_epoch: i32,
+    read_committed: bool,
+) -> Result<(i64, i64, i32), i16> {
     let hw = p.high_watermark();
     let mut st = p.lock();
     let epoch = st.leader_epoch;
     check_epoch(leader_epoch, epoch)?;
     let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
+    // read_committed consumers see up to the last stable offset (Kafka's ListOffsets with
+    // isolation level 1).
+    let hw = if read_committed {
+        log.last_stable_offset(hw)
+    } else {
+        hw
+    };
     match timestamp {
         // -4 is EARLIEST_LOCAL (ListOffsets v8+, KIP-405): with no tiered storage the local
         // log starts at the log start offset, as Kafka answers for a non-tiered topic.

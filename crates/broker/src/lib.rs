@@ -10,10 +10,16 @@ pub mod errors;
 mod fetch;
 pub mod groups;
 pub mod handlers;
+pub mod http;
+pub mod ledger;
 pub mod meta;
+pub mod metrics;
+pub mod protect;
 pub mod server;
 pub mod state;
+pub mod txn;
 
 pub use config::{BrokerConfig, ConfigError};
+pub use http::serve_metrics;
 pub use server::serve;
 pub use state::{Broker, BrokerError};

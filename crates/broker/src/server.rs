@@ -42,6 +42,7 @@ pub async fn serve(broker: Arc<Broker>, listener: TcpListener, shutdown: impl Fu
     let mut conns = JoinSet::new();
     let ticker = tokio::spawn(tick_loop(Arc::clone(&broker), stop_rx.clone()));
     broker.spawn_group_tasks(stop_rx.clone());
+    broker.spawn_txn_tasks(stop_rx.clone());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -182,7 +183,9 @@ async fn connection(
             }) => {
                 let version = header.request_api_version;
                 let cid = header.correlation_id;
+                let started = std::time::Instant::now();
                 let encode = move |r: Option<kafka_protocol::messages::ResponseKind>| -> Result<Option<BytesMut>, ()> {
+                    crate::metrics::request_done(api_key as i16, started.elapsed());
                     match r {
                         None => {
                             tracing::error!(%peer, ?api_key, "request failed internally: closing connection");
@@ -194,7 +197,9 @@ async fn connection(
                     }
                 };
                 tracing::trace!(%peer, ?api_key, version, cid, "request");
-                let reply = if crate::groups::is_group_api(api_key) {
+                let reply = if crate::txn::is_txn_api(api_key) {
+                    broker.handle_txn(version, body).await
+                } else if crate::groups::is_group_api(api_key) {
                     broker
                         .handle_group(
                             version,
@@ -219,6 +224,7 @@ async fn connection(
                     Reply::Quiet(fut) => {
                         tokio::spawn(async move {
                             fut.await;
+                            crate::metrics::request_done(api_key as i16, started.elapsed());
                             let _ = otx.send(Ok(None));
                         });
                     }

@@ -164,6 +164,7 @@ pub struct Broker {
     stopping: AtomicBool,
     pub(crate) fetch_sessions: crate::fetch::FetchSessions,
     pub(crate) groups: crate::groups::GroupService,
+    pub(crate) txns: crate::txn::TxnService,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -209,6 +210,11 @@ impl Broker {
             config.offsets_topic_partitions,
             config.offsets_retention_check_interval_ms,
         );
+        let txns = crate::txn::TxnService::new(
+            config.txns.clone(),
+            config.txn_topic_partitions,
+            config.txn_timeout_check_interval_ms,
+        );
         let broker = Arc::new(Broker {
             config,
             cluster_id,
@@ -222,8 +228,10 @@ impl Broker {
             stopping: AtomicBool::new(false),
             fetch_sessions: Default::default(),
             groups,
+            txns,
         });
         broker.load_groups().map_err(BrokerError::Groups)?;
+        broker.load_txns().map_err(BrokerError::Groups)?;
         Ok(broker)
     }
 
@@ -253,6 +261,11 @@ impl Broker {
             .values()
             .find(|t| t.meta.id == id)
             .cloned()
+    }
+
+    /// The group-commit flusher's counters and fsync latency histogram (metrics).
+    pub fn flush_stats(&self) -> &holdfast_log::FlushStats {
+        self.flusher.stats()
     }
 
     pub fn all_topics(&self) -> Vec<Arc<Topic>> {
@@ -501,6 +514,11 @@ impl Broker {
         Ok(topic.meta.id)
     }
 
+    /// Partitions of `__consumer_offsets`.
+    pub(crate) fn groups_partitions(&self) -> i32 {
+        self.groups.partitions()
+    }
+
     /// Allocates a producer id from a persisted block (blocking when a new block is needed).
     pub fn allocate_producer_id(&self) -> Result<i64, MetaError> {
         let mut ids = lock(&self.producer_ids);
@@ -517,7 +535,24 @@ impl Broker {
     pub fn tick(&self, retention: bool) {
         let now = now_ms();
         let mut changed = false;
-        for t in self.all_topics() {
+        // Log starts moved by retention, for the loss ledger (checked off the partition lock).
+        let mut deleted: Vec<(Arc<Partition>, i64, i64)> = Vec::new();
+        // Protected retention needs the committed offsets, read before any partition lock.
+        let topics = self.all_topics();
+        let committed: crate::protect::Committed = if retention
+            && topics
+                .iter()
+                .any(|t| !crate::protect::groups(&t.meta).is_empty())
+        {
+            self.groups()
+                .committed_offsets()
+                .into_iter()
+                .map(|(g, t, p, o)| ((g, t, p), o))
+                .collect()
+        } else {
+            Default::default()
+        };
+        for t in topics {
             for p in &t.partitions {
                 let before = (p.high_watermark(), p.log_start_offset());
                 let mut st = p.lock();
@@ -526,9 +561,15 @@ impl Broker {
                     tracing::warn!(topic = %p.topic, partition = p.index, error = %e, "log tick failed");
                 }
                 if retention {
-                    match log.enforce_retention(now) {
+                    let old_start = log.log_start_offset();
+                    let enforced = match crate::protect::floor(&t.meta, p.index, &committed) {
+                        Some((from, cap)) => log.enforce_retention_protecting(now, from, cap),
+                        None => log.enforce_retention(now),
+                    };
+                    match enforced {
                         Ok(r) if r.segments_deleted > 0 => {
                             tracing::info!(topic = %p.topic, partition = p.index, segments = r.segments_deleted, log_start = r.log_start_offset, "retention deleted segments");
+                            deleted.push((Arc::clone(p), old_start, r.log_start_offset));
                         }
                         Ok(_) => {}
                         Err(e) => {
@@ -555,6 +596,10 @@ impl Broker {
         if changed {
             self.notify_data();
         }
+        for (p, old_start, new_start) in deleted {
+            crate::ledger::retention_deleted(self, &p.topic, p.index, old_start, new_start);
+        }
+        crate::ledger::flush(self);
     }
 
     fn compact(p: &Partition, plan: holdfast_log::CompactionPlan) {
@@ -617,6 +662,21 @@ fn open_log(
                 source,
             }
         })?;
+    if let Some((offset, bytes, reason)) = &report.truncated {
+        crate::ledger::record(crate::ledger::Event {
+            time_ms: now_ms(),
+            reason: crate::ledger::TRUNCATION,
+            topic: topic.to_string(),
+            partition: p,
+            from_offset: *offset,
+            to_offset: -1,
+            records: 0,
+            group: None,
+            detail: format!(
+                "recovery cut {bytes} bytes from offset {offset} ({reason}); under the fsync policy none of it was acknowledged"
+            ),
+        });
+    }
     if report.truncated.is_some() || report.corruption.is_some() {
         tracing::warn!(
             topic,

@@ -3,7 +3,13 @@
 use clap::{Parser, Subcommand};
 
 mod bench_log;
+mod cluster;
+mod data;
+mod doctor;
+mod group;
+mod ops;
 mod serve;
+mod topic;
 
 #[derive(Parser)]
 #[command(
@@ -22,19 +28,51 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Benchmark durable appends against the raw disk's fsync-bound figures.
     BenchLog(bench_log::BenchLogArgs),
+    /// Topics: create, list, describe, alter-config, add-partitions, delete.
+    Topic(topic::TopicArgs),
+    /// Consumer groups: list, describe, lag, reset-offsets, delete.
+    Group(group::GroupArgs),
+    /// The cluster: describe, health.
+    Cluster(cluster::ClusterArgs),
+    /// Produce records (idempotent, acks=all) from stdin lines or --value.
+    Produce(data::ProduceArgs),
+    /// Consume records (kcat-like), stopping at the end unless --follow.
+    Consume(data::ConsumeArgs),
+    /// Read-only durability audit; exits 0 (clean), 1 (warnings) or 2 (critical).
+    Doctor(doctor::DoctorArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // Admin commands log warnings only, unless RUST_LOG says otherwise.
+    let default_filter = match cli.command {
+        Command::Serve(_) | Command::BenchLog(_) => "info",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
         )
         .init();
-    match Cli::parse().command {
-        Command::Serve(args) => serve::run(args),
-        Command::BenchLog(args) => bench_log::run(args),
+    let code = match cli.command {
+        Command::Serve(args) => return serve::run(args),
+        Command::BenchLog(args) => return bench_log::run(args),
+        Command::Topic(args) => topic::run(args),
+        Command::Group(args) => group::run(args),
+        Command::Cluster(args) => cluster::run(args),
+        Command::Produce(args) => data::produce(args),
+        Command::Consume(args) => data::consume(args),
+        Command::Doctor(args) => doctor::run(args),
+    };
+    match code {
+        Ok(0) => Ok(()),
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(2)
+        }
     }
 }

@@ -30,6 +30,10 @@ pub struct ServeArgs {
     /// Kafka name upper-cased and dots as underscores: `HOLDFAST_LOG_RETENTION_MS=60000`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
+    /// Serve Prometheus metrics at http://ADDR/metrics (off unless given; e.g.
+    /// `127.0.0.1:9644`; port 0 picks a free port, printed at start).
+    #[arg(long, env = "HOLDFAST_METRICS_LISTEN", value_name = "ADDR")]
+    metrics_listen: Option<String>,
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
@@ -64,7 +68,14 @@ fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
 }
 
 /// Environment variables naming flags, not settings.
-const FLAG_VARS: &[&str] = &["DATA_DIR", "LISTEN", "ADVERTISE", "NODE_ID", "CONFIG"];
+const FLAG_VARS: &[&str] = &[
+    "DATA_DIR",
+    "LISTEN",
+    "ADVERTISE",
+    "NODE_ID",
+    "CONFIG",
+    "METRICS_LISTEN",
+];
 
 /// Applies `HOLDFAST_<KEY>` variables: `HOLDFAST_LOG_RETENTION_MS` sets `log.retention.ms`.
 /// A variable that names no setting is reported and ignored (test harnesses and tools
@@ -157,10 +168,20 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let bound = listener.local_addr()?;
         let (host, port) = advertised(&args, bound)?;
         broker.set_advertised(host.clone(), port);
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        if let Some(m) = &args.metrics_listen {
+            let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding the metrics listener {m}"))?;
+            let mbound = ml.local_addr()?;
+            tracing::info!(%mbound, "metrics at http://{mbound}/metrics");
+            // Printed before the "listening" line, which tools wait for.
+            println!("holdfast metrics on http://{mbound}/metrics");
+            tokio::spawn(holdfast_broker::serve_metrics(Arc::clone(&broker), ml, stop_rx));
+        }
         tracing::info!(%bound, advertised = %format!("{host}:{port}"), cluster_id = %broker.cluster_id, "broker started");
         println!("holdfast listening on {bound}");
         let _ = std::io::stdout().flush();
         holdfast_broker::serve(Arc::clone(&broker), listener, shutdown_signal()).await;
+        let _ = stop_tx.send(true);
         anyhow::Ok(())
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(5));

@@ -156,6 +156,11 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::DeleteGroups => 2,
         ApiKey::OffsetDelete => i16::MAX,
         ApiKey::ConsumerGroupHeartbeat | ApiKey::ConsumerGroupDescribe => 0,
+        ApiKey::AddPartitionsToTxn
+        | ApiKey::AddOffsetsToTxn
+        | ApiKey::EndTxn
+        | ApiKey::TxnOffsetCommit => 3,
+        ApiKey::DescribeProducers | ApiKey::DescribeTransactions | ApiKey::ListTransactions => 0,
         _ => i16::MAX,
     }
 }
@@ -556,6 +561,66 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                 w.string()?;
                 w.array(false, |w| w.skip(4))
             })?;
+        }
+        ApiKey::AddPartitionsToTxn => {
+            if v >= 4 {
+                return Err(Malformed("AddPartitionsToTxn v4+ is broker-to-broker"));
+            }
+            w.string()?; // transactional_id
+            w.skip(8 + 2)?; // producer_id, producer_epoch
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::AddOffsetsToTxn => {
+            w.string()?; // transactional_id
+            w.skip(8 + 2)?;
+            w.string()?; // group_id
+        }
+        ApiKey::EndTxn => {
+            w.string()?;
+            w.skip(8 + 2 + 1)?; // producer_id, producer_epoch, committed
+        }
+        ApiKey::TxnOffsetCommit => {
+            w.string()?; // transactional_id
+            w.string()?; // group_id
+            w.skip(8 + 2)?;
+            if v >= 3 {
+                w.skip(4)?; // generation_id
+                w.string()?; // member_id
+                w.nullable_string()?; // group_instance_id
+            }
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| {
+                    w.skip(4 + 8)?; // partition_index, committed_offset
+                    if v >= 2 {
+                        w.skip(4)?; // committed_leader_epoch
+                    }
+                    w.nullable_string()?; // committed_metadata
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::DescribeProducers => {
+            w.array(false, |w| {
+                w.string()?;
+                w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::DescribeTransactions => {
+            w.array(false, |w| w.string())?;
+        }
+        ApiKey::ListTransactions => {
+            w.array(false, |w| w.string())?; // state_filters
+            w.array(false, |w| w.skip(8))?; // producer_id_filters
+            if v >= 1 {
+                w.skip(8)?; // duration_filter
+            }
         }
         ApiKey::ConsumerGroupHeartbeat => {
             w.string()?; // group_id

@@ -30,7 +30,7 @@ pub const UNSUPPORTED_VERSION: i16 = 35;
 /// flags from them); they are translated here, and only magic v2 batches are accepted.
 /// FindCoordinator v0 matters to librdkafka too: without it, it silently disables LZ4.
 pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
-    (ApiKey::Produce, 0, 11),
+    (ApiKey::Produce, 0, 12),
     (ApiKey::Fetch, 4, 16),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
@@ -59,6 +59,13 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ConsumerGroupHeartbeat, 0, 1),
     (ApiKey::ConsumerGroupDescribe, 0, 1),
+    (ApiKey::AddPartitionsToTxn, 0, 3),
+    (ApiKey::AddOffsetsToTxn, 0, 4),
+    (ApiKey::EndTxn, 0, 5),
+    (ApiKey::TxnOffsetCommit, 0, 5),
+    (ApiKey::DescribeProducers, 0, 0),
+    (ApiKey::DescribeTransactions, 0, 0),
+    (ApiKey::ListTransactions, 0, 1),
 ];
 
 /// The version range we support for `key`, if any.
@@ -72,6 +79,29 @@ pub fn supported_range(key: ApiKey) -> Option<(i16, i16)> {
 /// Whether we implement `version` of `key`.
 pub fn is_supported(key: ApiKey, version: i16) -> bool {
     supported_range(key).is_some_and(|(lo, hi)| (lo..=hi).contains(&version))
+}
+
+/// The ApiVersions response of a broker with transactions version `transaction_version`
+/// finalized (KIP-890: 2 makes clients bump the producer epoch on every transaction).
+pub fn api_versions_response_with_features(transaction_version: i16) -> ApiVersionsResponse {
+    use kafka_protocol::messages::api_versions_response::{
+        FinalizedFeatureKey, SupportedFeatureKey,
+    };
+    use kafka_protocol::protocol::StrBytes;
+    let mut r = api_versions_response(0);
+    let mut s = SupportedFeatureKey::default();
+    s.name = StrBytes::from_static_str("transaction.version");
+    s.min_version = 0;
+    s.max_version = 2;
+    r.supported_features = vec![s];
+    let mut f = FinalizedFeatureKey::default();
+    f.name = StrBytes::from_static_str("transaction.version");
+    f.max_version_level = transaction_version;
+    f.min_version_level = transaction_version;
+    r.finalized_features = vec![f];
+    // Fixed for the life of the process: clients re-read features when the epoch grows.
+    r.finalized_features_epoch = 1;
+    r
 }
 
 /// The ApiVersions response listing [`SUPPORTED_APIS`], with the given top-level error.
@@ -703,6 +733,68 @@ mod tests {
                             vec![offset_delete_request::OffsetDeleteRequestPartition::default(); 2];
                         r.topics = vec![t];
                         RequestKind::OffsetDelete(r)
+                    }
+                    ApiKey::AddPartitionsToTxn => {
+                        let mut r = AddPartitionsToTxnRequest::default();
+                        r.v3_and_below_transactional_id = TransactionalId(S::from_static_str("x"));
+                        let mut t =
+                            add_partitions_to_txn_request::AddPartitionsToTxnTopic::default();
+                        t.name = name();
+                        t.partitions = vec![0, 1];
+                        r.v3_and_below_topics = vec![t.clone(), t];
+                        RequestKind::AddPartitionsToTxn(r)
+                    }
+                    ApiKey::AddOffsetsToTxn => {
+                        let mut r = AddOffsetsToTxnRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        RequestKind::AddOffsetsToTxn(r)
+                    }
+                    ApiKey::EndTxn => {
+                        let mut r = EndTxnRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.committed = true;
+                        RequestKind::EndTxn(r)
+                    }
+                    ApiKey::TxnOffsetCommit => {
+                        let mut r = TxnOffsetCommitRequest::default();
+                        r.transactional_id = TransactionalId(S::from_static_str("x"));
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        if v >= 3 {
+                            r.member_id = S::from_static_str("m");
+                            r.group_instance_id = Some(S::from_static_str("i"));
+                        }
+                        let mut p =
+                            txn_offset_commit_request::TxnOffsetCommitRequestPartition::default();
+                        p.committed_metadata = Some(S::from_static_str("meta"));
+                        let mut t =
+                            txn_offset_commit_request::TxnOffsetCommitRequestTopic::default();
+                        t.name = name();
+                        t.partitions = vec![p.clone(), p];
+                        r.topics = vec![t];
+                        RequestKind::TxnOffsetCommit(r)
+                    }
+                    ApiKey::DescribeProducers => {
+                        let mut r = DescribeProducersRequest::default();
+                        let mut t = describe_producers_request::TopicRequest::default();
+                        t.name = name();
+                        t.partition_indexes = vec![0, 1];
+                        r.topics = vec![t.clone(), t];
+                        RequestKind::DescribeProducers(r)
+                    }
+                    ApiKey::DescribeTransactions => {
+                        let mut r = DescribeTransactionsRequest::default();
+                        r.transactional_ids = vec![TransactionalId(S::from_static_str("x")); 2];
+                        RequestKind::DescribeTransactions(r)
+                    }
+                    ApiKey::ListTransactions => {
+                        let mut r = ListTransactionsRequest::default();
+                        r.state_filters = vec![S::from_static_str("Ongoing")];
+                        r.producer_id_filters = vec![ProducerId(4), ProducerId(5)];
+                        if v >= 1 {
+                            r.duration_filter = 1000;
+                        }
+                        RequestKind::ListTransactions(r)
                     }
                     ApiKey::ConsumerGroupHeartbeat => {
                         let mut r = ConsumerGroupHeartbeatRequest::default();

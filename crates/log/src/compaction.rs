@@ -44,6 +44,21 @@ pub struct CompactionPlan {
     pub max_map_entries: usize,
     /// Bytes read plus written per second; `None` for unthrottled.
     pub io_bytes_per_sec: Option<u64>,
+    /// Aborted transactions: producer id -> (first offset, marker offset). Their data is
+    /// removed (as Kafka's cleaner does); committed transactional data is compacted like
+    /// any other. Only segments below the first open transaction are planned.
+    pub(crate) aborted: HashMap<i64, Vec<(i64, i64)>>,
+}
+
+impl CompactionPlan {
+    fn is_aborted(&self, h: &BatchHeader) -> bool {
+        h.is_transactional()
+            && !h.is_control()
+            && self.aborted.get(&h.producer_id).is_some_and(|v| {
+                v.iter()
+                    .any(|(first, last)| *first <= h.base_offset && h.base_offset < *last)
+            })
+    }
 }
 
 /// A rewritten segment ready to be swapped in.
@@ -162,9 +177,8 @@ impl CompactionPlan {
             let mut full = false;
             let mut seg_map: Vec<(u128, i64)> = Vec::new();
             for_each_batch(seg, &mut throttle, |h, b| {
-                if h.is_control() || h.is_transactional() {
-                    // Transactional data and markers are kept whole until transactions are
-                    // implemented; keeping more than the latest value is always safe.
+                if h.is_control() || self.is_aborted(h) {
+                    // Markers are kept; aborted data never counts as a key's latest value.
                     return Ok(());
                 }
                 batch::for_each_stored_record(h, b, |r| {
@@ -213,8 +227,12 @@ impl CompactionPlan {
             let tombstones_expire = seg.max_timestamp < self.delete_horizon_ms;
             let (mut removed, mut tombstones) = (0u64, 0u64);
             for_each_batch(seg, &mut throttle, |h, b| {
-                let kept = if h.is_control() || h.is_transactional() {
+                let kept = if h.is_control() {
+                    // Markers stay: a read_committed reader of the remaining data needs them.
                     Some(b.to_vec())
+                } else if self.is_aborted(h) {
+                    removed += u64::try_from(h.records_count.max(0)).unwrap_or(0);
+                    None
                 } else {
                     batch::retain_records(h, b, |offset, r| {
                         let Some(k) = r.key else { return true };

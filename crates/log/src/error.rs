@@ -17,6 +17,7 @@ pub mod kafka_code {
     pub const INVALID_PRODUCER_EPOCH: i16 = 47;
     pub const KAFKA_STORAGE_ERROR: i16 = 56;
     pub const UNKNOWN_PRODUCER_ID: i16 = 59;
+    pub const INVALID_TXN_STATE: i16 = 48;
     pub const INVALID_RECORD: i16 = 87;
 }
 
@@ -74,6 +75,11 @@ pub enum ProducerError {
     },
     #[error("producer {producer_id}: unknown producer with sequence {sequence} (not 0)")]
     UnknownProducer { producer_id: i64, sequence: i32 },
+    #[error("producer {producer_id}: invalid transaction state: {reason}")]
+    InvalidTxnState {
+        producer_id: i64,
+        reason: &'static str,
+    },
 }
 
 impl ProducerError {
@@ -82,6 +88,7 @@ impl ProducerError {
             ProducerError::FencedEpoch { .. } => kafka_code::INVALID_PRODUCER_EPOCH,
             ProducerError::OutOfOrderSequence { .. } => kafka_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
             ProducerError::UnknownProducer { .. } => kafka_code::OUT_OF_ORDER_SEQUENCE_NUMBER,
+            ProducerError::InvalidTxnState { .. } => kafka_code::INVALID_TXN_STATE,
         }
     }
 }

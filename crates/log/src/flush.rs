@@ -186,6 +186,32 @@ pub struct FlushStats {
     pub rounds: AtomicU64,
     pub fsyncs: AtomicU64,
     pub requests: AtomicU64,
+    /// Wall time of each round's fsyncs (all files of the round, issued concurrently), as a
+    /// cumulative histogram: `round_latency_buckets[i]` counts rounds that took at most
+    /// `ROUND_LATENCY_BOUNDS_US[i]`; rounds slower than the last bound count only in
+    /// `rounds_timed`. Measured for metrics only; no decision reads it.
+    pub round_latency_buckets: [AtomicU64; ROUND_LATENCY_BOUNDS_US.len()],
+    pub round_latency_sum_us: AtomicU64,
+    pub rounds_timed: AtomicU64,
+}
+
+/// Upper bounds (µs) of the fsync round latency histogram buckets.
+pub const ROUND_LATENCY_BOUNDS_US: [u64; 15] = [
+    50, 100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 5_000_000,
+];
+
+impl FlushStats {
+    fn observe_round(&self, took: std::time::Duration) {
+        let us = took.as_micros().min(u128::from(u64::MAX)) as u64;
+        for (i, bound) in ROUND_LATENCY_BOUNDS_US.iter().enumerate() {
+            if us <= *bound {
+                self.round_latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.round_latency_sum_us.fetch_add(us, Ordering::Relaxed);
+        self.rounds_timed.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Handle to the group-commit thread; cloning shares it.
@@ -312,7 +338,9 @@ fn run(shared: Arc<Shared>) {
             .stats
             .fsyncs
             .fetch_add(files.len() as u64, Ordering::Relaxed);
+        let started = std::time::Instant::now();
         let results = sync_all_concurrently(&files);
+        shared.stats.observe_round(started.elapsed());
         let synced: HashMap<*const File, Result<(), String>> =
             files.iter().map(Arc::as_ptr).zip(results).collect();
         // Files of one partition are synced in the same or an earlier round than any later

@@ -107,3 +107,13 @@ pub fn recover_segment(data: &[u8], scratch: &std::path::Path, flusher: &Flusher
         assert_eq!(o.first_offset, end);
     }
 }
+
+/// Producer-state snapshot decoding: any text must decode or be refused, never panic.
+pub fn producer_snapshot(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    if let Some((state, _)) = crate::producer::ProducerState::decode(&text) {
+        // Whatever decoded is usable.
+        let _ = state.open_transactions();
+        let _ = state.aborted_between(i64::MIN, i64::MAX);
+    }
+}

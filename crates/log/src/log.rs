@@ -12,10 +12,22 @@ use crate::epoch::{EpochCache, EpochEntry};
 use crate::error::{InvalidBatch, LogError, Result};
 use crate::flush::{DurableWatch, Flusher};
 use crate::fsutil;
-use crate::producer::{ProducerState, SequenceCheck};
+use crate::producer::{AbortedTxn, MarkerKind, ProducerState, SequenceCheck};
 use crate::segment::{self, ScanFault, Segment};
 
 const CHECKPOINT_FILE: &str = "partition-checkpoint";
+
+/// The marker kind of a control batch (its single record's key), if well formed.
+fn marker_kind(h: &BatchHeader, b: &[u8]) -> Option<MarkerKind> {
+    let mut kind = None;
+    let _ = batch::for_each_stored_record(h, b, |r| {
+        if kind.is_none() {
+            kind = r.key.and_then(MarkerKind::from_control_key);
+        }
+        Ok(())
+    });
+    kind
+}
 /// `producer.id.expiration.ms` default (Kafka: one day).
 pub const PRODUCER_ID_EXPIRATION_MS: i64 = 24 * 3600 * 1000;
 /// How often `tick` rewrites the recovery checkpoint.
@@ -397,7 +409,14 @@ impl Log {
             while pos < seg.size {
                 let h = seg.header_at(pos)?;
                 if h.base_offset >= from {
-                    state.record(&h, h.max_timestamp);
+                    if h.is_control() {
+                        let b = seg.read_batch(pos, &h)?;
+                        if let Some(kind) = marker_kind(&h, &b) {
+                            state.record_marker(&h, kind, h.max_timestamp);
+                        }
+                    } else {
+                        state.record(&h, h.max_timestamp);
+                    }
                 }
                 pos += h.total_size() as u64;
             }
@@ -666,10 +685,17 @@ impl Log {
             self.roll_at(first.base_offset)?;
         }
         self.write(records, &headers, now_ms)?;
-        for (_, h) in &headers {
+        for (pos, h) in &headers {
             self.epochs
                 .assign(h.partition_leader_epoch, h.base_offset)?;
-            self.producers.record(h, now_ms);
+            if h.is_control() {
+                let b = &records[*pos..*pos + h.total_size()];
+                if let Some(kind) = marker_kind(h, b) {
+                    self.producers.record_marker(h, kind, now_ms);
+                }
+            } else {
+                self.producers.record(h, now_ms);
+            }
         }
         let records_count: i64 = headers
             .iter()
@@ -683,6 +709,70 @@ impl Log {
             durable_end,
             duplicate: false,
         })
+    }
+
+    /// Writes a transaction marker (a control batch) for `producer_id` as the leader: the
+    /// end of its transaction on this partition. Refused for an older producer epoch.
+    pub fn append_marker(
+        &mut self,
+        producer_id: i64,
+        producer_epoch: i16,
+        kind: MarkerKind,
+        coordinator_epoch: i32,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendOutcome> {
+        self.check_writable()?;
+        self.producers.check_marker(producer_id, producer_epoch)?;
+        let key = kind.control_key();
+        let mut value = Vec::with_capacity(6);
+        value.extend_from_slice(&0i16.to_be_bytes());
+        value.extend_from_slice(&coordinator_epoch.to_be_bytes());
+        let mut b = batch::build::batch(
+            &[batch::build::Record {
+                key: Some(&key),
+                value: Some(&value),
+                timestamp_ms: now_ms,
+            }],
+            batch::build::BatchOptions {
+                base_offset: 0,
+                producer_id,
+                producer_epoch,
+                base_sequence: -1,
+                transactional: true,
+                control: true,
+            },
+        );
+        let first_offset = self.log_end_offset();
+        self.maybe_roll(b.len() as u64, first_offset + 1, now_ms)?;
+        batch::stamp_offset_and_epoch(&mut b, first_offset, leader_epoch);
+        let h = BatchHeader::parse(&b)
+            .ok_or_else(|| LogError::InvalidArgument("marker batch too short".into()))?;
+        self.write(&b, &[(0, h)], now_ms)?;
+        self.epochs.assign(leader_epoch, first_offset)?;
+        self.producers.record_marker(&h, kind, now_ms);
+        let durable_end = self.after_write(1, 1, now_ms);
+        Ok(AppendOutcome {
+            first_offset,
+            last_offset: first_offset,
+            log_append_time_ms: -1,
+            durable_end,
+            duplicate: false,
+        })
+    }
+
+    /// The last stable offset given the partition's high watermark: `read_committed`
+    /// consumers read below it.
+    pub fn last_stable_offset(&mut self, high_watermark: i64) -> i64 {
+        match self.producers.first_unstable_offset(high_watermark) {
+            Some(f) => f.min(high_watermark),
+            None => high_watermark,
+        }
+    }
+
+    /// Aborted transactions overlapping `[from, upper_bound)` (Fetch, read_committed).
+    pub fn aborted_transactions(&self, from: i64, upper_bound: i64) -> Vec<AbortedTxn> {
+        self.producers.aborted_between(from, upper_bound)
     }
 
     fn roll_at(&mut self, base: i64) -> Result<()> {
@@ -979,7 +1069,7 @@ impl Log {
 
     fn persist_start_offset(&mut self) -> Result<()> {
         self.epochs.truncate_from_start(self.log_start_offset)?;
-        self.producers.expire(i64::MIN, 0);
+        self.producers.truncate_from_start(self.log_start_offset);
         write_checkpoint(
             &self.dir,
             Checkpoint {
@@ -1038,6 +1128,33 @@ impl Log {
             let too_big =
                 retention_bytes >= 0 && total.saturating_sub(s.size) >= retention_bytes as u64;
             below_start || expired || too_big
+        })
+    }
+
+    /// [`Log::enforce_retention`] with protected retention: a segment holding any offset at
+    /// or after `protect_from` (the lowest committed offset of the protected consumer groups)
+    /// is kept, whatever its age or the size limit, while the partition holds at most
+    /// `cap_bytes`; beyond the cap, deletion proceeds as without protection.
+    pub fn enforce_retention_protecting(
+        &mut self,
+        now_ms: i64,
+        protect_from: i64,
+        cap_bytes: u64,
+    ) -> Result<RetentionReport> {
+        if !self.config.cleanup_policy.delete {
+            return self.enforce_retention(now_ms);
+        }
+        let retention_ms = self.config.retention_ms;
+        let retention_bytes = self.config.retention_bytes;
+        self.delete_segments_while(|s, start, total| {
+            let below_start = s.next_offset() <= start;
+            let expired = retention_ms >= 0
+                && s.index.max_timestamp >= 0
+                && now_ms.saturating_sub(s.index.max_timestamp) > retention_ms;
+            let too_big =
+                retention_bytes >= 0 && total.saturating_sub(s.size) >= retention_bytes as u64;
+            let protected = s.next_offset() > protect_from && total <= cap_bytes;
+            below_start || ((expired || too_big) && !protected)
         })
     }
 
@@ -1113,7 +1230,9 @@ impl Log {
         }
         self.durable.reset_after_truncation(end);
         self.epochs.truncate_from_end(end)?;
-        self.producers.truncate_from_end(end);
+        // A removed marker reopens its transaction: rebuild the producer state from the log.
+        let _ = std::fs::remove_file(ProducerState::snapshot_path(&self.dir));
+        self.rebuild_producer_state()?;
         self.checkpointed_recovery_point = self.checkpointed_recovery_point.min(end);
         write_checkpoint(
             &self.dir,
@@ -1152,11 +1271,19 @@ impl Log {
         }
         let active = self.active().base_offset;
         let horizon = now_ms.saturating_sub(self.config.min_compaction_lag_ms);
+        // Never past an open transaction: its outcome decides what its data is.
+        let first_open = self
+            .producers
+            .open_transactions()
+            .iter()
+            .map(|t| t.2)
+            .min()
+            .unwrap_or(i64::MAX);
         let segments: Vec<_> = self
             .segments
             .range(..active)
             .map(|(_, s)| s)
-            .take_while(|s| s.index.max_timestamp <= horizon)
+            .take_while(|s| s.index.max_timestamp <= horizon && s.next_offset() <= first_open)
             .map_while(|s| {
                 // A segment whose file cannot be opened ends the plan (kept a prefix).
                 Some(crate::compaction::PlannedSegment {
@@ -1179,6 +1306,16 @@ impl Log {
             delete_horizon_ms: now_ms.saturating_sub(self.config.delete_retention_ms),
             max_map_entries: crate::compaction::DEFAULT_MAX_MAP_ENTRIES,
             io_bytes_per_sec: None,
+            aborted: {
+                let mut m: std::collections::HashMap<i64, Vec<(i64, i64)>> =
+                    std::collections::HashMap::new();
+                for a in self.producers.aborted_between(i64::MIN, i64::MAX) {
+                    m.entry(a.producer_id)
+                        .or_default()
+                        .push((a.first_offset, a.last_offset));
+                }
+                m
+            },
         })
     }
 

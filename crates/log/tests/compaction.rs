@@ -260,3 +260,145 @@ fn tombstones_expire_after_delete_retention_and_min_lag_is_honoured() {
     flusher.shutdown();
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// A transactional batch of one keyed record.
+fn txn_batch(pid: i64, epoch: i16, seq: i32, key: &str, value: &str, ts: i64) -> Vec<u8> {
+    batch(
+        &[Record {
+            key: Some(key.as_bytes()),
+            value: Some(value.as_bytes()),
+            timestamp_ms: ts,
+        }],
+        BatchOptions {
+            producer_id: pid,
+            producer_epoch: epoch,
+            base_sequence: seq,
+            transactional: true,
+            ..BatchOptions::default()
+        },
+    )
+}
+
+#[test]
+fn compaction_removes_aborted_data_compacts_committed_and_stops_at_open_transactions() {
+    use holdfast_log::MarkerKind;
+    let dir = tempdir("txn");
+    let flusher = Flusher::start().unwrap();
+    let (mut log, _) = Log::open(&dir, cfg(), flusher.clone(), 1_000).unwrap();
+    let ts = 1_000;
+    // Producer 1 commits k=a1; producer 2 aborts k=b1 and k=a-aborted; plain records too.
+    log.append_as_leader(&mut txn_batch(1, 0, 0, "a", "a1", ts), 0, ts)
+        .unwrap();
+    log.append_as_leader(&mut txn_batch(2, 0, 0, "b", "b1", ts), 0, ts)
+        .unwrap();
+    log.append_as_leader(&mut txn_batch(2, 0, 1, "a", "a-aborted", ts), 0, ts)
+        .unwrap();
+    log.append_marker(1, 0, MarkerKind::Commit, 0, 0, ts)
+        .unwrap();
+    log.append_marker(2, 0, MarkerKind::Abort, 0, 0, ts)
+        .unwrap();
+    let mut plain = make_batch(
+        &[(Some(b"a".to_vec()), Some(b"a2".to_vec()))],
+        ts,
+        Compression::None,
+    );
+    log.append_as_leader(&mut plain, 0, ts).unwrap();
+    assert_eq!(log.aborted_transactions(0, i64::MAX).len(), 1);
+    // Producer 3 opens a transaction that stays open.
+    log.roll().unwrap();
+    let open_at = log.log_end_offset();
+    log.append_as_leader(&mut txn_batch(3, 0, 0, "c", "c-open", ts), 0, ts)
+        .unwrap();
+    log.roll().unwrap();
+    let mut later = make_batch(
+        &[(Some(b"c".to_vec()), Some(b"c2".to_vec()))],
+        ts,
+        Compression::None,
+    );
+    log.append_as_leader(&mut later, 0, ts).unwrap();
+    log.roll().unwrap();
+    assert_eq!(log.last_stable_offset(log.log_end_offset()), open_at);
+
+    let report = log.compact(10_000).unwrap();
+    assert!(report.records_removed >= 3, "{report:?}");
+    let recs = read_records(&mut log);
+    let values: Vec<_> = recs
+        .values()
+        .filter_map(|(_, v)| v.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    // Aborted data gone, the committed a1 superseded by a2, markers kept (no key), the open
+    // transaction's segment and everything after it untouched.
+    assert!(!values.contains(&"b1".to_string()), "{values:?}");
+    assert!(!values.contains(&"a-aborted".to_string()), "{values:?}");
+    assert!(!values.contains(&"a1".to_string()), "{values:?}");
+    assert!(values.contains(&"a2".to_string()), "{values:?}");
+    assert!(values.contains(&"c-open".to_string()), "{values:?}");
+    assert!(values.contains(&"c2".to_string()), "{values:?}");
+    // The open transaction still holds the LSO; after its marker the LSO reaches the end.
+    log.append_marker(3, 0, MarkerKind::Commit, 0, 0, ts)
+        .unwrap();
+    let end = log.log_end_offset();
+    assert_eq!(log.last_stable_offset(end), end);
+    log.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn transaction_state_survives_clean_and_unclean_restarts() {
+    use holdfast_log::MarkerKind;
+    let dir = tempdir("txn-restart");
+    let flusher = Flusher::start().unwrap();
+    let ts = 1_000;
+    let expected_lso;
+    {
+        let (mut log, _) = Log::open(&dir, cfg(), flusher.clone(), ts).unwrap();
+        log.append_as_leader(&mut txn_batch(7, 0, 0, "k", "aborted", ts), 0, ts)
+            .unwrap();
+        log.append_marker(7, 0, MarkerKind::Abort, 0, 0, ts)
+            .unwrap();
+        expected_lso = log.log_end_offset();
+        log.append_as_leader(&mut txn_batch(8, 0, 0, "k", "open", ts), 0, ts)
+            .unwrap();
+        assert_eq!(log.last_stable_offset(i64::MAX), expected_lso);
+        log.close().unwrap();
+    }
+    for unclean in [false, true] {
+        if unclean {
+            // No snapshot: the state is rebuilt from the batches.
+            std::fs::remove_file(dir.join("producer-state")).unwrap();
+        }
+        let (mut log, _) = Log::open(&dir, cfg(), flusher.clone(), ts).unwrap();
+        let aborted = log.aborted_transactions(0, i64::MAX);
+        assert_eq!(aborted.len(), 1, "unclean={unclean}");
+        assert_eq!(
+            (
+                aborted[0].producer_id,
+                aborted[0].first_offset,
+                aborted[0].last_offset
+            ),
+            (7, 0, 1)
+        );
+        assert_eq!(
+            log.last_stable_offset(i64::MAX),
+            expected_lso,
+            "unclean={unclean}"
+        );
+        // A non-transactional write from the producer with an open transaction is refused.
+        let mut plain = batch(
+            &[Record {
+                key: Some(b"k"),
+                value: Some(b"x"),
+                timestamp_ms: ts,
+            }],
+            BatchOptions {
+                producer_id: 8,
+                producer_epoch: 0,
+                base_sequence: 1,
+                ..BatchOptions::default()
+            },
+        );
+        assert!(log.append_as_leader(&mut plain, 0, ts).is_err());
+        log.close().unwrap();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
