@@ -191,15 +191,6 @@ impl CGroup {
             .collect()
     }
 
-    fn regex_pending(&self) -> bool {
-        self.members.values().any(|m| {
-            m.meta
-                .subscribed_topic_regex
-                .as_ref()
-                .is_some_and(|r| !self.resolved_regex.contains(r))
-        })
-    }
-
     fn assignor(&self) -> &'static str {
         let mut votes: BTreeMap<&str, usize> = BTreeMap::new();
         for m in self.members.values() {
@@ -291,13 +282,27 @@ impl Coordinator {
         self.groups.get(gid).and_then(|g| g.consumer.as_ref())
     }
 
-    fn heartbeat_interval_for(&self, gid: &str) -> i32 {
+    /// The configured interval, or the short reconciling one for a member that is not yet
+    /// at its target (behind the assignment epoch, revoking, waiting for a partition to be
+    /// released, or with a regex not yet resolved): it has something to learn soon. Members
+    /// at their target keep the configured interval, so a group waiting for a crashed
+    /// member's session to expire does not make every member heartbeat fast.
+    fn heartbeat_interval_for(&self, gid: &str, member_id: &str) -> i32 {
         let base = self.cfg.consumer_heartbeat_interval_ms;
-        match self.cgroup(gid) {
-            Some(cg) if cg.state_name() != "Stable" || cg.regex_pending() => {
-                base.min(self.cfg.consumer_reconciling_heartbeat_interval_ms)
-            }
-            _ => base,
+        let fast = self.cgroup(gid).is_some_and(|cg| {
+            cg.members.get(member_id).is_some_and(|m| {
+                m.epoch != cg.assignment_epoch
+                    || m.state != MemberState::Stable
+                    || m.meta
+                        .subscribed_topic_regex
+                        .as_ref()
+                        .is_some_and(|r| !cg.resolved_regex.contains(r))
+            })
+        });
+        if fast {
+            base.min(self.cfg.consumer_reconciling_heartbeat_interval_ms)
+        } else {
+            base
         }
     }
 
@@ -600,7 +605,7 @@ impl Coordinator {
         self.refresh_group(&gid, topics, subscription_changed);
         self.reconcile(&gid, &member_id, owned, now);
         self.mark_state(&gid, now);
-        let interval = self.heartbeat_interval_for(&gid);
+        let interval = self.heartbeat_interval_for(&gid, &member_id);
         let Some(m) = self.cgroup(&gid).and_then(|c| c.members.get(&member_id)) else {
             return Err((UNKNOWN_SERVER_ERROR, "member vanished".into()));
         };

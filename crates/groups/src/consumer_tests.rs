@@ -674,3 +674,23 @@ fn randomized_joins_leaves_crashes_and_growth_keep_one_owner_and_converge() {
         );
     }
 }
+
+#[test]
+fn version_0_members_get_their_id_from_the_coordinator() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    let t = topics(2);
+    let mut x = hb("", 0, Some(vec![]));
+    x.api_version = 0;
+    let r = c.consumer_heartbeat(x, &t, 0);
+    assert_eq!(r.error, 0);
+    let id = r.member_id.expect("generated member id");
+    assert!(!id.is_empty());
+    assert_eq!(r.member_epoch, 1);
+    // v1 requires the client's own id.
+    assert_eq!(
+        c.consumer_heartbeat(hb("", 0, Some(vec![])), &t, 1).error,
+        INVALID_REQUEST
+    );
+    let r = c.consumer_heartbeat(hb(&id, 1, None), &t, 2);
+    assert_eq!(r.error, 0);
+}
