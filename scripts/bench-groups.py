@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Join and rebalance times of confluent-kafka (librdkafka) group members against holdfast.
 
-usage: .venv/bin/python scripts/bench-groups.py [--bin target/release/holdfast]
+usage: .venv/bin/python scripts/bench-groups.py [--bin target/release/holdfast] [--protocol consumer]
 
 For N in 1, 3, 10: N members subscribe at once to a fresh group on a 30-partition topic; the
 join time is from the first subscribe() until every member has its assignment. Then one more
 member joins the stable group; the rebalance time is from its subscribe() until all N+1 members
 hold a complete assignment again. Client settings are librdkafka's defaults (heartbeat
 interval 3 s: existing members learn of a rebalance on their next heartbeat) unless
---heartbeat-ms is given. Prints figures; asserts nothing.
+--heartbeat-ms is given. With --protocol consumer the members use KIP-848
+(group.protocol=consumer) and --heartbeat-ms sets the broker's
+group.consumer.heartbeat.interval.ms (default 5000) instead. Prints figures; asserts nothing.
 """
 import argparse
 import os
@@ -26,9 +28,12 @@ PARTITIONS = 30
 
 
 class M:
-    def __init__(self, bootstrap, topic, group, hb):
+    def __init__(self, bootstrap, topic, group, hb, protocol="classic"):
         conf = {"bootstrap.servers": bootstrap, "group.id": group, "auto.offset.reset": "earliest"}
-        if hb:
+        self.incremental = protocol == "consumer"
+        if self.incremental:
+            conf["group.protocol"] = "consumer"
+        elif hb:
             conf["heartbeat.interval.ms"] = hb
         self.c = Consumer(conf)
         self.assigned = set()
@@ -41,10 +46,16 @@ class M:
 
     def run(self):
         def on_assign(_c, parts):
-            self.assigned = {p.partition for p in parts}
+            if self.incremental:
+                self.assigned = self.assigned | {p.partition for p in parts}
+            else:
+                self.assigned = {p.partition for p in parts}
 
         def on_revoke(_c, parts):
-            self.assigned = set()
+            if self.incremental:
+                self.assigned = self.assigned - {p.partition for p in parts}
+            else:
+                self.assigned = set()
 
         self.c.subscribe([self.topic], on_assign=on_assign, on_revoke=on_revoke)
         while not self.stop:
@@ -69,24 +80,30 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--bin", default=None)
     ap.add_argument("--heartbeat-ms", type=int, default=0)
+    ap.add_argument("--protocol", choices=("classic", "consumer"), default="classic")
     a = ap.parse_args()
     if a.bin:
         conftest.BINARY = os.path.abspath(a.bin)
     d = tempfile.mkdtemp(prefix="holdfast-bench-groups-")
-    b = conftest.Broker(d).start()
+    extra_args = []
+    if a.protocol == "consumer" and a.heartbeat_ms:
+        extra_args = ["--set", "group.consumer.heartbeat.interval.ms=%d" % a.heartbeat_ms]
+    b = conftest.Broker(d, extra_args).start()
     try:
         admin = AdminClient({"bootstrap.servers": b.bootstrap})
         topic = "bench-groups"
         admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result()
-        print("binary: %s, heartbeat.interval.ms: %s" % (conftest.BINARY, a.heartbeat_ms or "3000 (default)"))
+        default_hb = "5000 (default)" if a.protocol == "consumer" else "3000 (default)"
+        print("binary: %s, group.protocol: %s, heartbeat interval ms: %s"
+              % (conftest.BINARY, a.protocol, a.heartbeat_ms or default_hb))
         for n in (1, 3, 10):
             group = "bench-%d-%d" % (n, time.monotonic_ns())
-            ms = [M(b.bootstrap, topic, group, a.heartbeat_ms) for _ in range(n)]
+            ms = [M(b.bootstrap, topic, group, a.heartbeat_ms, a.protocol) for _ in range(n)]
             t0 = time.monotonic()
             for m in ms:
                 m.start()
             join = wait(ms, t0)
-            extra = M(b.bootstrap, topic, group, a.heartbeat_ms)
+            extra = M(b.bootstrap, topic, group, a.heartbeat_ms, a.protocol)
             t1 = time.monotonic()
             extra.start()
             time.sleep(0.05)

@@ -150,10 +150,13 @@ start_broker() {
 }
 
 # ---------------------------------------------------------------- one test
-# run_one <NNNN> [quick] -> sets RESULT (PASSED|FAILED|TIMEOUT|SKIPPED), DETAIL, SECS
+# run_one <NNNN> [quick] [consumer] -> sets RESULT (PASSED|FAILED|TIMEOUT|SKIPPED), DETAIL, SECS
+# "consumer": the test's group consumers use group.protocol=consumer (KIP-848), through
+# librdkafka's TEST_CONSUMER_GROUP_PROTOCOL.
 run_one() {
-    local num="$1" quick=
+    local num="$1" quick= protocol="${TEST_CONSUMER_GROUP_PROTOCOL:-}"
     [[ ${2:-} == quick ]] && quick=-Q
+    [[ ${3:-} == consumer ]] && protocol=consumer
     local log="$LOGS/$num.log" blog="$LOGS/$num.broker.log"
     start_broker "$blog"
     cat >"$BUILD/test.conf" <<EOF
@@ -169,6 +172,9 @@ EOF
         (
             cd "$RDK/tests"
             export LD_LIBRARY_PATH="../src:../src-cpp${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+            if [[ -n $protocol ]]; then
+                export TEST_CONSUMER_GROUP_PROTOCOL="$protocol"
+            fi
             RDKAFKA_TEST_CONF="$BUILD/test.conf" TESTS="$num" TEST_LEVEL=2 \
                 exec timeout -s KILL "$TEST_TIMEOUT" ./test-runner -L -p1 $quick
         ) >"$log" 2>&1
@@ -227,8 +233,9 @@ mkdir -p "$LOGS"
 
 case $MODE in
     allowlist)
-        # "NNNN" or "NNNN quick" (run with -Q) per line; '#' starts a comment.
-        mapfile -t TESTS_LIST < <(sed -e 's/#.*//' "$ALLOWLIST" | awk 'NF && $1 ~ /^[0-9][0-9][0-9][0-9]$/ {print $1 ($2=="quick" ? ":quick" : "")}')
+        # "NNNN", "NNNN quick" (run with -Q) or "NNNN consumer" (KIP-848 group protocol) per
+        # line; '#' starts a comment.
+        mapfile -t TESTS_LIST < <(sed -e 's/#.*//' "$ALLOWLIST" | awk 'NF && $1 ~ /^[0-9][0-9][0-9][0-9]$/ {print $1 ($2=="quick" || $3=="quick" ? ":quick" : "") ($2=="consumer" || $3=="consumer" ? ":consumer" : "")}')
         ;;
     explicit)
         TESTS_LIST=("${TESTS_ARG[@]}")
@@ -255,8 +262,9 @@ skipped=0
 start=$(date +%s)
 for entry in "${TESTS_LIST[@]}"; do
     t="${entry%%:*}"
-    run_one "$t" "$([[ $entry == *:quick ]] && echo quick || true)"
-    printf '%s %-8s %6ss  %s\n' "$t" "$RESULT" "$SECS" "$DETAIL"
+    run_one "$t" "$([[ $entry == *:quick* ]] && echo quick || true)" \
+        "$([[ $entry == *:consumer ]] && echo consumer || true)"
+    printf '%s %-8s %6ss  %s\n' "$t$([[ $entry == *:consumer ]] && echo /consumer || true)" "$RESULT" "$SECS" "$DETAIL"
     case $RESULT in
         PASSED) passed=$((passed + 1)) ;;
         # An allow-listed test that skips proves nothing: it counts as failed.

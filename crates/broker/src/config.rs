@@ -410,6 +410,18 @@ impl BrokerConfig {
                     parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
             }
             "group.max.size" => self.groups.max_group_size = parse_i64(key, value, 1)? as usize,
+            "group.consumer.session.timeout.ms" => {
+                self.groups.consumer_session_timeout_ms =
+                    parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "group.consumer.heartbeat.interval.ms" => {
+                self.groups.consumer_heartbeat_interval_ms =
+                    parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
+            "holdfast.group.consumer.reconciling.heartbeat.interval.ms" => {
+                self.groups.consumer_reconciling_heartbeat_interval_ms =
+                    parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
+            }
             "holdfast.groups.max" => self.groups.max_groups = parse_i64(key, value, 1)? as usize,
             "offset.metadata.max.bytes" => {
                 self.groups.max_metadata_bytes = parse_i64(key, value, 0)? as usize

@@ -29,11 +29,16 @@ type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 /// Bound on queued batches of coordinator writes (group metadata, tombstones).
 const WRITE_QUEUE: usize = 4096;
 
+/// A batch of coordinator writes, with whom to tell once it is durable (`true`) or failed.
+type WriteBatch = (Vec<holdfast_groups::Write>, Option<oneshot::Sender<bool>>);
+
 /// Orders offset commits and fetches: a turn is taken synchronously while the request is
 /// dispatched (connections dispatch their requests one after another), and the commit or
 /// fetch runs only when its turn comes. So commits are applied in the order they arrived,
 /// even though each waits for its own fsync, and a fetch sees every commit sent before it.
 /// (Found by librdkafka test 0030: back-to-back async commits were applied out of order.)
+/// One sequencer per group (`CommitOrder`): commits of different groups do not wait for
+/// each other's fsync.
 #[derive(Default)]
 pub(crate) struct CommitSequencer {
     state: Mutex<SequencerState>,
@@ -52,6 +57,43 @@ pub(crate) struct Turn {
     seq: Arc<CommitSequencer>,
     ticket: u64,
     served: bool,
+    /// The registry to drop the sequencer from once no turn of its group is left.
+    order: Option<(Arc<CommitOrder>, String)>,
+}
+
+/// The commit sequencers of the groups with commits or fetches in flight (bounded by the
+/// requests in flight: a sequencer is removed when its last turn ends).
+#[derive(Default)]
+pub(crate) struct CommitOrder {
+    by_group: Mutex<HashMap<String, Arc<CommitSequencer>>>,
+}
+
+impl CommitOrder {
+    fn map(&self) -> MutexGuard<'_, HashMap<String, Arc<CommitSequencer>>> {
+        self.by_group.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A turn in `group`'s order, taken now (synchronously, in arrival order).
+    pub(crate) fn take_turn(self: &Arc<Self>, group: &str) -> Turn {
+        let seq = Arc::clone(self.map().entry(group.to_string()).or_default());
+        let mut t = seq.take_turn();
+        t.order = Some((Arc::clone(self), group.to_string()));
+        t
+    }
+
+    /// Turns in several groups' orders (OffsetFetch v8+ names many groups).
+    pub(crate) fn take_turns<'a>(
+        self: &Arc<Self>,
+        groups: impl IntoIterator<Item = &'a str>,
+    ) -> Vec<Turn> {
+        let set: std::collections::BTreeSet<&str> = groups.into_iter().collect();
+        set.into_iter().map(|g| self.take_turn(g)).collect()
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.map().len()
+    }
 }
 
 impl CommitSequencer {
@@ -67,6 +109,7 @@ impl CommitSequencer {
             seq: Arc::clone(self),
             ticket,
             served: false,
+            order: None,
         }
     }
 }
@@ -105,6 +148,17 @@ impl Drop for Turn {
         }
         drop(st);
         self.seq.changed.notify_waiters();
+        if let Some((order, group)) = self.order.take() {
+            let mut map = order.map();
+            // Only the registry and this turn hold it: no turn of the group is left, and
+            // none can be taken meanwhile (that needs the registry lock).
+            if map
+                .get(&group)
+                .is_some_and(|s| Arc::ptr_eq(s, &self.seq) && Arc::strong_count(s) == 2)
+            {
+                map.remove(&group);
+            }
+        }
     }
 }
 
@@ -115,10 +169,10 @@ struct Inner {
 
 pub struct GroupService {
     inner: Mutex<Inner>,
-    pub(crate) commit_order: Arc<CommitSequencer>,
+    pub(crate) commit_order: Arc<CommitOrder>,
     wake: Notify,
-    writes_tx: mpsc::Sender<Vec<holdfast_groups::Write>>,
-    writes_rx: Mutex<Option<mpsc::Receiver<Vec<holdfast_groups::Write>>>>,
+    writes_tx: mpsc::Sender<WriteBatch>,
+    writes_rx: Mutex<Option<mpsc::Receiver<WriteBatch>>>,
     partitions: i32,
     retention_check_ms: u64,
 }
@@ -141,6 +195,8 @@ pub fn is_group_api(key: ApiKey) -> bool {
             | ApiKey::ListGroups
             | ApiKey::DeleteGroups
             | ApiKey::OffsetDelete
+            | ApiKey::ConsumerGroupHeartbeat
+            | ApiKey::ConsumerGroupDescribe
     )
 }
 
@@ -152,7 +208,7 @@ impl GroupService {
                 coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
                 waiters: HashMap::new(),
             }),
-            commit_order: Arc::new(CommitSequencer::default()),
+            commit_order: Arc::new(CommitOrder::default()),
             wake: Notify::new(),
             writes_tx: tx,
             writes_rx: Mutex::new(Some(rx)),
@@ -175,21 +231,64 @@ impl GroupService {
         out
     }
 
-    fn dispatch(g: &mut Inner, writes: &mpsc::Sender<Vec<holdfast_groups::Write>>) {
+    /// Like `with`, and also returns a receiver told when the records this call produced
+    /// are durable in `__consumer_offsets` (`true`) or could not be written.
+    fn with_durable<T>(
+        &self,
+        f: impl FnOnce(&mut Coordinator) -> T,
+    ) -> (T, oneshot::Receiver<bool>) {
+        let (tx, rx) = oneshot::channel();
+        let mut g = self.lock();
+        let out = f(&mut g.coord);
+        Self::dispatch_acked(&mut g, &self.writes_tx, Some(tx));
+        drop(g);
+        self.wake.notify_one();
+        (out, rx)
+    }
+
+    fn dispatch(g: &mut Inner, writes: &mpsc::Sender<WriteBatch>) {
+        Self::dispatch_acked(g, writes, None)
+    }
+
+    fn dispatch_acked(
+        g: &mut Inner,
+        writes: &mpsc::Sender<WriteBatch>,
+        ack: Option<oneshot::Sender<bool>>,
+    ) {
+        let mut ready = Vec::new();
         for c in g.coord.take_completions() {
             let t = match &c {
                 Completion::Join(t, _) | Completion::Sync(t, _) => *t,
             };
             if let Some(tx) = g.waiters.remove(&t) {
-                let _ = tx.send(c);
+                ready.push((tx, c));
             }
         }
         let w = g.coord.take_writes();
-        if !w.is_empty() {
-            if let Err(e) = writes.try_send(w) {
-                tracing::error!(error = %e, "group metadata write queue full: record dropped");
+        if w.is_empty() {
+            for (tx, c) in ready {
+                let _ = tx.send(c);
             }
+            if let Some(a) = ack {
+                let _ = a.send(true);
+            }
+            return;
         }
+        // The answers that go with these records (e.g. SyncGroup once the leader's
+        // assignment is stored) are sent only once the records are durable, as Kafka does.
+        let (done_tx, done_rx) = oneshot::channel();
+        if let Err(e) = writes.try_send((w, Some(done_tx))) {
+            tracing::error!(error = %e, "group metadata write queue full: records dropped");
+        }
+        tokio::spawn(async move {
+            let ok = matches!(done_rx.await, Ok(true));
+            for (tx, c) in ready {
+                let _ = tx.send(if ok { c } else { failed(c) });
+            }
+            if let Some(a) = ack {
+                let _ = a.send(ok);
+            }
+        });
     }
 
     pub(crate) fn partitions(&self) -> i32 {
@@ -207,13 +306,35 @@ impl GroupService {
     }
 }
 
+/// The answer to a waiting JoinGroup/SyncGroup whose group records could not be stored.
+fn failed(c: Completion) -> Completion {
+    match c {
+        Completion::Join(t, r) => Completion::Join(
+            t,
+            holdfast_groups::JoinResponse {
+                error: codes::COORDINATOR_NOT_AVAILABLE,
+                generation: -1,
+                member_id: r.member_id,
+                ..Default::default()
+            },
+        ),
+        Completion::Sync(t, _) => Completion::Sync(
+            t,
+            holdfast_groups::SyncResponse {
+                error: codes::COORDINATOR_NOT_AVAILABLE,
+                ..Default::default()
+            },
+        ),
+    }
+}
+
 impl GroupService {
     /// Every committed offset, as (group, topic, partition, offset): for metrics and the
     /// loss ledger.
     pub(crate) fn committed_offsets(&self) -> Vec<(String, String, i32, i64)> {
         let g = self.lock();
         let mut out = Vec::new();
-        for (group, _, _) in g.coord.list_groups(&[]) {
+        for group in g.coord.list_groups(&[]).into_iter().map(|x| x.group_id) {
             for (t, p, v) in g.coord.fetch_offsets(&group, None) {
                 if let Some(v) = v {
                     out.push((group.clone(), t, p, v.offset));
@@ -366,15 +487,20 @@ impl Broker {
                 w = rx.recv() => w,
                 _ = stop.changed() => return,
             };
-            let Some(w) = w else { return };
+            let Some((w, ack)) = w else { return };
             let mut by_group: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
             for x in w {
                 by_group.entry(x.group).or_default().push((x.key, x.value));
             }
+            let mut ok = true;
             for (g, recs) in by_group {
                 if let Err(code) = self.append_offsets_records(&g, recs).await {
                     tracing::error!(group = %g, code, "cannot persist group metadata");
+                    ok = false;
                 }
+            }
+            if let Some(a) = ack {
+                let _ = a.send(ok);
             }
         }
     }
@@ -468,7 +594,7 @@ impl Broker {
             }
             RequestKind::OffsetCommit(r) => {
                 let b = Arc::clone(self);
-                let mut turn = self.groups().commit_order.take_turn();
+                let mut turn = self.groups().commit_order.take_turn(&r.group_id.0);
                 Reply::Later(Box::pin(async move {
                     turn.wait().await;
                     let resp = b.offset_commit(r, version).await;
@@ -478,11 +604,18 @@ impl Broker {
             }
             RequestKind::OffsetFetch(r) => {
                 let b = Arc::clone(self);
-                let mut turn = self.groups().commit_order.take_turn();
+                let mut turns = if version >= 8 {
+                    let order = &self.groups().commit_order;
+                    order.take_turns(r.groups.iter().map(|g| g.group_id.0.as_str()))
+                } else {
+                    vec![self.groups().commit_order.take_turn(&r.group_id.0)]
+                };
                 Reply::Later(Box::pin(async move {
-                    turn.wait().await;
+                    for t in turns.iter_mut() {
+                        t.wait().await;
+                    }
                     let resp = b.offset_fetch(r, version);
-                    drop(turn);
+                    drop(turns);
                     Some(ResponseKind::OffsetFetch(resp))
                 }))
             }
@@ -506,6 +639,19 @@ impl Broker {
             RequestKind::OffsetDelete(r) => {
                 Reply::Now(Some(ResponseKind::OffsetDelete(self.offset_delete(r))))
             }
+            RequestKind::ConsumerGroupHeartbeat(r) => {
+                let b = Arc::clone(self);
+                let host = format!("/{}", peer.ip());
+                let client = client_id.to_string();
+                Reply::Later(Box::pin(async move {
+                    Some(ResponseKind::ConsumerGroupHeartbeat(
+                        b.consumer_group_heartbeat(r, version, client, host).await,
+                    ))
+                }))
+            }
+            RequestKind::ConsumerGroupDescribe(r) => Reply::Now(Some(
+                ResponseKind::ConsumerGroupDescribe(self.consumer_group_describe(r)),
+            )),
             _ => Reply::Now(None),
         }
     }
@@ -601,13 +747,23 @@ impl Broker {
                 }
                 Outcome::Now(_) => None,
             };
-            GroupService::dispatch(&mut g, &svc.writes_tx);
-            (out, rx)
+            let (ack_tx, ack) = oneshot::channel();
+            GroupService::dispatch_acked(&mut g, &svc.writes_tx, Some(ack_tx));
+            (out, rx, ack)
         };
         svc.wake.notify_one();
         let resp = match res {
-            (Outcome::Now(x), _) => x,
-            (Outcome::Wait(_), Some(rx)) => {
+            // E.g. a static member's rejoin: answered once its record is durable.
+            (Outcome::Now(x), _, ack) => match ack.await {
+                Ok(true) => x,
+                _ => holdfast_groups::JoinResponse {
+                    error: codes::COORDINATOR_NOT_AVAILABLE,
+                    generation: -1,
+                    member_id: x.member_id,
+                    ..Default::default()
+                },
+            },
+            (Outcome::Wait(_), Some(rx), _) => {
                 let bound = Duration::from_millis(rebalance_timeout.max(0) as u64 + 10_000);
                 match tokio::time::timeout(bound, rx).await {
                     Ok(Ok(Completion::Join(_, x))) => x,
@@ -619,7 +775,7 @@ impl Broker {
                     },
                 }
             }
-            (Outcome::Wait(_), None) => holdfast_groups::JoinResponse {
+            (Outcome::Wait(_), None, _) => holdfast_groups::JoinResponse {
                 error: codes::UNKNOWN_SERVER_ERROR,
                 ..Default::default()
             },
@@ -655,7 +811,7 @@ impl Broker {
             .iter()
             .map(|a| (a.member_id.to_string(), a.assignment.to_vec()))
             .collect();
-        let (out, rx) = {
+        let (out, rx, ack) = {
             let mut g = svc.lock();
             let out = g.coord.sync(
                 &r.group_id.0,
@@ -675,13 +831,20 @@ impl Broker {
                 }
                 Outcome::Now(_) => None,
             };
-            GroupService::dispatch(&mut g, &svc.writes_tx);
-            (out, rx)
+            let (ack_tx, ack) = oneshot::channel();
+            GroupService::dispatch_acked(&mut g, &svc.writes_tx, Some(ack_tx));
+            (out, rx, ack)
         };
         svc.wake.notify_one();
-        let resp = match (out, rx) {
-            (Outcome::Now(x), _) => x,
-            (Outcome::Wait(_), Some(rx)) => {
+        let resp = match (out, rx, ack) {
+            (Outcome::Now(x), _, ack) => match ack.await {
+                Ok(true) => x,
+                _ => holdfast_groups::SyncResponse {
+                    error: codes::COORDINATOR_NOT_AVAILABLE,
+                    ..Default::default()
+                },
+            },
+            (Outcome::Wait(_), Some(rx), _) => {
                 match tokio::time::timeout(Duration::from_secs(330), rx).await {
                     Ok(Ok(Completion::Sync(_, x))) => x,
                     _ => holdfast_groups::SyncResponse {
@@ -690,7 +853,7 @@ impl Broker {
                     },
                 }
             }
-            (Outcome::Wait(_), None) => holdfast_groups::SyncResponse {
+            (Outcome::Wait(_), None, _) => holdfast_groups::SyncResponse {
                 error: codes::UNKNOWN_SERVER_ERROR,
                 ..Default::default()
             },
@@ -761,6 +924,7 @@ impl Broker {
                 generation,
                 &member,
                 r.group_instance_id.as_deref(),
+                version,
                 now,
             )
         });
@@ -863,6 +1027,18 @@ impl Broker {
                 });
                 let mut og = offset_fetch_response::OffsetFetchResponseGroup::default();
                 og.group_id = g.group_id.clone();
+                if version >= 9 {
+                    let code = coord.check_offset_fetch(
+                        &g.group_id.0,
+                        g.member_id.as_deref(),
+                        g.member_epoch,
+                    );
+                    if code != codes::NONE {
+                        og.error_code = code;
+                        resp.groups.push(og);
+                        continue;
+                    }
+                }
                 for (t, parts) in fetch(&g.group_id.0, wanted) {
                     let mut ot = offset_fetch_response::OffsetFetchResponseTopics::default();
                     ot.name = TopicName(sb(&t));
@@ -922,6 +1098,8 @@ impl Broker {
         for id in r.groups {
             let mut d = describe_groups_response::DescribedGroup::default();
             match g.coord.describe(&id.0) {
+                // A missing group, or a consumer-protocol one: Dead with no error, as Kafka
+                // answers DescribeGroups up to v5 (v6, not served, adds GROUP_ID_NOT_FOUND).
                 None => d.group_state = sb("Dead"),
                 Some(x) => {
                     d.group_state = sb(x.state.name());
@@ -953,22 +1131,21 @@ impl Broker {
     fn list_groups(&self, r: ListGroupsRequest, version: i16) -> ListGroupsResponse {
         let mut resp = ListGroupsResponse::default();
         let states: Vec<String> = r.states_filter.iter().map(|s| s.to_string()).collect();
-        let types_ok = r.types_filter.is_empty()
-            || r.types_filter
-                .iter()
-                .any(|t| t.eq_ignore_ascii_case("classic"));
-        if !types_ok {
-            return resp;
-        }
-        for (id, ptype, state) in self.groups().lock().coord.list_groups(&states) {
+        let type_ok = |t: &str| {
+            r.types_filter.is_empty() || r.types_filter.iter().any(|f| f.eq_ignore_ascii_case(t))
+        };
+        for x in self.groups().lock().coord.list_groups(&states) {
+            if !type_ok(x.group_type) {
+                continue;
+            }
             let mut l = list_groups_response::ListedGroup::default();
-            l.group_id = GroupId(sb(&id));
-            l.protocol_type = sb(&ptype);
+            l.group_id = GroupId(sb(&x.group_id));
+            l.protocol_type = sb(&x.protocol_type);
             if version >= 4 {
-                l.group_state = sb(state.name());
+                l.group_state = sb(x.state);
             }
             if version >= 5 {
-                l.group_type = sb("classic");
+                l.group_type = sb(x.group_type);
             }
             resp.groups.push(l);
         }
@@ -1009,5 +1186,200 @@ impl Broker {
             }
         }
         resp
+    }
+}
+
+impl Broker {
+    /// The topics as the consumer group coordinator sees them.
+    fn topics_view(&self) -> holdfast_groups::consumer::Topics {
+        self.all_topics()
+            .into_iter()
+            .map(|t| {
+                (
+                    t.meta.name.clone(),
+                    holdfast_groups::consumer::TopicInfo {
+                        id: *t.meta.id.as_bytes(),
+                        partitions: t.partitions.len() as i32,
+                        internal: t.meta.name == OFFSETS_TOPIC,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// ConsumerGroupHeartbeat (KIP-848). The response is sent once the records the
+    /// heartbeat produced (member, epochs, assignments) are durable.
+    async fn consumer_group_heartbeat(
+        self: Arc<Self>,
+        r: ConsumerGroupHeartbeatRequest,
+        version: i16,
+        client_id: String,
+        client_host: String,
+    ) -> ConsumerGroupHeartbeatResponse {
+        let req = holdfast_groups::consumer::HeartbeatRequest {
+            api_version: version,
+            group_id: r.group_id.0.to_string(),
+            member_id: r.member_id.to_string(),
+            member_epoch: r.member_epoch,
+            instance_id: r.instance_id.as_ref().map(|s| s.to_string()),
+            rack_id: r.rack_id.as_ref().map(|s| s.to_string()),
+            rebalance_timeout_ms: r.rebalance_timeout_ms,
+            subscribed_topic_names: r
+                .subscribed_topic_names
+                .as_ref()
+                .map(|v| v.iter().map(|t| t.0.to_string()).collect()),
+            subscribed_topic_regex: r.subscribed_topic_regex.as_ref().map(|s| s.to_string()),
+            server_assignor: r.server_assignor.as_ref().map(|s| s.to_string()),
+            owned: r.topic_partitions.as_ref().map(|v| {
+                v.iter()
+                    .map(|tp| (*tp.topic_id.as_bytes(), tp.partitions.clone()))
+                    .collect()
+            }),
+            client_id,
+            client_host,
+        };
+        let topics = self.topics_view();
+        let now = now_ms();
+        let (out, durable) = self
+            .groups()
+            .with_durable(|c| c.consumer_heartbeat(req, &topics, now));
+        let mut resp = ConsumerGroupHeartbeatResponse::default();
+        let persisted = matches!(
+            tokio::time::timeout(Duration::from_secs(30), durable).await,
+            Ok(Ok(true))
+        );
+        if !persisted {
+            resp.error_code = codes::COORDINATOR_NOT_AVAILABLE;
+            resp.error_message = Some(sb("The group state could not be made durable."));
+            return resp;
+        }
+        resp.error_code = out.error;
+        resp.error_message = out.message.as_deref().map(sb);
+        resp.member_id = out.member_id.as_deref().map(sb);
+        resp.member_epoch = out.member_epoch;
+        resp.heartbeat_interval_ms = out.heartbeat_interval_ms;
+        resp.assignment = out.assignment.map(|a| {
+            let mut x = consumer_group_heartbeat_response::Assignment::default();
+            x.topic_partitions = a
+                .into_iter()
+                .map(|(id, ps)| {
+                    let mut tp = consumer_group_heartbeat_response::TopicPartitions::default();
+                    tp.topic_id = uuid::Uuid::from_bytes(id);
+                    tp.partitions = ps;
+                    tp
+                })
+                .collect();
+            x
+        });
+        resp
+    }
+
+    fn consumer_group_describe(
+        &self,
+        r: ConsumerGroupDescribeRequest,
+    ) -> ConsumerGroupDescribeResponse {
+        use consumer_group_describe_response as d;
+        let assignment = |list: Vec<([u8; 16], String, Vec<i32>)>| {
+            let mut a = d::Assignment::default();
+            a.topic_partitions = list
+                .into_iter()
+                .map(|(id, name, ps)| {
+                    let mut tp = d::TopicPartitions::default();
+                    tp.topic_id = uuid::Uuid::from_bytes(id);
+                    tp.topic_name = TopicName(sb(&name));
+                    tp.partitions = ps;
+                    tp
+                })
+                .collect();
+            a
+        };
+        let mut resp = ConsumerGroupDescribeResponse::default();
+        let g = self.groups().lock();
+        for id in r.group_ids {
+            let mut x = d::DescribedGroup::default();
+            x.authorized_operations = i32::MIN;
+            match g.coord.consumer_describe(&id.0) {
+                Err((code, msg)) => {
+                    x.error_code = code;
+                    x.error_message = Some(sb(&msg));
+                    x.group_state = sb("Dead");
+                }
+                Ok(desc) => {
+                    x.group_state = sb(desc.state);
+                    x.group_epoch = desc.group_epoch;
+                    x.assignment_epoch = desc.assignment_epoch;
+                    x.assignor_name = sb(&desc.assignor);
+                    x.members = desc
+                        .members
+                        .into_iter()
+                        .map(|m| {
+                            let mut dm = d::Member::default();
+                            dm.member_id = sb(&m.member_id);
+                            dm.instance_id = m.instance_id.as_deref().map(sb);
+                            dm.rack_id = m.rack_id.as_deref().map(sb);
+                            dm.member_epoch = m.member_epoch;
+                            dm.client_id = sb(&m.client_id);
+                            dm.client_host = sb(&m.client_host);
+                            dm.subscribed_topic_names = m
+                                .subscribed_topic_names
+                                .iter()
+                                .map(|t| TopicName(sb(t)))
+                                .collect();
+                            dm.subscribed_topic_regex = m.subscribed_topic_regex.as_deref().map(sb);
+                            dm.assignment = assignment(m.assignment);
+                            dm.target_assignment = assignment(m.target_assignment);
+                            // 1 = consumer protocol member (KIP-1099).
+                            dm.member_type = 1;
+                            dm
+                        })
+                        .collect();
+                }
+            }
+            x.group_id = id;
+            resp.groups.push(x);
+        }
+        resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn commit_order_is_per_group_and_forgets_idle_groups() {
+        let order = Arc::new(CommitOrder::default());
+        let mut a1 = order.take_turn("a");
+        let mut a2 = order.take_turn("a");
+        let mut b1 = order.take_turn("b");
+        // b's turn does not wait for a's.
+        tokio::time::timeout(Duration::from_secs(5), b1.wait())
+            .await
+            .expect("b is served at once");
+        a1.wait().await;
+        let waiting = tokio::spawn(async move {
+            a2.wait().await;
+            a2
+        });
+        drop(b1);
+        assert_eq!(order.len(), 1);
+        drop(a1);
+        let a2 = tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .expect("a2 served after a1")
+            .expect("task");
+        drop(a2);
+        assert_eq!(order.len(), 0);
+        // An abandoned turn (dropped before served) is skipped.
+        let a3 = order.take_turn("a");
+        let a4 = order.take_turn("a");
+        let mut a5 = order.take_turn("a");
+        drop(a4);
+        drop(a3);
+        tokio::time::timeout(Duration::from_secs(5), a5.wait())
+            .await
+            .expect("a5 served");
+        drop(a5);
+        assert_eq!(order.len(), 0);
     }
 }

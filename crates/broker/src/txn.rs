@@ -824,6 +824,9 @@ impl Broker {
                     r.generation_id,
                     &r.member_id,
                     r.group_instance_id.as_deref(),
+                    // Not OffsetCommit's version: v9 rules (member epochs, GROUP_ID_NOT_FOUND)
+                    // apply to transactional commits of members too.
+                    i16::MAX,
                     now,
                 )
             });

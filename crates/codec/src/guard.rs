@@ -155,6 +155,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::ListGroups => 3,
         ApiKey::DeleteGroups => 2,
         ApiKey::OffsetDelete => i16::MAX,
+        ApiKey::ConsumerGroupHeartbeat | ApiKey::ConsumerGroupDescribe => 0,
         ApiKey::AddPartitionsToTxn
         | ApiKey::AddOffsetsToTxn
         | ApiKey::EndTxn
@@ -620,6 +621,28 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             if v >= 1 {
                 w.skip(8)?; // duration_filter
             }
+        }
+        ApiKey::ConsumerGroupHeartbeat => {
+            w.string()?; // group_id
+            w.string()?; // member_id
+            w.skip(4)?; // member_epoch
+            w.nullable_string()?; // instance_id
+            w.nullable_string()?; // rack_id
+            w.skip(4)?; // rebalance_timeout_ms
+            w.array(true, |w| w.string())?; // subscribed_topic_names
+            if v >= 1 {
+                w.nullable_string()?; // subscribed_topic_regex
+            }
+            w.nullable_string()?; // server_assignor
+            w.array(true, |w| {
+                w.skip(16)?; // topic_id
+                w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::ConsumerGroupDescribe => {
+            w.array(false, |w| w.string())?;
+            w.skip(1)?; // include_authorized_operations
         }
         _ => return Err(Malformed("no structural check for this API")),
     }

@@ -57,6 +57,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DeleteGroups, 0, 2),
     (ApiKey::OffsetDelete, 0, 0),
+    (ApiKey::ConsumerGroupHeartbeat, 0, 1),
+    (ApiKey::ConsumerGroupDescribe, 0, 1),
     (ApiKey::AddPartitionsToTxn, 0, 3),
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
@@ -793,6 +795,28 @@ mod tests {
                             r.duration_filter = 1000;
                         }
                         RequestKind::ListTransactions(r)
+                    }
+                    ApiKey::ConsumerGroupHeartbeat => {
+                        let mut r = ConsumerGroupHeartbeatRequest::default();
+                        r.group_id = GroupId(S::from_static_str("g"));
+                        r.member_id = S::from_static_str("m");
+                        r.instance_id = Some(S::from_static_str("i"));
+                        r.rack_id = Some(S::from_static_str("r"));
+                        r.subscribed_topic_names = Some(vec![name(), name()]);
+                        if v >= 1 {
+                            r.subscribed_topic_regex = Some(S::from_static_str("t.*"));
+                        }
+                        r.server_assignor = Some(S::from_static_str("uniform"));
+                        let mut tp = consumer_group_heartbeat_request::TopicPartitions::default();
+                        tp.partitions = vec![1, 2, 3];
+                        r.topic_partitions = Some(vec![tp.clone(), tp]);
+                        RequestKind::ConsumerGroupHeartbeat(r)
+                    }
+                    ApiKey::ConsumerGroupDescribe => {
+                        let mut r = ConsumerGroupDescribeRequest::default();
+                        r.group_ids = vec![GroupId(S::from_static_str("g")); 2];
+                        r.include_authorized_operations = true;
+                        RequestKind::ConsumerGroupDescribe(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

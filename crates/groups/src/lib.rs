@@ -9,6 +9,8 @@
 //! CompletingRebalance, Stable, Dead). Holdfast's one deliberate difference is the initial
 //! rebalance delay: see [`Config::initial_rebalance_delay_ms`].
 
+pub mod consumer;
+pub mod consumer_records;
 pub mod records;
 
 use std::collections::{BTreeMap, HashMap};
@@ -34,6 +36,13 @@ pub mod codes {
     pub const GROUP_MAX_SIZE_REACHED: i16 = 81;
     pub const FENCED_INSTANCE_ID: i16 = 82;
     pub const GROUP_SUBSCRIBED_TO_TOPIC: i16 = 86;
+    pub const UNSUPPORTED_VERSION: i16 = 35;
+    pub const INVALID_REQUEST: i16 = 42;
+    pub const FENCED_MEMBER_EPOCH: i16 = 110;
+    pub const UNRELEASED_INSTANCE_ID: i16 = 111;
+    pub const UNSUPPORTED_ASSIGNOR: i16 = 112;
+    pub const STALE_MEMBER_EPOCH: i16 = 113;
+    pub const INVALID_REGULAR_EXPRESSION: i16 = 128;
 }
 use codes::*;
 
@@ -64,6 +73,14 @@ pub struct Config {
     pub offsets_retention_ms: i64,
     /// Bound on committed offsets per group (Holdfast-specific).
     pub max_offsets_per_group: usize,
+    /// `group.consumer.session.timeout.ms` (KIP-848 groups).
+    pub consumer_session_timeout_ms: i32,
+    /// `group.consumer.heartbeat.interval.ms` (KIP-848 groups).
+    pub consumer_heartbeat_interval_ms: i32,
+    /// Holdfast-specific (`holdfast.group.consumer.reconciling.heartbeat.interval.ms`): the
+    /// heartbeat interval given to members while their group is not Stable, so that a
+    /// member waiting for a partition another member just released learns of it quickly.
+    pub consumer_reconciling_heartbeat_interval_ms: i32,
 }
 
 impl Default for Config {
@@ -77,6 +94,9 @@ impl Default for Config {
             max_metadata_bytes: 4096,
             offsets_retention_ms: 7 * 24 * 3600 * 1000,
             max_offsets_per_group: 1_000_000,
+            consumer_session_timeout_ms: 45_000,
+            consumer_heartbeat_interval_ms: 5_000,
+            consumer_reconciling_heartbeat_interval_ms: 250,
         }
     }
 }
@@ -186,6 +206,15 @@ pub struct GroupDescription {
     pub members: Vec<MemberSnapshot>,
 }
 
+/// A group as ListGroups reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedGroup {
+    pub group_id: String,
+    pub protocol_type: String,
+    pub state: &'static str,
+    pub group_type: &'static str,
+}
+
 /// A record to append to `__consumer_offsets` (value `None` = tombstone).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Write {
@@ -249,6 +278,9 @@ struct Group {
     sync_deadline: Option<i64>,
     state_ts: i64,
     offsets: BTreeMap<(String, i32), OffsetValue>,
+    /// Set for a group using the KIP-848 consumer protocol (its classic members are then
+    /// always empty).
+    consumer: Option<consumer::CGroup>,
 }
 
 impl Group {
@@ -268,6 +300,7 @@ impl Group {
             sync_deadline: None,
             state_ts: now,
             offsets: BTreeMap::new(),
+            consumer: None,
         }
     }
 
@@ -328,6 +361,28 @@ impl Group {
             .into_iter()
             .find(|c| votes.get(c) == Some(&best))
             .map(str::to_string)
+    }
+
+    /// The topics the members subscribe to, read from their embedded consumer protocol
+    /// subscriptions (the version 0 prefix every version shares: i16 version, then an array
+    /// of topic names); `None` if there is no protocol yet or a subscription does not parse.
+    fn subscribed_topics(&self) -> Option<std::collections::BTreeSet<String>> {
+        let protocol = self.protocol.as_deref()?;
+        let mut out = std::collections::BTreeSet::new();
+        for m in self.members.values() {
+            let meta = m.metadata_for(protocol);
+            let b = meta.get(2..)?;
+            let n = i32::from_be_bytes(b.get(..4)?.try_into().ok()?);
+            let mut rest = b.get(4..)?;
+            for _ in 0..n.max(0) {
+                let len = i16::from_be_bytes(rest.get(..2)?.try_into().ok()?);
+                let len = usize::try_from(len).ok()?;
+                let name = rest.get(2..2 + len)?;
+                out.insert(String::from_utf8(name.to_vec()).ok()?);
+                rest = rest.get(2 + len..)?;
+            }
+        }
+        Some(out)
     }
 
     fn all_joined(&self) -> bool {
@@ -461,6 +516,12 @@ impl Coordinator {
         }
         if let Err(e) = self.ensure_group(&req.group_id, now) {
             return Outcome::Now(err_join(e, &req.member_id));
+        }
+        // KIP-848 offline migration: an empty consumer group joined with the classic
+        // protocol becomes a classic group; a non-empty one refuses classic members
+        // (Holdfast does not mix protocols in one group).
+        if !self.downgrade_if_empty(&req.group_id) {
+            return Outcome::Now(err_join(INCONSISTENT_GROUP_PROTOCOL, &req.member_id));
         }
         let out = self.join_inner(req.clone(), now);
         // A group created by a refused join is removed again.
@@ -1058,11 +1119,13 @@ impl Coordinator {
                 }
             }
         }
+        self.consumer_next_deadline(&mut consider);
         best
     }
 
     /// Fires every timer due at `now`.
     pub fn tick(&mut self, now: i64) {
+        self.consumer_tick(now);
         let ids: Vec<String> = self.groups.keys().cloned().collect();
         for gid in ids {
             let Some(g) = self.groups.get_mut(&gid) else {
@@ -1139,20 +1202,36 @@ impl Coordinator {
     /// Validates an OffsetCommit before its records are written. A simple commit
     /// (generation -1, no member) is allowed only for a group without members; it creates
     /// the group.
+    #[allow(clippy::too_many_arguments)]
     pub fn check_commit(
         &mut self,
         group_id: &str,
         generation: i32,
         member_id: &str,
         instance_id: Option<&str>,
+        api_version: i16,
         now: i64,
     ) -> CommitCheck {
         if group_id.is_empty() {
             return CommitCheck::Error(INVALID_GROUP_ID);
         }
+        if self.is_consumer_group(group_id) {
+            // OffsetCommit v9+ carries the member epoch in `generationIdOrMemberEpoch`.
+            return match self.check_consumer_commit(group_id, generation, member_id, api_version) {
+                NONE => CommitCheck::Ok,
+                e => CommitCheck::Error(e),
+            };
+        }
+        // Kafka's rules (OffsetMetadataManager / ClassicGroup.validateOffsetCommit): a
+        // generation below 0 commits to a missing or empty group whatever the member id (a
+        // KIP-848 client not in the group sends its own member id with epoch -1).
         if !self.groups.contains_key(group_id) {
-            if generation >= 0 || !member_id.is_empty() {
-                return CommitCheck::Error(ILLEGAL_GENERATION);
+            if generation >= 0 {
+                return CommitCheck::Error(if api_version >= 9 {
+                    GROUP_ID_NOT_FOUND
+                } else {
+                    ILLEGAL_GENERATION
+                });
             }
             return match self.ensure_group(group_id, now) {
                 Ok(_) => CommitCheck::Ok,
@@ -1162,12 +1241,11 @@ impl Coordinator {
         let Some(g) = self.groups.get_mut(group_id) else {
             return CommitCheck::Error(UNKNOWN_SERVER_ERROR);
         };
-        if generation < 0 && member_id.is_empty() {
-            return if g.members.is_empty() {
-                CommitCheck::Ok
-            } else {
-                CommitCheck::Error(UNKNOWN_MEMBER_ID)
-            };
+        if generation < 0 && g.members.is_empty() {
+            return CommitCheck::Ok;
+        }
+        if generation < 0 && member_id.is_empty() && instance_id.is_none() {
+            return CommitCheck::Error(UNKNOWN_MEMBER_ID);
         }
         if let Some(i) = instance_id {
             if let Some(cur) = g.statics.get(i) {
@@ -1245,17 +1323,48 @@ impl Coordinator {
         group_id: &str,
         partitions: &[(String, i32)],
     ) -> Result<Vec<i16>, i16> {
+        if self.is_consumer_group(group_id) {
+            // Kafka refuses only the partitions of topics the group subscribes to.
+            let mut out = Vec::with_capacity(partitions.len());
+            for (t, p) in partitions {
+                if self.consumer_subscribes(group_id, t) {
+                    out.push(GROUP_SUBSCRIBED_TO_TOPIC);
+                    continue;
+                }
+                let removed = self
+                    .groups
+                    .get_mut(group_id)
+                    .and_then(|g| g.offsets.remove(&(t.clone(), *p)));
+                if removed.is_some() {
+                    self.writes.push(Write {
+                        group: group_id.to_string(),
+                        key: records::offset_key(group_id, t, *p),
+                        value: None,
+                    });
+                }
+                out.push(NONE);
+            }
+            return Ok(out);
+        }
         let Some(g) = self.groups.get_mut(group_id) else {
             return Err(GROUP_ID_NOT_FOUND);
         };
-        if !g.members.is_empty() {
-            return Ok(partitions
-                .iter()
-                .map(|_| GROUP_SUBSCRIBED_TO_TOPIC)
-                .collect());
-        }
+        // Kafka's rules: a classic group with members refuses OffsetDelete unless it uses the
+        // consumer protocol type, and then only for the topics its members subscribe to
+        // (all topics while those are unknown).
+        let subscribed: Option<std::collections::BTreeSet<String>> = if g.members.is_empty() {
+            Some(std::collections::BTreeSet::new())
+        } else if g.protocol_type.as_deref() != Some("consumer") {
+            return Err(NON_EMPTY_GROUP);
+        } else {
+            g.subscribed_topics()
+        };
         let mut out = Vec::with_capacity(partitions.len());
         for (t, p) in partitions {
+            if subscribed.as_ref().is_none_or(|s| s.contains(t)) {
+                out.push(GROUP_SUBSCRIBED_TO_TOPIC);
+                continue;
+            }
             if g.offsets.remove(&(t.clone(), *p)).is_some() {
                 self.writes.push(Write {
                     group: group_id.to_string(),
@@ -1282,7 +1391,18 @@ impl Coordinator {
         NONE
     }
 
-    fn tombstone_group(&mut self, g: Group) {
+    fn tombstone_group(&mut self, mut g: Group) {
+        if let Some(cg) = g.consumer.take() {
+            for (t, p) in g.offsets.keys() {
+                self.writes.push(Write {
+                    group: g.id.clone(),
+                    key: records::offset_key(&g.id, t, *p),
+                    value: None,
+                });
+            }
+            self.consumer_tombstones(&g.id, &cg);
+            return;
+        }
         for (t, p) in g.offsets.keys() {
             self.writes.push(Write {
                 group: g.id.clone(),
@@ -1347,27 +1467,35 @@ impl Coordinator {
 
     // ------------------------------------------------------------------ describe / list
 
-    pub fn list_groups(&self, states: &[String]) -> Vec<(String, String, GroupState)> {
+    /// ListGroups: (group id, protocol type, state name, group type `classic`/`consumer`),
+    /// filtered by state names (case-insensitive; empty = all).
+    pub fn list_groups(&self, states: &[String]) -> Vec<ListedGroup> {
         self.groups
             .values()
-            .filter(|g| {
-                states.is_empty()
-                    || states
-                        .iter()
-                        .any(|s| s.eq_ignore_ascii_case(g.state.name()))
+            .map(|g| match &g.consumer {
+                Some(cg) => ListedGroup {
+                    group_id: g.id.clone(),
+                    protocol_type: "consumer".into(),
+                    state: cg.state_name(),
+                    group_type: "consumer",
+                },
+                None => ListedGroup {
+                    group_id: g.id.clone(),
+                    protocol_type: g.protocol_type.clone().unwrap_or_default(),
+                    state: g.state.name(),
+                    group_type: "classic",
+                },
             })
-            .map(|g| {
-                (
-                    g.id.clone(),
-                    g.protocol_type.clone().unwrap_or_default(),
-                    g.state,
-                )
-            })
+            .filter(|l| states.is_empty() || states.iter().any(|s| s.eq_ignore_ascii_case(l.state)))
             .collect()
     }
 
+    /// DescribeGroups (classic): `None` for a missing group or a consumer-protocol group.
     pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
         let g = self.groups.get(group_id)?;
+        if g.consumer.is_some() {
+            return None;
+        }
         let stable = g.state == GroupState::Stable;
         Some(GroupDescription {
             state: g.state,
@@ -1418,15 +1546,36 @@ impl Coordinator {
                     }
                 }
             },
+            records::RecordKey::Consumer {
+                version,
+                group,
+                member,
+            } => self.load_consumer_record(version, group, member, value, now)?,
             records::RecordKey::Group { group } => match value {
                 None => {
-                    self.groups.remove(&group);
+                    // Offsets are separate records: a group tombstone (also written when
+                    // an empty classic group becomes a consumer group) keeps them.
+                    if let Some(g) = self.groups.get_mut(&group) {
+                        if g.consumer.is_none() {
+                            if g.offsets.is_empty() {
+                                self.groups.remove(&group);
+                            } else {
+                                g.members.clear();
+                                g.statics.clear();
+                                g.protocol_type = None;
+                                g.protocol = None;
+                                g.leader = None;
+                                g.set_state(GroupState::Empty, now);
+                            }
+                        }
+                    }
                 }
                 Some(v) => {
                     let v = records::decode_group_value(v)?;
                     let Ok(g) = self.ensure_group(&group, now) else {
                         return Ok(());
                     };
+                    g.consumer = None;
                     g.generation = v.generation;
                     g.protocol_type =
                         (!v.protocol_type.is_empty()).then_some(v.protocol_type.clone());

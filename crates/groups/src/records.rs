@@ -20,6 +20,12 @@ pub enum RecordKey {
     Group {
         group: String,
     },
+    /// A KIP-848 consumer group record (key versions 3 to 8; see `consumer_records`).
+    Consumer {
+        version: i16,
+        group: String,
+        member: Option<String>,
+    },
 }
 
 /// A committed offset as stored.
@@ -167,6 +173,14 @@ pub fn decode_key(b: &[u8]) -> Result<RecordKey, GroupError> {
             partition: r.i32()?,
         }),
         2 => Ok(RecordKey::Group { group: r.str()? }),
+        v @ 3..=8 => {
+            let (group, member) = crate::consumer_records::decode_key_body(v, r.b)?;
+            Ok(RecordKey::Consumer {
+                version: v,
+                group,
+                member,
+            })
+        }
         _ => Err(GroupError::BadRecord("unknown key version")),
     }
 }

@@ -240,7 +240,10 @@ fn static_member_rejoins_without_rebalance() {
 #[test]
 fn commits_generation_checks_and_reload() {
     let mut c = Coordinator::new(Config::default(), "t");
-    assert_eq!(c.check_commit("simple", -1, "", None, 0), CommitCheck::Ok);
+    assert_eq!(
+        c.check_commit("simple", -1, "", None, 8, 0),
+        CommitCheck::Ok
+    );
     let v = OffsetValue {
         offset: 5,
         leader_epoch: 0,
@@ -257,17 +260,17 @@ fn commits_generation_checks_and_reload() {
     c.tick(100);
     joins(&mut c);
     assert_eq!(
-        c.check_commit("g", 1, &a, None, 101),
+        c.check_commit("g", 1, &a, None, 8, 101),
         CommitCheck::Error(REBALANCE_IN_PROGRESS)
     );
     c.sync("g", 1, &a, None, None, None, vec![], 102);
-    assert_eq!(c.check_commit("g", 1, &a, None, 103), CommitCheck::Ok);
+    assert_eq!(c.check_commit("g", 1, &a, None, 8, 103), CommitCheck::Ok);
     assert_eq!(
-        c.check_commit("g", 0, &a, None, 103),
+        c.check_commit("g", 0, &a, None, 8, 103),
         CommitCheck::Error(ILLEGAL_GENERATION)
     );
     assert_eq!(
-        c.check_commit("g", -1, "", None, 103),
+        c.check_commit("g", -1, "", None, 8, 103),
         CommitCheck::Error(UNKNOWN_MEMBER_ID)
     );
     assert_eq!(c.delete_group("g"), NON_EMPTY_GROUP);
@@ -295,7 +298,7 @@ fn retention_expires_empty_group_offsets() {
         ..Config::default()
     };
     let mut c = Coordinator::new(cfg, "t");
-    assert_eq!(c.check_commit("s", -1, "", None, 0), CommitCheck::Ok);
+    assert_eq!(c.check_commit("s", -1, "", None, 8, 0), CommitCheck::Ok);
     let v = OffsetValue {
         offset: 1,
         leader_epoch: -1,
@@ -427,4 +430,49 @@ fn initial_delay_window_restarts_per_member_and_is_capped() {
     let j = joins(&mut c);
     assert_eq!(j.len(), 5);
     assert!(j.iter().all(|(_, r)| r.generation == 1));
+}
+
+#[test]
+fn offset_delete_refuses_only_subscribed_topics_of_a_group_with_members() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    // A consumer-protocol subscription v0 to topic "a".
+    let sub = {
+        let mut v = vec![0, 0, 0, 0, 0, 1, 0, 1];
+        v.extend_from_slice(b"a");
+        v.extend_from_slice(&[0, 0, 0, 0]);
+        v
+    };
+    let mut r = req("g", "");
+    r.require_known_member_id = false;
+    r.protocols = vec![Protocol {
+        name: "range".into(),
+        metadata: sub,
+    }];
+    let t = wait(c.join(r, 0));
+    c.tick(1_000);
+    let joined = joins(&mut c);
+    assert_eq!(joined.len(), 1);
+    assert_eq!(joined[0].0, t);
+    let ov = OffsetValue {
+        offset: 1,
+        leader_epoch: -1,
+        metadata: String::new(),
+        commit_timestamp: 0,
+    };
+    c.apply_commit("g", vec![("a".into(), 0, ov.clone()), ("b".into(), 0, ov)]);
+    let codes = c
+        .delete_offsets("g", &[("a".into(), 0), ("b".into(), 0)])
+        .expect("group exists");
+    assert_eq!(codes, vec![GROUP_SUBSCRIBED_TO_TOPIC, NONE]);
+    assert_eq!(c.fetch_offsets("g", None).len(), 1);
+    // Another protocol type with members: the whole request is refused.
+    let mut r = req("h", "");
+    r.require_known_member_id = false;
+    r.protocol_type = "connect".into();
+    wait(c.join(r, 0));
+    c.tick(1_000);
+    assert_eq!(
+        c.delete_offsets("h", &[("a".into(), 0)]),
+        Err(NON_EMPTY_GROUP)
+    );
 }
