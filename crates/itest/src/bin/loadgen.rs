@@ -6,6 +6,7 @@
 //!
 //! Usage: holdfast-loadgen [--bootstrap HOST:PORT | --spawn-broker BIN] [--sizes 100,1024,16384]
 //!        [--seconds N] [--rate MSGS_PER_S] [--partitions N] [--acks all|1|0] [--broker-pid PID]
+//!        [--topic-config KEY=VALUE]...
 
 use std::collections::HashMap;
 use std::io::BufRead;
@@ -35,6 +36,9 @@ struct Args {
     acks: String,
     broker_pid: Option<u32>,
     warmup_seconds: f64,
+    /// `--topic-config KEY=VALUE` (repeatable): configs of the topics it creates, e.g.
+    /// `flush.messages=1` to make Apache Kafka fsync before acknowledging.
+    topic_configs: Vec<(String, String)>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -48,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
         acks: "all".into(),
         broker_pid: None,
         warmup_seconds: 2.0,
+        topic_configs: Vec::new(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -67,6 +72,13 @@ fn parse_args() -> anyhow::Result<Args> {
             "--acks" => a.acks = val()?,
             "--broker-pid" => a.broker_pid = Some(val()?.parse()?),
             "--warmup" => a.warmup_seconds = val()?.parse()?,
+            "--topic-config" => {
+                let kv = val()?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow!("--topic-config wants KEY=VALUE, got {kv}"))?;
+                a.topic_configs.push((k.to_string(), v.to_string()));
+            }
             "-h" | "--help" => {
                 println!(
                     "{}",
@@ -187,7 +199,10 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let nt = NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1));
+    let mut nt = NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1));
+    for (k, v) in &args.topic_configs {
+        nt = nt.set(k, v);
+    }
     for r in admin.create_topics([&nt], &AdminOptions::new()).await? {
         r.map_err(|(t, e)| anyhow!("create topic {t}: {e}"))?;
     }
