@@ -80,6 +80,7 @@ expect disk-full pass --scenario disk-full --seed 1 --seconds 12
 expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
+expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
 if [ "$failed" -eq 0 ] && [ -z "$KEEP" ]; then

@@ -29,6 +29,21 @@ use crate::state::{now_ms, Broker, Partition};
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
+/// Test-only negative control for the chaos harness: with
+/// `HOLDFAST_UNSAFE_ABORT_AS_COMMIT=1` an aborted transaction gets COMMIT markers, so its
+/// data becomes visible to `read_committed` readers. A run with it must be caught by the
+/// transactional checker (`txn-aborted-visible`). Read once; off unless exactly `1`.
+fn unsafe_abort_as_commit() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_ABORT_AS_COMMIT").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!("HOLDFAST_UNSAFE_ABORT_AS_COMMIT=1: aborted transactions are COMMITTED (test-only negative control)");
+        }
+        on
+    })
+}
+
 /// Test hook (`HOLDFAST_TEST_CRASH_AFTER_PREPARE=1`): the process aborts right after a
 /// PrepareCommit/PrepareAbort is durable and before any marker is written, so a test can
 /// prove that recovery finishes the transaction. Read once; off unless exactly `1`.
@@ -408,6 +423,7 @@ impl Broker {
             .ok_or("unknown transactional id")?;
         let kind = match (meta.state, meta.pending) {
             (TxnState::PrepareCommit, None) => MarkerKind::Commit,
+            (TxnState::PrepareAbort, None) if unsafe_abort_as_commit() => MarkerKind::Commit,
             (TxnState::PrepareAbort, None) => MarkerKind::Abort,
             _ => return Ok(()),
         };
@@ -569,6 +585,7 @@ impl Broker {
 
     pub fn spawn_txn_tasks(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         crash_after_prepare();
+        unsafe_abort_as_commit();
         tokio::spawn(Arc::clone(self).txn_timer_loop(stop));
     }
 

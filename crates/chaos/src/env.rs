@@ -253,6 +253,7 @@ impl Broker {
         for var in [
             "HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC",
             "HOLDFAST_UNSAFE_NO_DEDUP",
+            "HOLDFAST_UNSAFE_ABORT_AS_COMMIT",
         ] {
             cmd.env_remove(var);
         }

@@ -64,6 +64,10 @@ struct RunArgs {
     /// again).
     #[arg(long)]
     unsafe_no_dedup: bool,
+    /// Negative control for `--txn`: start the broker with HOLDFAST_UNSAFE_ABORT_AS_COMMIT=1
+    /// (aborted transactions get COMMIT markers).
+    #[arg(long)]
+    unsafe_abort_as_commit: bool,
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
@@ -338,6 +342,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     if a.unsafe_no_dedup {
         unsafe_env.push("HOLDFAST_UNSAFE_NO_DEDUP");
+    }
+    if a.unsafe_abort_as_commit {
+        unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
+        notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
     }
     let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));

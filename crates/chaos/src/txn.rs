@@ -193,6 +193,13 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
             }
         }
         let outcome = if abort || send_failed {
+            // Deliver first, so the aborted data is in the log (abort alone would purge
+            // what is still queued) and the abort is what hides it.
+            if abort {
+                if let Err(e) = p.flush(timeout) {
+                    note(l, &e);
+                }
+            }
             match p.abort_transaction(timeout) {
                 Ok(()) => Outcome::Aborted,
                 Err(e) => {
