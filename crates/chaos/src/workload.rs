@@ -62,7 +62,14 @@ struct ProdCtx {
     f: F,
 }
 
-impl ClientContext for ProdCtx {}
+impl ClientContext for ProdCtx {
+    /// librdkafka's logs go to stderr when `CHAOS_DEBUG` names debug contexts.
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        if std::env::var_os("CHAOS_DEBUG").is_some() {
+            eprintln!("[{}] rdkafka {level:?} {fac}: {log_message}", self.process);
+        }
+    }
+}
 
 impl ProducerContext for ProdCtx {
     type DeliveryOpaque = Box<SendOpaque>;
@@ -95,7 +102,12 @@ fn producer(
         process: process.to_string(),
         f,
     };
-    Ok(ClientConfig::new()
+    let debug = std::env::var("CHAOS_DEBUG").ok();
+    let mut cfg = ClientConfig::new();
+    if let Some(d) = &debug {
+        cfg.set("debug", d);
+    }
+    Ok(cfg
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -106,7 +118,7 @@ fn producer(
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "500")
         .set("queue.buffering.max.messages", "20000")
-        .set("log_level", "3")
+        .set("log_level", if debug.is_some() { "7" } else { "3" })
         .create_with_context(ctx)?)
 }
 
