@@ -361,57 +361,25 @@ impl Broker {
             self.create_topic(OFFSETS_TOPIC, n, cfg, false)
                 .map_err(|(_, m)| m)?;
         }
-        let Some(topic) = self.topic(OFFSETS_TOPIC) else {
-            return Err("__consumer_offsets vanished".into());
-        };
         let now = now_ms();
         let mut count = 0u64;
-        for p in &topic.partitions {
-            let hw = p.high_watermark();
-            let mut st = p.lock();
-            let Some(log) = st.log.as_mut() else { continue };
-            let mut offset = log.log_start_offset();
-            while offset < hw {
-                let slice = log
-                    .read(offset, 1 << 20, hw, true)
-                    .map_err(|e| format!("reading {OFFSETS_TOPIC}-{}: {e}", p.index))?;
-                if slice.is_empty() {
-                    break;
+        self.scan_internal_topic(OFFSETS_TOPIC, |h, key, value| {
+            let Some(k) = key else { return };
+            if h.is_control() {
+                // A transaction marker: its offsets apply (COMMIT) or vanish.
+                if let Some(kind) = holdfast_log::MarkerKind::from_control_key(k) {
+                    for (k, v) in self.txns().loaded_marker(h.producer_id, kind) {
+                        self.groups().load(&k, v.as_deref(), now);
+                        count += 1;
+                    }
                 }
-                let bytes = slice
-                    .read_bytes()
-                    .map_err(|e| format!("reading {OFFSETS_TOPIC}-{}: {e}", p.index))?;
-                let mut next = offset;
-                for f in holdfast_log::batch::frames(&bytes) {
-                    let (h, b) = f.map_err(|e| format!("{OFFSETS_TOPIC}-{}: {e}", p.index))?;
-                    next = h.last_offset() + 1;
-                    let transactional = h.is_transactional();
-                    holdfast_log::batch::for_each_stored_record(&h, b, |r| {
-                        let Some(k) = r.key else { return Ok(()) };
-                        if h.is_control() {
-                            // A transaction marker: its offsets apply (COMMIT) or vanish.
-                            if let Some(kind) = holdfast_log::MarkerKind::from_control_key(k) {
-                                for (k, v) in self.txns().loaded_marker(h.producer_id, kind) {
-                                    self.groups().load(&k, v.as_deref(), now);
-                                    count += 1;
-                                }
-                            }
-                        } else if transactional {
-                            self.txns().loaded_txn_offset(h.producer_id, k, r.value);
-                        } else {
-                            self.groups().load(k, r.value, now);
-                            count += 1;
-                        }
-                        Ok(())
-                    })
-                    .map_err(|e| format!("{OFFSETS_TOPIC}-{}: {e}", p.index))?;
-                }
-                if next <= offset {
-                    break;
-                }
-                offset = next;
+            } else if h.is_transactional() {
+                self.txns().loaded_txn_offset(h.producer_id, k, value);
+            } else {
+                self.groups().load(k, value, now);
+                count += 1;
             }
-        }
+        })?;
         tracing::info!(records = count, "consumer offsets and groups loaded");
         Ok(())
     }

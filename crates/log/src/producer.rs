@@ -181,11 +181,9 @@ impl ProducerState {
         })
     }
 
-    /// Records a batch that was written (header carries its assigned base offset).
-    pub fn record(&mut self, h: &BatchHeader, append_ms: i64) {
-        if !h.has_producer_id() {
-            return;
-        }
+    /// The producer's entry, created if new, with its epoch and last append time moved
+    /// forward by `h` (a newer epoch forgets the batches of the older one).
+    fn entry_for(&mut self, h: &BatchHeader, append_ms: i64) -> &mut ProducerEntry {
         let entry = self
             .producers
             .entry(h.producer_id)
@@ -200,6 +198,15 @@ impl ProducerState {
             entry.batches.clear();
         }
         entry.last_append_ms = entry.last_append_ms.max(append_ms);
+        entry
+    }
+
+    /// Records a batch that was written (header carries its assigned base offset).
+    pub fn record(&mut self, h: &BatchHeader, append_ms: i64) {
+        if !h.has_producer_id() {
+            return;
+        }
+        let entry = self.entry_for(h, append_ms);
         if h.is_transactional() && !h.is_control() && entry.txn_first_offset.is_none() {
             entry.txn_first_offset = Some(h.base_offset);
         }
@@ -221,20 +228,7 @@ impl ProducerState {
     /// `read_committed`. A marker for a producer with nothing open here changes nothing but
     /// the epoch.
     pub fn record_marker(&mut self, h: &BatchHeader, kind: MarkerKind, append_ms: i64) {
-        let entry = self
-            .producers
-            .entry(h.producer_id)
-            .or_insert_with(|| ProducerEntry {
-                epoch: h.producer_epoch,
-                batches: VecDeque::new(),
-                last_append_ms: append_ms,
-                txn_first_offset: None,
-            });
-        if h.producer_epoch > entry.epoch {
-            entry.epoch = h.producer_epoch;
-            entry.batches.clear();
-        }
-        entry.last_append_ms = entry.last_append_ms.max(append_ms);
+        let entry = self.entry_for(h, append_ms);
         let Some(first_offset) = entry.txn_first_offset.take() else {
             return;
         };
