@@ -1,0 +1,446 @@
+//! Quorum tests over real loopback TCP with the real disk stores in temp dirs.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use holdfast_quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, StateMachine, StoreError};
+
+const DEADLINE: Duration = Duration::from_secs(30);
+
+type Applied = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
+
+/// Records every applied command with its index; the snapshot is the whole record.
+struct Recorder(Applied);
+
+impl StateMachine for Recorder {
+    fn apply(&mut self, index: u64, command: &[u8]) -> Vec<u8> {
+        self.0.lock().unwrap().push((index, command.to_vec()));
+        [b"applied:".as_slice(), command].concat()
+    }
+    fn snapshot(&self) -> Vec<u8> {
+        serde_json::to_vec(&*self.0.lock().unwrap()).unwrap()
+    }
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        *self.0.lock().unwrap() = serde_json::from_slice(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+struct Echo(u64);
+
+impl AppHandler for Echo {
+    fn handle(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send>> {
+        let id = self.0;
+        Box::pin(async move { [format!("node{id}:").as_bytes(), &request].concat() })
+    }
+}
+
+static N: AtomicU64 = AtomicU64::new(0);
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "holdfast-quorum-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+fn free_addr() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+struct Node {
+    quorum: Quorum,
+    applied: Applied,
+}
+
+struct Cluster {
+    root: PathBuf,
+    addrs: BTreeMap<u64, SocketAddr>,
+    voters: BTreeMap<u64, SocketAddr>,
+    nodes: BTreeMap<u64, Node>,
+    snapshot_every: u64,
+}
+
+impl Cluster {
+    async fn new(tag: &str, voters: u64, snapshot_every: u64) -> Result<Cluster> {
+        let addrs: BTreeMap<u64, SocketAddr> = (1..=voters).map(|id| (id, free_addr())).collect();
+        let mut c = Cluster {
+            root: temp_dir(tag),
+            voters: addrs.clone(),
+            addrs,
+            nodes: BTreeMap::new(),
+            snapshot_every,
+        };
+        for id in 1..=voters {
+            c.start(id).await?;
+        }
+        Ok(c)
+    }
+
+    fn dir(&self, id: u64) -> PathBuf {
+        self.root.join(format!("node{id}"))
+    }
+
+    fn config(&mut self, id: u64) -> QuorumConfig {
+        let listen = *self.addrs.entry(id).or_insert_with(free_addr);
+        let mut cfg = QuorumConfig::new(id, self.dir(id), listen, self.voters.clone());
+        cfg.bootstrap = id == 1;
+        cfg.election_timeout_min_ms = 500;
+        cfg.election_timeout_max_ms = 1000;
+        cfg.heartbeat_interval_ms = 100;
+        cfg.snapshot_every_entries = self.snapshot_every;
+        cfg.log_entries_kept_after_snapshot = 5;
+        cfg
+    }
+
+    async fn start(&mut self, id: u64) -> Result<()> {
+        let cfg = self.config(id);
+        let applied: Applied = Arc::default();
+        let quorum =
+            Quorum::start(cfg, Box::new(Recorder(applied.clone())), Arc::new(Echo(id))).await?;
+        self.nodes.insert(id, Node { quorum, applied });
+        Ok(())
+    }
+
+    async fn stop(&mut self, id: u64) -> Result<()> {
+        if let Some(n) = self.nodes.remove(&id) {
+            n.quorum.shutdown().await?;
+        }
+        Ok(())
+    }
+
+    fn node(&self, id: u64) -> &Quorum {
+        &self.nodes[&id].quorum
+    }
+
+    /// Waits until every running node reports the same leader.
+    async fn leader(&self) -> Result<u64> {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut rxs: Vec<_> = self
+            .nodes
+            .values()
+            .map(|n| n.quorum.leader_watch())
+            .collect();
+        loop {
+            let seen: Vec<Option<u64>> = rxs.iter_mut().map(|rx| *rx.borrow_and_update()).collect();
+            if let Some(Some(l)) = seen.first() {
+                if seen.iter().all(|s| *s == Some(*l)) && self.nodes.contains_key(l) {
+                    return Ok(*l);
+                }
+            }
+            let changes = futures_any(&mut rxs);
+            if tokio::time::timeout_at(deadline, changes).await.is_err() {
+                bail!("no agreed leader before the deadline: {seen:?}");
+            }
+        }
+    }
+
+    async fn wait_applied(&self, id: u64, index: u64) -> Result<()> {
+        let mut rx = self.node(id).applied_watch();
+        tokio::time::timeout(DEADLINE, rx.wait_for(|a| *a >= index))
+            .await
+            .with_context(|| format!("node {id} did not apply {index}"))??;
+        Ok(())
+    }
+
+    fn applied(&self, id: u64) -> Vec<(u64, Vec<u8>)> {
+        self.nodes[&id].applied.lock().unwrap().clone()
+    }
+
+    async fn shutdown(mut self) -> Result<()> {
+        let ids: Vec<u64> = self.nodes.keys().copied().collect();
+        for id in ids {
+            self.stop(id).await?;
+        }
+        let _ = std::fs::remove_dir_all(&self.root);
+        Ok(())
+    }
+}
+
+/// Resolves when any of the watches changes.
+async fn futures_any(rxs: &mut [tokio::sync::watch::Receiver<Option<u64>>]) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<()>(1);
+    let mut tasks = Vec::new();
+    for r in rxs.iter() {
+        let mut r = r.clone();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            if r.changed().await.is_ok() {
+                let _ = tx.send(()).await;
+            }
+        }));
+    }
+    drop(tx);
+    let _ = rx.recv().await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+/// Proposes on whichever node leads, retrying through NotLeader until the deadline.
+async fn propose_anywhere(c: &Cluster, cmd: &[u8]) -> Result<(u64, Vec<u8>)> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let leader = c.leader().await?;
+        match c.node(leader).propose(cmd.to_vec()).await {
+            Ok(r) => return Ok(r),
+            Err(QuorumError::NotLeader { .. }) if Instant::now() < deadline => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_nodes_commit_the_same_commands_in_the_same_order() -> Result<()> {
+    let c = Cluster::new("order", 3, 10_000).await?;
+    let leader = c.leader().await?;
+    let started = Instant::now();
+    let mut last = 0;
+    const N: usize = 50;
+    for i in 0..N {
+        let cmd = format!("cmd-{i}").into_bytes();
+        let (index, resp) = c.node(leader).propose(cmd.clone()).await?;
+        assert!(index > last, "indexes grow");
+        assert_eq!(resp, [b"applied:".as_slice(), &cmd].concat());
+        last = index;
+    }
+    let per_commit = started.elapsed() / N as u32;
+    println!("3-node sequential commit latency (fsync on every node): {per_commit:?} per command");
+
+    // Concurrent proposals are all committed, in one order everywhere.
+    let mut handles = Vec::new();
+    let q = Arc::new(());
+    for i in 0..20 {
+        let _ = &q;
+        let fut = c.node(leader).propose(format!("par-{i}").into_bytes());
+        handles.push(fut);
+    }
+    for r in futures_join(handles).await {
+        last = last.max(r?.0);
+    }
+    for id in 1..=3 {
+        c.wait_applied(id, last).await?;
+    }
+    let reference = c.applied(leader);
+    assert_eq!(reference.len(), N + 20);
+    for id in 1..=3 {
+        assert_eq!(
+            c.applied(id),
+            reference,
+            "node {id} applied a different sequence"
+        );
+    }
+
+    // A follower refuses to propose and names the leader.
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    match c.node(follower).propose(b"nope".to_vec()).await {
+        Err(QuorumError::NotLeader { leader_hint }) => assert_eq!(leader_hint, Some(leader)),
+        other => bail!("expected NotLeader, got {other:?}"),
+    }
+    // call_leader from a follower reaches the leader's AppHandler.
+    let resp = c
+        .node(follower)
+        .call_leader(b"hello".to_vec(), DEADLINE)
+        .await?;
+    assert_eq!(resp, format!("node{leader}:hello").into_bytes());
+    // ... and on the leader it is served locally.
+    let resp = c
+        .node(leader)
+        .call_leader(b"self".to_vec(), DEADLINE)
+        .await?;
+    assert_eq!(resp, format!("node{leader}:self").into_bytes());
+    c.shutdown().await
+}
+
+async fn futures_join<F: Future>(futs: Vec<F>) -> Vec<F::Output> {
+    // Poll all proposals concurrently on this task.
+    let mut futs: Vec<Pin<Box<F>>> = futs.into_iter().map(Box::pin).collect();
+    let mut out: Vec<Option<F::Output>> = futs.iter().map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in futs.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter().map(|o| o.unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn leader_failover_then_restarted_node_catches_up() -> Result<()> {
+    let mut c = Cluster::new("failover", 3, 10_000).await?;
+    let old = c.leader().await?;
+    for i in 0..10 {
+        c.node(old)
+            .propose(format!("before-{i}").into_bytes())
+            .await?;
+    }
+    let killed = Instant::now();
+    c.stop(old).await?;
+    let new = c.leader().await?;
+    assert_ne!(new, old);
+    let elected = killed.elapsed();
+    let (index, _) = propose_anywhere(&c, b"after-failover").await?;
+    let committed = killed.elapsed();
+    println!("leader failover: new leader {new} known after {elected:?}, first commit after {committed:?}");
+    assert!(committed < DEADLINE);
+
+    // The old leader restarts from its data dir and catches up.
+    c.start(old).await?;
+    let (last, _) = propose_anywhere(&c, b"after-restart").await?;
+    assert!(last > index);
+    for id in 1..=3 {
+        c.wait_applied(id, last).await?;
+    }
+    let reference = c.applied(new);
+    assert_eq!(reference.len(), 12);
+    assert_eq!(c.applied(old), reference);
+    c.shutdown().await
+}
+
+/// A follower that was down while the leader snapshotted and purged its log behind the
+/// snapshot catches up through a snapshot install. (Not a *wiped* voter: a voter that lost its
+/// log must not rejoin under its old id; see docs/format-quorum.md, "Lost data".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lagging_node_catches_up_through_a_snapshot() -> Result<()> {
+    let mut c = Cluster::new("snapshot", 3, 20).await?;
+    let leader = c.leader().await?;
+    let victim = (1..=3).find(|id| *id != leader).unwrap();
+    c.node(leader).propose(b"first".to_vec()).await?;
+    c.stop(victim).await?;
+    let mut last = 0;
+    for i in 0..100 {
+        last = c
+            .node(leader)
+            .propose(format!("cmd-{i}").into_bytes())
+            .await?
+            .0;
+    }
+    // The leader has snapshotted (two files kept) and purged its log behind the snapshot.
+    let root = c.root.clone();
+    let snap_files = |id: u64| -> Result<usize> {
+        let dir = root
+            .join(format!("node{id}"))
+            .join(holdfast_quorum::LOG_DIR_NAME);
+        Ok(std::fs::read_dir(dir)?
+            .filter(|e| {
+                e.as_ref()
+                    .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".snap"))
+            })
+            .count())
+    };
+    assert_eq!(snap_files(leader)?, 2);
+    assert_eq!(snap_files(victim)?, 0);
+
+    let started = Instant::now();
+    c.start(victim).await?;
+    c.wait_applied(victim, last).await?;
+    println!(
+        "lagging node caught up to index {last} via snapshot in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(c.applied(victim), c.applied(leader));
+    assert!(
+        snap_files(victim)? >= 1,
+        "the follower installed a snapshot"
+    );
+    c.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn learner_receives_the_log() -> Result<()> {
+    let mut c = Cluster::new("learner", 3, 10_000).await?;
+    let leader = c.leader().await?;
+    for i in 0..5 {
+        c.node(leader)
+            .propose(format!("early-{i}").into_bytes())
+            .await?;
+    }
+    c.start(4).await?; // not a voter, not bootstrapping
+    let addr4 = c.addrs[&4];
+    c.node(leader).add_learner(4, addr4).await?;
+    let mut last = 0;
+    for i in 0..5 {
+        last = c
+            .node(leader)
+            .propose(format!("late-{i}").into_bytes())
+            .await?
+            .0;
+    }
+    c.wait_applied(4, last).await?;
+    assert_eq!(c.applied(4), c.applied(leader));
+    assert!(!c.node(leader).voter_ids().contains(&4));
+    let resp = c
+        .node(4)
+        .call_leader(b"from-learner".to_vec(), DEADLINE)
+        .await?;
+    assert_eq!(resp, format!("node{leader}:from-learner").into_bytes());
+    c.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_voter_restarts_through_torn_tail_and_refuses_corruption() -> Result<()> {
+    let mut c = Cluster::new("single", 1, 10_000).await?;
+    c.leader().await?;
+    for i in 0..5 {
+        c.node(1).propose(format!("cmd-{i}").into_bytes()).await?;
+    }
+    c.stop(1).await?;
+    let log = c.dir(1).join(holdfast_quorum::LOG_DIR_NAME);
+    let segment = std::fs::read_dir(&log)?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|x| x == "raftlog"))
+        .context("no segment")?;
+
+    // Torn tail: the last (unacknowledged-looking) bytes are cut; the node starts and commits.
+    let len = std::fs::metadata(&segment)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)?
+        .set_len(len - 3)?;
+    c.start(1).await?;
+    assert!(c.node(1).recovery().torn_bytes_cut > 0);
+    c.leader().await?;
+    let (last, _) = c.node(1).propose(b"after-torn".to_vec()).await?;
+    c.wait_applied(1, last).await?;
+    c.stop(1).await?;
+
+    // A flipped byte in the middle of the log: refuse to start.
+    let mut bytes = std::fs::read(&segment)?;
+    bytes[40] ^= 0x55;
+    std::fs::write(&segment, &bytes)?;
+    match c.start(1).await {
+        Err(e) => match e.downcast_ref::<QuorumError>() {
+            Some(QuorumError::Store(StoreError::Corrupt { .. })) => {}
+            _ => bail!("unexpected error: {e}"),
+        },
+        Ok(()) => bail!("a corrupt log started"),
+    }
+    c.shutdown().await
+}
