@@ -433,9 +433,22 @@ impl Quorum {
 }
 
 impl Drop for Quorum {
+    /// Dropped without [`Quorum::shutdown`]: stop the listener now and openraft in the
+    /// background (if a runtime is still there).
     fn drop(&mut self) {
+        if self.tasks.is_empty() {
+            return; // already shut down
+        }
         for t in &self.tasks {
             t.abort();
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let raft = self.raft.clone();
+            let peers = self.peers.clone();
+            handle.spawn(async move {
+                let _ = raft.shutdown().await;
+                peers.close_all().await;
+            });
         }
     }
 }

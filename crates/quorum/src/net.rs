@@ -34,6 +34,8 @@ const FRAME_OVERHEAD: usize = 1 + 4 + 4;
 const WRITE_QUEUE: usize = 64;
 /// Requests in flight on one connection (client side) or being served (server side).
 const MAX_IN_FLIGHT: usize = 128;
+/// Inbound connections served at once; more are closed on accept.
+const MAX_CONNECTIONS: usize = 256;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -104,11 +106,11 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     max_frame: usize,
 ) -> Result<Option<Frame>, FrameError> {
     let mut len = [0u8; 4];
-    match r.read_exact(&mut len).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e.into()),
+    // End of stream is clean only before the first byte of a frame.
+    if r.read(&mut len[..1]).await? == 0 {
+        return Ok(None);
     }
+    r.read_exact(&mut len[1..]).await?;
     let len = u32::from_be_bytes(len) as usize;
     if !(FRAME_OVERHEAD..=max_frame).contains(&len) {
         return Err(FrameError::Length(len, max_frame));
@@ -205,6 +207,10 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>) {
         while conns.try_join_next().is_some() {}
         match listener.accept().await {
             Ok((stream, peer)) => {
+                if conns.len() >= MAX_CONNECTIONS {
+                    tracing::warn!(%peer, "too many quorum connections; closing the new one");
+                    continue;
+                }
                 let _ = stream.set_nodelay(true);
                 let ctx = ctx.clone();
                 conns.spawn(async move {
@@ -238,6 +244,9 @@ async fn serve_conn(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), FrameE
     loop {
         while tasks.try_join_next().is_some() {}
         let Some(frame) = read_frame(&mut rd, ctx.max_frame).await? else {
+            // Clean end of stream: answer what is in flight, then close.
+            drop(tx);
+            while tasks.join_next().await.is_some() {}
             return Ok(());
         };
         let correlation = frame.correlation;
@@ -654,5 +663,59 @@ impl RaftNetwork<TypeConfig> for NetClient {
         let res: Result<SnapshotResponse<u64>, Fatal<u64>> = serde_json::from_slice(&frame.body)
             .map_err(|e| StreamingError::Network(NetworkError::new(&e)))?;
         res.map_err(|e| StreamingError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_every_truncation_is_an_error() {
+        let frame = encode_frame(Kind::AppReq, 7, b"body bytes");
+        let got = read_frame(&mut frame.as_slice(), 1024)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (got.kind, got.correlation, got.body.as_slice()),
+            (Kind::AppReq, 7, b"body bytes".as_slice())
+        );
+        assert!(read_frame(&mut [].as_slice(), 1024)
+            .await
+            .unwrap()
+            .is_none());
+        for cut in 1..frame.len() {
+            assert!(
+                read_frame(&mut &frame[..cut], 1024).await.is_err(),
+                "cut at {cut}"
+            );
+        }
+        // The length is checked before the body is read or allocated.
+        assert!(matches!(
+            read_frame(&mut frame.as_slice(), 12).await,
+            Err(FrameError::Length(19, 12))
+        ));
+        let mut bad = frame.clone();
+        bad[4] = 99;
+        assert!(matches!(
+            read_frame(&mut bad.as_slice(), 1024).await,
+            Err(FrameError::Kind(99))
+        ));
+        let mut bad = frame;
+        bad[13] ^= 1;
+        assert!(matches!(
+            read_frame(&mut bad.as_slice(), 1024).await,
+            Err(FrameError::Crc)
+        ));
+    }
+
+    #[test]
+    fn snapshot_request_body_rejects_bad_header_lengths() {
+        assert!(decode_snapshot_req(&[0, 0]).is_err());
+        assert!(decode_snapshot_req(&[0, 0, 1, 0, b'{']).is_err());
+        assert!(decode_snapshot_req(&[0, 0, 0, 2, b'{', b'}']).is_err()); // missing fields
     }
 }

@@ -444,3 +444,73 @@ async fn single_voter_restarts_through_torn_tail_and_refuses_corruption() -> Res
     }
     c.shutdown().await
 }
+
+fn raw_frame(kind: u8, correlation: u32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&((9 + body.len()) as u32).to_be_bytes());
+    out.push(kind);
+    out.extend_from_slice(&correlation.to_be_bytes());
+    out.extend_from_slice(&crc32c::crc32c(body).to_be_bytes());
+    out.extend_from_slice(body);
+    out
+}
+
+/// Sends `bytes` on a fresh connection and returns what the server answers before closing.
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(bytes).await?;
+    s.shutdown().await?; // half-close: the server sees EOF after our bytes
+    let mut out = Vec::new();
+    tokio::time::timeout(DEADLINE, s.read_to_end(&mut out)).await??;
+    Ok(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() -> Result<()> {
+    let c = Cluster::new("frames", 3, 10_000).await?;
+    let leader = c.leader().await?;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let addr = c.addrs[&follower];
+
+    // Length far beyond the limit: closed without reading (or allocating) a body.
+    assert!(exchange(addr, &u32::MAX.to_be_bytes()).await?.is_empty());
+    // Length below the fixed header.
+    assert!(exchange(addr, &[0, 0, 0, 3, 7, 0, 0]).await?.is_empty());
+    // Bad checksum.
+    let mut bad = raw_frame(7, 1, b"hello");
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert!(exchange(addr, &bad).await?.is_empty());
+    // Unknown kind, and a response kind sent as a request.
+    assert!(exchange(addr, &raw_frame(200, 1, b"x")).await?.is_empty());
+    assert!(exchange(addr, &raw_frame(2, 1, b"x")).await?.is_empty());
+    // A request body that does not decode.
+    assert!(exchange(addr, &raw_frame(1, 1, b"{not json"))
+        .await?
+        .is_empty());
+    // Truncated frame then EOF.
+    assert!(exchange(addr, &raw_frame(7, 1, b"hello")[..10])
+        .await?
+        .is_empty());
+
+    // A valid app request to a follower, pipelined twice: two NotLeader answers naming the leader.
+    let mut two = raw_frame(7, 41, b"a");
+    two.extend(raw_frame(7, 42, b"b"));
+    let answer = exchange(addr, &two).await?;
+    assert_eq!(answer.len(), 2 * (13 + format!("{leader}").len()));
+    assert_eq!(answer[4], 9, "NotLeader kind");
+    let mut corrs = vec![u32::from_be_bytes(answer[5..9].try_into()?)];
+    let second = 13 + format!("{leader}").len();
+    corrs.push(u32::from_be_bytes(
+        answer[second + 5..second + 9].try_into()?,
+    ));
+    corrs.sort();
+    assert_eq!(corrs, vec![41, 42]);
+    assert_eq!(&answer[13..second], format!("{leader}").as_bytes());
+
+    // The cluster still commits.
+    let (index, _) = c.node(leader).propose(b"still-alive".to_vec()).await?;
+    c.wait_applied(follower, index).await?;
+    c.shutdown().await
+}
