@@ -207,7 +207,11 @@ impl LogStore {
             let is_last = i + 1 == count;
             let buf = fs::read(&path).map_err(io_err(format!("read {}", path.display())))?;
             if let Some(expected) = next_index {
-                if base != expected {
+                // A gap is allowed only inside the purged prefix (a purge interrupted between
+                // writing `purged` and deleting segments, after the log restarted past it).
+                let in_purged =
+                    purged.is_some_and(|p| expected <= p.index + 1 && base <= p.index + 1);
+                if base != expected && !in_purged {
                     return Err(corrupt(
                         &path,
                         0,
@@ -308,7 +312,7 @@ impl LogStore {
             }
             None => None,
         };
-        let inner = Inner {
+        let mut inner = Inner {
             dir: dir.to_path_buf(),
             segment_bytes,
             entries,
@@ -318,6 +322,10 @@ impl LogStore {
             purged,
             failed: None,
         };
+        inner
+            .drop_purged_segments()
+            .map_err(io_err("remove purged segments"))?;
+        recovery.segments = inner.segments.len();
         Ok((
             LogStore {
                 inner: Arc::new(Mutex::new(inner)),
@@ -491,6 +499,38 @@ impl Inner {
         self.reopen_active()
     }
 
+    /// Deletes the segments that hold only entries at or before the purged index (also run at
+    /// open, to finish a purge interrupted after the `purged` file was written).
+    fn drop_purged_segments(&mut self) -> io::Result<()> {
+        let Some(purged) = self.purged else {
+            return Ok(());
+        };
+        let bases: Vec<u64> = self.segments.keys().copied().collect();
+        let mut removed = false;
+        for (i, base) in bases.iter().enumerate() {
+            // Segment `base` holds entries below the next segment's base; the last segment holds
+            // live entries iff any remain.
+            let all_purged = match bases.get(i + 1) {
+                Some(next) => next - 1 <= purged.index,
+                None => self.entries.is_empty(),
+            };
+            if !all_purged {
+                break;
+            }
+            if let Some(seg) = self.segments.remove(base) {
+                if self.active_base() == *base {
+                    self.active = None;
+                }
+                fs::remove_file(&seg.path)?;
+                removed = true;
+            }
+        }
+        if removed {
+            fsync_dir(&self.dir)?;
+        }
+        Ok(())
+    }
+
     /// Records `log_id` as purged (atomic replace), then deletes segments holding only purged
     /// entries.
     fn purge(&mut self, log_id: LogId<u64>) -> Result<(), StorageError<u64>> {
@@ -505,34 +545,8 @@ impl Inner {
         }
         self.purged = Some(log_id);
         self.entries = self.entries.split_off(&(log_id.index + 1));
-        let bases: Vec<u64> = self.segments.keys().copied().collect();
-        let mut removed = false;
-        for (i, base) in bases.iter().enumerate() {
-            // Segment `base` holds [base, next_base - 1]; the last one holds up to the last entry.
-            let last_in_segment = match bases.get(i + 1) {
-                Some(next) => next - 1,
-                None => match self.entries.last_key_value() {
-                    Some(_) => break, // live entries remain in the last segment
-                    None => u64::MAX,
-                },
-            };
-            if last_in_segment != u64::MAX && last_in_segment > log_id.index {
-                break;
-            }
-            if let Some(seg) = self.segments.remove(base) {
-                if self.active_base() == *base {
-                    self.active = None;
-                }
-                if let Err(e) = fs::remove_file(&seg.path) {
-                    return Err(self.fail("remove purged segment", &e));
-                }
-                removed = true;
-            }
-        }
-        if removed {
-            if let Err(e) = fsync_dir(&self.dir) {
-                return Err(self.fail("fsync log dir", &e));
-            }
+        if let Err(e) = self.drop_purged_segments() {
+            return Err(self.fail("remove purged segments", &e));
         }
         Ok(())
     }

@@ -45,13 +45,22 @@ impl StateMachine for Vec8 {
 
 struct Builder;
 
-impl StoreBuilder<TypeConfig, LogStore, SmStore, PathBuf> for Builder {
-    async fn build(&self) -> Result<(PathBuf, LogStore, SmStore), openraft::StorageError<u64>> {
+/// Removes a suite case's directory when openraft drops the case's guard.
+struct DirGuard(PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl StoreBuilder<TypeConfig, LogStore, SmStore, DirGuard> for Builder {
+    async fn build(&self) -> Result<(DirGuard, LogStore, SmStore), openraft::StorageError<u64>> {
         let dir = temp_dir("suite");
         let (log, _) = LogStore::open(&dir, 256).unwrap();
         let (tx, _rx) = watch::channel(0);
         let sm = SmStore::open(&dir, Box::new(Vec8::default()), tx).unwrap();
-        Ok((dir, log, sm))
+        Ok((DirGuard(dir), log, sm))
     }
 }
 
@@ -256,4 +265,30 @@ async fn truncate_and_purge_across_segments_survive_reopen() {
             .map(|l| l.index),
         Some(30)
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn purge_interrupted_before_segment_deletion_is_finished_at_open() {
+    let dir = temp_dir("purge-crash");
+    let old = segment(&dir, 1);
+    let saved;
+    {
+        let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
+        s.blocking_append((1..=5).map(|i| entry(i, b"old")))
+            .await
+            .unwrap();
+        saved = std::fs::read(&old).unwrap();
+        s.purge(LogId::new(CommittedLeaderId::new(2, 1), 30))
+            .await
+            .unwrap();
+        assert!(!old.exists());
+        s.blocking_append([entry(31, b"new")]).await.unwrap();
+    }
+    // As if the crash came after the `purged` file was written but before the old segment's
+    // deletion reached the disk.
+    std::fs::write(&old, saved).unwrap();
+    let (mut s, r) = LogStore::open(&dir, 1 << 20).unwrap();
+    assert_eq!(read_all(&mut s).await, vec![31]);
+    assert_eq!(r.segments, 1);
+    assert!(!old.exists(), "the interrupted purge was finished");
 }
