@@ -93,6 +93,7 @@ fn segment(dir: &std::path::Path, base: u64) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn reopen_returns_same_entries_and_vote() {
     let dir = temp_dir("reopen");
+    let _cleanup = DirGuard(dir.clone());
     {
         let (mut s, r) = LogStore::open(&dir, 1 << 20).unwrap();
         assert_eq!(r.entries, 0);
@@ -127,6 +128,7 @@ async fn torn_tail_is_cut_at_every_byte_position() {
     let frame_len = (ENTRY_HEADER + payload.len()) as u64;
     for cut in 1..=frame_len {
         let dir = temp_dir("torn");
+        let _cleanup = DirGuard(dir.clone());
         {
             let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
             s.blocking_append((1..=4).map(|i| entry(i, b"ok")))
@@ -155,6 +157,7 @@ async fn torn_tail_is_cut_at_every_byte_position() {
 #[tokio::test(flavor = "multi_thread")]
 async fn zero_filled_tail_is_cut() {
     let dir = temp_dir("zeros");
+    let _cleanup = DirGuard(dir.clone());
     {
         let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
         s.blocking_append((1..=3).map(|i| entry(i, b"x")))
@@ -177,6 +180,7 @@ async fn zero_filled_tail_is_cut() {
 #[tokio::test(flavor = "multi_thread")]
 async fn corruption_followed_by_a_valid_entry_refuses_to_open() {
     let dir = temp_dir("corrupt");
+    let _cleanup = DirGuard(dir.clone());
     {
         let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
         s.blocking_append((1..=5).map(|i| entry(i, b"payload")))
@@ -198,6 +202,7 @@ async fn corruption_followed_by_a_valid_entry_refuses_to_open() {
 #[tokio::test(flavor = "multi_thread")]
 async fn torn_non_last_segment_is_corruption() {
     let dir = temp_dir("torn-mid");
+    let _cleanup = DirGuard(dir.clone());
     {
         let (mut s, _) = LogStore::open(&dir, 64).unwrap();
         for i in 1..=6 {
@@ -223,6 +228,7 @@ async fn torn_non_last_segment_is_corruption() {
 #[tokio::test(flavor = "multi_thread")]
 async fn truncate_and_purge_across_segments_survive_reopen() {
     let dir = temp_dir("segments");
+    let _cleanup = DirGuard(dir.clone());
     let seg = 3 * (ENTRY_HEADER as u64 + 8); // three 8-byte entries per segment
     {
         let (mut s, _) = LogStore::open(&dir, seg).unwrap();
@@ -270,6 +276,7 @@ async fn truncate_and_purge_across_segments_survive_reopen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn purge_interrupted_before_segment_deletion_is_finished_at_open() {
     let dir = temp_dir("purge-crash");
+    let _cleanup = DirGuard(dir.clone());
     let old = segment(&dir, 1);
     let saved;
     {
