@@ -71,6 +71,9 @@ pub struct QuorumConfig {
     pub voters: BTreeMap<u64, SocketAddr>,
     /// Exactly one voter initializes the cluster, on first start with an empty log.
     pub bootstrap: bool,
+    /// Election timeout range. openraft 0.9 also makes followers reject votes for a leader
+    /// lease of `election_timeout_max_ms` after the last heartbeat, so a failover takes about
+    /// `max + random(min..max)` plus one election round.
     pub election_timeout_min_ms: u64,
     pub election_timeout_max_ms: u64,
     pub heartbeat_interval_ms: u64,

@@ -309,6 +309,13 @@ async fn leader_failover_then_restarted_node_catches_up() -> Result<()> {
     let committed = killed.elapsed();
     println!("leader failover: new leader {new} known after {elected:?}, first commit after {committed:?}");
     assert!(committed < DEADLINE);
+    // call_leader from the surviving follower reaches the new leader.
+    let survivor = (1..=3).find(|id| *id != old && *id != new).unwrap();
+    let resp = c
+        .node(survivor)
+        .call_leader(b"ping".to_vec(), DEADLINE)
+        .await?;
+    assert_eq!(resp, format!("node{new}:ping").into_bytes());
 
     // The old leader restarts from its data dir and catches up.
     c.start(old).await?;
