@@ -299,3 +299,29 @@ async fn purge_interrupted_before_segment_deletion_is_finished_at_open() {
     assert_eq!(r.segments, 1);
     assert!(!old.exists(), "the interrupted purge was finished");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn after_an_io_failure_the_store_refuses_everything() {
+    let dir = temp_dir("failed");
+    let _cleanup = DirGuard(dir.clone());
+    let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
+    s.blocking_append([entry(1, b"ok")]).await.unwrap();
+    // As after a failed fdatasync: never retried, every later call fails.
+    let _ = s
+        .lock()
+        .fail("fdatasync raft log", &std::io::Error::other("EIO"));
+    assert!(s.blocking_append([entry(2, b"no")]).await.is_err());
+    assert!(s.save_vote(&openraft::Vote::new(2, 1)).await.is_err());
+    assert!(s
+        .truncate(LogId::new(CommittedLeaderId::new(1, 1), 1))
+        .await
+        .is_err());
+    assert!(s
+        .purge(LogId::new(CommittedLeaderId::new(1, 1), 1))
+        .await
+        .is_err());
+    drop(s);
+    // A restart recovers from what is on disk.
+    let (mut s, _) = LogStore::open(&dir, 1 << 20).unwrap();
+    assert_eq!(read_all(&mut s).await, vec![1]);
+}
