@@ -80,6 +80,51 @@ impl PartitionReg {
         }
     }
 
+    /// This partition after `change` (Kafka's `PartitionRegistration.merge`): the partition
+    /// epoch grows by one; the leader epoch grows by one when the change sets a leader.
+    /// Checks the invariants of the result and that the epochs grow. Does not check
+    /// `expect_partition_epoch` (`MetadataImage::apply` does).
+    pub fn merge(&self, change: &PartitionChange) -> Result<PartitionReg, Rejected> {
+        let prev = self;
+        let mut next = prev.clone();
+        if let Some(l) = change.leader {
+            next.leader = l;
+            next.leader_epoch = prev
+                .leader_epoch
+                .checked_add(1)
+                .ok_or_else(|| Rejected::Invariant("leader epoch overflow".into()))?;
+        }
+        if let Some(v) = &change.isr {
+            next.isr = v.clone();
+        }
+        if let Some(v) = &change.elr {
+            next.elr = v.clone();
+        }
+        if let Some(v) = &change.last_known_elr {
+            next.last_known_elr = v.clone();
+        }
+        if let Some(v) = &change.replicas {
+            next.replicas = v.clone();
+        }
+        if let Some(v) = &change.adding {
+            next.adding = v.clone();
+        }
+        if let Some(v) = &change.removing {
+            next.removing = v.clone();
+        }
+        if let Some(r) = change.leader_recovery {
+            next.leader_recovery = r;
+        }
+        next.partition_epoch = prev
+            .partition_epoch
+            .checked_add(1)
+            .ok_or_else(|| Rejected::Invariant("partition epoch overflow".into()))?;
+        next.check_invariants().map_err(Rejected::Invariant)?;
+        debug_assert!(next.leader_epoch >= prev.leader_epoch);
+        debug_assert!(next.partition_epoch > prev.partition_epoch);
+        Ok(next)
+    }
+
     /// The structural invariants every partition keeps; `Err` names the broken one.
     pub fn check_invariants(&self) -> Result<(), String> {
         if self.replicas.is_empty() || self.replicas.len() > MAX_REPLICAS_PER_PARTITION {
@@ -621,42 +666,7 @@ impl MetadataImage {
         if change.is_noop() {
             return Err(Rejected::Invariant("empty partition change".into()));
         }
-        let mut next = prev.clone();
-        if let Some(l) = change.leader {
-            next.leader = l;
-            next.leader_epoch = prev
-                .leader_epoch
-                .checked_add(1)
-                .ok_or_else(|| Rejected::Invariant("leader epoch overflow".into()))?;
-        }
-        if let Some(v) = &change.isr {
-            next.isr = v.clone();
-        }
-        if let Some(v) = &change.elr {
-            next.elr = v.clone();
-        }
-        if let Some(v) = &change.last_known_elr {
-            next.last_known_elr = v.clone();
-        }
-        if let Some(v) = &change.replicas {
-            next.replicas = v.clone();
-        }
-        if let Some(v) = &change.adding {
-            next.adding = v.clone();
-        }
-        if let Some(v) = &change.removing {
-            next.removing = v.clone();
-        }
-        if let Some(r) = change.leader_recovery {
-            next.leader_recovery = r;
-        }
-        next.partition_epoch = prev
-            .partition_epoch
-            .checked_add(1)
-            .ok_or_else(|| Rejected::Invariant("partition epoch overflow".into()))?;
-        next.check_invariants().map_err(Rejected::Invariant)?;
-        debug_assert!(next.leader_epoch >= prev.leader_epoch);
-        debug_assert!(next.partition_epoch > prev.partition_epoch);
+        let next = prev.merge(change)?;
         Ok((prev, next))
     }
 

@@ -18,6 +18,10 @@ pub mod image;
 pub mod placement;
 pub mod records;
 
+pub use controller::{
+    codes, Controller, ControllerConfig, ControllerError, ControllerRequest, ControllerResponse,
+    ElectionType, HeartbeatReply, IsrMember, NewTopic,
+};
 pub use image::{
     BrokerReg, ChangedPartition, Delta, LocalChange, MetadataImage, PartitionReg, Rejected,
     TopicReg, NO_LEADER,
