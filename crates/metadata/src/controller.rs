@@ -926,7 +926,10 @@ impl Controller {
         let reg = check_broker_epoch(image, id, broker_epoch)?;
         let is_caught_up = metadata_offset >= reg.epoch;
         let has_leaderships = image.partitions().any(|(_, _, p)| p.leader == id);
-        let current = if reg.fenced {
+        let current = if reg.fenced && reg.in_controlled_shutdown {
+            // It was told to shut down: only a new registration brings it back.
+            BrokerState::ShutdownNow
+        } else if reg.fenced {
             BrokerState::Fenced
         } else if reg.in_controlled_shutdown {
             BrokerState::ControlledShutdown
