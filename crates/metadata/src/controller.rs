@@ -869,10 +869,9 @@ impl Controller {
             }
             None => {}
             Some(existing) => {
-                let alive = self
-                    .heartbeats
-                    .get(&id)
-                    .is_some_and(|h| now_ms - h.last_heartbeat_ms < self.config.session_timeout_ms);
+                let alive = self.heartbeats.get(&id).is_some_and(|h| {
+                    now_ms.saturating_sub(h.last_heartbeat_ms) < self.config.session_timeout_ms
+                });
                 if existing.incarnation != incarnation && !existing.fenced && alive {
                     return Err(ControllerError::DuplicateBrokerRegistration(id));
                 }
@@ -1070,7 +1069,7 @@ impl Controller {
             .values()
             .filter(|b| !b.fenced)
             .filter_map(|b| self.heartbeats.get(&b.id).map(|h| (h.last_heartbeat_ms, b)))
-            .filter(|(last, _)| now_ms - last > self.config.session_timeout_ms)
+            .filter(|(last, _)| now_ms.saturating_sub(*last) > self.config.session_timeout_ms)
             .min_by_key(|(last, b)| (*last, b.id));
         if let Some((_, b)) = stale {
             let in_isr: Vec<(TopicId, i32)> = image
