@@ -1651,15 +1651,21 @@ fn set_configs(
             }),
         ));
     }
-    let records = if validate_only || (set.is_empty() && delete.is_empty()) {
-        Vec::new()
-    } else {
-        vec![Record::SetConfigs {
+    let mut records = Vec::new();
+    let changes_something = !set.is_empty() || !delete.is_empty();
+    if !validate_only && changes_something {
+        let min_isr_changes = set.iter().any(|(k, _)| k == MIN_INSYNC_REPLICAS)
+            || delete.iter().any(|k| k == MIN_INSYNC_REPLICAS);
+        let resource_for_elr = resource.clone();
+        records.push(Record::SetConfigs {
             resource,
             set,
             delete,
-        }]
-    };
+        });
+        if min_isr_changes {
+            clear_elr_after_min_isr_change(image, &resource_for_elr, &mut records);
+        }
+    }
     Ok((
         records,
         ControllerResponse::SetConfigs(ItemResult {
@@ -1668,4 +1674,43 @@ fn set_configs(
             message: None,
         }),
     ))
+}
+
+/// KIP-966: when `min.insync.replicas` changes, the ELR and last-known ELR of the affected
+/// partitions are cleared. Lowering min ISR lets the high watermark advance with a smaller
+/// ISR, so a replica that became eligible under the old value may miss data below the new
+/// high watermark; clearing is the conservative choice (a partition with an empty ISR then
+/// stays offline until an ISR member returns or an unclean election is chosen). Kafka at the
+/// commit read (1eb7644) does not do this yet; KIP-966 specifies it.
+fn clear_elr_after_min_isr_change(
+    image: &MetadataImage,
+    resource: &ConfigResource,
+    records: &mut Vec<Record>,
+) {
+    for topic in image.topics.values() {
+        let affected = match resource {
+            ConfigResource::Topic(name) => &topic.name == name,
+            // A cluster or broker default matters to topics without their own value.
+            ConfigResource::Cluster | ConfigResource::Broker(_) => !image
+                .configs
+                .get(&ConfigResource::Topic(topic.name.clone()))
+                .is_some_and(|c| c.contains_key(MIN_INSYNC_REPLICAS)),
+        };
+        if !affected {
+            continue;
+        }
+        for (i, p) in topic.partitions.iter().enumerate() {
+            if p.elr.is_empty() && p.last_known_elr.is_empty() {
+                continue;
+            }
+            let mut change = PartitionChange::new(topic.id, i as i32, p.partition_epoch);
+            if !p.elr.is_empty() {
+                change.elr = Some(Vec::new());
+            }
+            if !p.last_known_elr.is_empty() {
+                change.last_known_elr = Some(Vec::new());
+            }
+            records.push(Record::PartitionChange(change));
+        }
+    }
 }

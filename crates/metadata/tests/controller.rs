@@ -875,3 +875,32 @@ fn create_topics_request_is_bounded() {
         .expect_err("bounded");
     assert_eq!(err.code(), codes::INVALID_REQUEST);
 }
+
+#[test]
+fn changing_min_isr_clears_the_elr() {
+    let mut c = Cluster::new(18);
+    c.start_brokers(&[1, 2, 3]);
+    let (_, id) = c.create_topic("t", 1, 3, &[]);
+    let l = c.image.partition(id, 0).expect("p").leader;
+    assert_eq!(alter_error(alter(&mut c, l, id, &[l], |_| {})), codes::NONE);
+    assert_eq!(c.image.partition(id, 0).expect("p").elr.len(), 2);
+    // Lowering min ISR to 1 lets the HW advance with the leader alone: the old ELR members
+    // may now miss data, so they are no longer eligible.
+    let req = ControllerRequest::SetConfigs {
+        resource: ConfigResource::Topic("t".into()),
+        set: vec![("min.insync.replicas".into(), "1".into())],
+        delete: vec![],
+        validate_only: false,
+    };
+    c.request(req).expect("ok");
+    let p = c.image.partition(id, 0).expect("p");
+    assert!(p.elr.is_empty() && p.last_known_elr.is_empty(), "{p:?}");
+    // The leader dies: nobody clean is left, the partition goes offline.
+    let others: Vec<i32> = p.replicas.iter().copied().filter(|r| *r != l).collect();
+    c.now_ms += 9_001;
+    for o in &others {
+        c.heartbeat(*o);
+    }
+    c.tick();
+    assert_eq!(c.image.partition(id, 0).expect("p").leader, -1);
+}
