@@ -968,3 +968,36 @@ fn follower_fetches_only_durable_positions_and_caps_hw_by_durable_end() {
     ));
     assert_eq!((f.leader_id(), f.leader_epoch()), (F2, 6));
 }
+
+#[test]
+fn same_partition_epoch_registration_keeps_pending_expansion() {
+    // Holdfast differs from Kafka's makeLeader: the leader learnt partition epoch 2 from an
+    // AlterPartition answer, proposed an expansion at epoch 2, then the metadata record for
+    // epoch 2 arrives. Kafka resets to the committed state (dropping the expansion the
+    // controller may be applying); we keep it, so the HW keeps waiting for the replica. The
+    // model test finds a lost acknowledged write without this (seed 869 at 5000 seeds).
+    let mut s = leader(&[L, F1, F2], &[L, F1, F2], 1, 10, 0);
+    fetch(&mut s, F1, 10, 10, 0);
+    fetch(&mut s, F2, 10, 10, 0);
+    let shrink = s.maybe_shrink_isr(LAG_MS + 1, 20).expect("both lag");
+    s.on_alter_partition_response(shrink.request_id, ok(&s, &[L], 2), LAG_MS + 1);
+    let expand = fetch(&mut s, F1, 20, 20, LAG_MS + 2)
+        .alter_isr
+        .expect("expand");
+    assert_eq!(expand.partition_epoch, 2);
+    let applied = s.become_leader(&reg(5, 2, &[L, F1, F2], &[L]), 20, LAG_MS + 3);
+    assert!(matches!(
+        applied,
+        Ok(BecomeLeader::Applied {
+            new_leader_epoch: false,
+            ..
+        })
+    ));
+    assert_eq!(s.pending_alter_isr(), Some(&expand));
+    assert_eq!(s.maximal_isr(), set(&[L, F1]));
+    // A newer partition epoch does supersede it.
+    s.become_leader(&reg(5, 3, &[L, F1, F2], &[L, F1]), 20, LAG_MS + 4)
+        .expect("valid");
+    assert!(!s.is_alter_in_flight());
+    assert_eq!(s.committed_isr(), &set(&[L, F1]));
+}
