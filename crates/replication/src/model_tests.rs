@@ -739,3 +739,182 @@ fn model_negative_control_hw_below_min_isr_is_caught() {
         failures.len()
     );
 }
+
+// ---- 2. truncation against brute-force divergent logs ----
+
+/// A replica for the truncation model: its log of `(epoch, record id)` and its epoch cache,
+/// maintained as Kafka's `LeaderEpochFileCache` is: a leader assigns `(epoch, log end)` when
+/// elected, a follower adds an entry when it appends a batch of a newer epoch, truncation drops
+/// entries starting at or after the cut.
+#[derive(Debug, Clone, Default)]
+struct TReplica {
+    log: Vec<(i32, u64)>,
+    cache: Vec<(i32, i64)>,
+}
+
+impl TReplica {
+    fn truncate(&mut self, offset: i64) {
+        self.log.truncate(offset as usize);
+        self.cache.retain(|e| e.1 < offset);
+    }
+    fn append(&mut self, entry: (i32, u64)) {
+        if self.cache.last().is_none_or(|l| l.0 < entry.0) {
+            self.cache.push((entry.0, self.log.len() as i64));
+        }
+        self.log.push(entry);
+    }
+}
+
+fn common_prefix(a: &[(i32, u64)], b: &[(i32, u64)]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// One fetch round trip of `f` against leader `l`, using the crate's functions on both sides.
+/// Returns whether the leader accepted the position (then `batch` entries were appended).
+type TruncFn = fn(&[(i32, i64)], i64, i32, i64) -> Truncation;
+
+fn fetch_round(
+    f: &mut TReplica,
+    l: &TReplica,
+    batch: usize,
+    trunc: TruncFn,
+) -> Result<bool, String> {
+    let last_fetched_epoch = f.cache.last().map(|e| e.0);
+    let fetch_offset = f.log.len() as i64;
+    let leader_end = l.log.len() as i64;
+    match diverging_epoch(&l.cache, 0, leader_end, last_fetched_epoch, fetch_offset) {
+        Err(_) => match out_of_range_action(fetch_offset, 0, leader_end) {
+            OutOfRangeAction::TruncateTo(o) => {
+                f.truncate(o);
+                Ok(false)
+            }
+            other => Err(format!("unexpected {other:?}")),
+        },
+        Ok(Some(d)) => {
+            let t = trunc(&f.cache, fetch_offset, d.epoch, d.end_offset);
+            ensure!(t.offset <= fetch_offset, "truncation past log end");
+            f.truncate(t.offset);
+            Ok(false)
+        }
+        Ok(None) => {
+            ensure!(
+                l.log.starts_with(&f.log),
+                "leader accepted position {fetch_offset}/{last_fetched_epoch:?} of a diverged log:\n  follower {:?} {:?}\n  leader   {:?} {:?}",
+                f.log,
+                f.cache,
+                l.log,
+                l.cache
+            );
+            for e in l.log[f.log.len()..].iter().take(batch) {
+                f.append(*e);
+            }
+            Ok(true)
+        }
+    }
+}
+
+/// Runs the protocol until the follower has the leader's whole log. Returns the smallest log
+/// end the follower went through.
+fn full_sync(f: &mut TReplica, l: &TReplica, trunc: TruncFn) -> Result<usize, String> {
+    let mut low = f.log.len();
+    for _ in 0..200 {
+        if fetch_round(f, l, 3, trunc)? && f.log.len() == l.log.len() {
+            return Ok(low);
+        }
+        low = low.min(f.log.len());
+    }
+    Err(format!(
+        "no convergence: follower {:?} leader {:?}",
+        f.log, l.log
+    ))
+}
+
+fn truncation_run(seed: u64, trunc: TruncFn) -> Result<(), String> {
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let n = rng.usize(2..=4);
+    let mut reps = vec![TReplica::default(); n];
+    let mut epoch = 0;
+    let mut next_id = 0u64;
+    for _ in 0..rng.usize(1..=8) {
+        epoch += rng.i32(1..=2);
+        // Any replica may win, as in an unclean election: epochs alone must sort logs out.
+        let li = rng.usize(0..n);
+        let start = reps[li].log.len() as i64;
+        reps[li].cache.push((epoch, start));
+        for _ in 0..rng.usize(0..=4) {
+            next_id += 1;
+            reps[li].log.push((epoch, next_id));
+        }
+        let leader = reps[li].clone();
+        for (i, r) in reps.iter_mut().enumerate() {
+            if i != li && rng.bool() {
+                for _ in 0..rng.usize(1..=4) {
+                    fetch_round(r, &leader, rng.usize(1..=3), trunc)?;
+                }
+            }
+        }
+    }
+    // A final leader; everyone else converges to its log without cutting shared entries.
+    epoch += 1;
+    let li = rng.usize(0..n);
+    let start = reps[li].log.len() as i64;
+    reps[li].cache.push((epoch, start));
+    let leader = reps[li].clone();
+    for (i, r) in reps.iter_mut().enumerate() {
+        if i == li {
+            continue;
+        }
+        let shared = common_prefix(&r.log, &leader.log);
+        let before = r.clone();
+        let low = full_sync(r, &leader, trunc)?;
+        ensure!(r.log == leader.log, "follower did not converge");
+        ensure!(
+            low >= shared,
+            "truncated to {low} below the {shared} shared entries:\n  follower {:?} {:?}\n  leader   {:?} {:?}",
+            before.log,
+            before.cache,
+            leader.log,
+            leader.cache
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn truncation_converges_to_leader_prefix_without_cutting_shared_entries() {
+    for seed in 0..2_000 {
+        truncation_run(seed, truncation_offset).unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+    }
+}
+
+#[test]
+fn truncation_negative_controls_are_caught() {
+    // Ignores the leader's end offset for a shared epoch (KIP-101 without KIP-279's min).
+    fn ignore_leader_end(local: &[(i32, i64)], log_end: i64, epoch: i32, end: i64) -> Truncation {
+        let t = truncation_offset(local, log_end, epoch, end);
+        match end_offset_for(local, epoch, log_end) {
+            Some(found) if found.epoch == epoch => Truncation {
+                offset: found.end_offset.min(log_end),
+                complete: true,
+            },
+            _ => t,
+        }
+    }
+    // Trusts the leader's end offset even for an epoch this replica never had.
+    fn trust_leader_end(_: &[(i32, i64)], log_end: i64, _: i32, end: i64) -> Truncation {
+        Truncation {
+            offset: end.min(log_end),
+            complete: true,
+        }
+    }
+    for (name, f) in [
+        ("ignore leader end", ignore_leader_end as TruncFn),
+        ("trust leader end", trust_leader_end as TruncFn),
+    ] {
+        let failures = (0..2_000)
+            .filter(|seed| truncation_run(*seed, f).is_err())
+            .count();
+        eprintln!("truncation control '{name}': {failures} of 2000 runs fail");
+        assert!(failures > 0, "{name}: the checker never failed");
+    }
+}
