@@ -570,14 +570,13 @@ impl LeaderState {
     /// The local durable end advanced (a flusher round). The leader's contribution to the HW is
     /// its durable end, not its log end (design §2.2; Kafka uses the LEO).
     pub fn on_local_durable(&mut self, durable_end: i64, now_ms: i64) -> Option<i64> {
-        assert!(
-            durable_end >= self.high_watermark,
-            "leader durable end {durable_end} below HW {}: committed data lost",
-            self.high_watermark
-        );
+        // Reports may arrive out of order; the durable end only grows (the check that it stays
+        // at or above the HW is in `check_invariants`).
         self.leader_durable_end = self.leader_durable_end.max(durable_end);
         self.leader_log_end = self.leader_log_end.max(durable_end);
-        self.maybe_increment_hw(now_ms)
+        let hw = self.maybe_increment_hw(now_ms);
+        self.check_invariants();
+        hw
     }
 
     /// A fetch from a follower, after the broker's divergence check
