@@ -374,6 +374,10 @@ pub struct LeaderState {
     /// Negative control for the model test: drop the KIP-966 min-ISR rule.
     #[cfg(test)]
     pub(crate) bug_ignore_min_isr: bool,
+    /// Negative control: Kafka's `makeLeader`, dropping a pending AlterPartition on a
+    /// registration with the same epochs.
+    #[cfg(test)]
+    pub(crate) bug_reset_pending_on_same_epoch: bool,
 }
 
 fn validate(local_id: BrokerId, reg: &LeaderRegistration) -> Result<(), RegistrationError> {
@@ -445,7 +449,9 @@ impl LeaderState {
             replicas: reg.replicas.clone(),
             isr: reg.isr.iter().copied().collect(),
             pending: None,
-            next_request_id: 1,
+            // Unique across leaderships of different leader epochs, so a late answer to an
+            // earlier leadership of this partition never matches a request of this one.
+            next_request_id: ((reg.leader_epoch.max(0) as u64) << 32) | 1,
             leader_epoch_start_offset: log.log_end,
             leader_log_end: log.log_end,
             leader_durable_end: log.durable_end,
@@ -453,6 +459,8 @@ impl LeaderState {
             followers,
             #[cfg(test)]
             bug_ignore_min_isr: false,
+            #[cfg(test)]
+            bug_reset_pending_on_same_epoch: false,
         };
         s.maybe_increment_hw(now_ms);
         s.check_invariants();
@@ -486,7 +494,12 @@ impl LeaderState {
         // Kafka's `makeLeader` resets to the committed state, which can drop a pending expansion
         // the controller is about to apply: the HW would then stop waiting for a replica that is
         // in the controller's ISR.
-        if !new_leader_epoch
+        #[cfg(test)]
+        let keep_pending = !self.bug_reset_pending_on_same_epoch;
+        #[cfg(not(test))]
+        let keep_pending = true;
+        if keep_pending
+            && !new_leader_epoch
             && reg.partition_epoch == self.partition_epoch
             && self.pending.is_some()
         {

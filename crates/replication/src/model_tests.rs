@@ -1,19 +1,24 @@
 //! Model-based property tests.
 //!
-//! 1. A simulated partition: one leader ([`LeaderState`]) and 2-4 followers
-//!    ([`FollowerState`]), each with a log of `(epoch, record id)` and a separate durable end,
-//!    a controller holding the authoritative ISR and partition epoch, and a metadata log each
-//!    broker applies at its own pace. Random steps: appends (acks=all and acks=1), fsyncs,
-//!    follower fetches (at the durable end, by Holdfast's rule), follower crashes (log end
-//!    falls back to the durable end, new broker epoch), pauses (lagging followers are shrunk out,
-//!    long pauses get fenced by the controller), ISR-expiration ticks, AlterPartition requests
-//!    processed by the controller with failures (not applied / applied but answer lost /
-//!    stale epochs / ineligible), answers delayed, reordered and replayed, leader epoch bumps.
-//!    After every step: every offset below the HW is durable on every member of the
-//!    controller's ISR and of the leader's committed ISR, and on at least the effective min ISR
-//!    replicas; the HW never decreases; every acknowledged acks=all write is below the HW and
-//!    was durable on at least min ISR replicas (and every controller-ISR member) when acked.
-//!    Negative controls: two deliberately broken drivers must make the checker fail.
+//! 1. A simulated partition on 3-5 brokers: a controller holding the authoritative leader,
+//!    leader epoch, ISR and partition epoch; a metadata log each broker applies at its own
+//!    pace; each broker with a log of `(epoch, record id)`, a separate durable end, an epoch
+//!    cache kept as Kafka keeps it, and a role: [`LeaderState`] or [`FollowerState`]. Random
+//!    steps: appends (acks=all and acks=1) to whichever broker believes it leads, fsyncs,
+//!    follower fetches (at the durable end, by Holdfast's rule) with divergence and
+//!    truncation, follower crashes (log end falls back to the durable end, new broker epoch),
+//!    pauses (lagging followers are shrunk out, long pauses get fenced and dropped from the ISR
+//!    by the controller), ISR-expiration ticks, AlterPartition requests processed by the
+//!    controller with failures (not applied / applied but answer lost / stale epochs /
+//!    ineligible), answers delayed, reordered and replayed, leader epoch bumps, and clean
+//!    failovers (a new leader from the controller's ISR; the old one may crash, or keep
+//!    believing it leads until its metadata catches up).
+//!    After every step: every offset below the current leader's HW is durable, with the
+//!    leader's data, on every member of the controller's and the leader's ISR and on at least
+//!    the effective min ISR replicas; no leader's HW decreases; every acknowledged acks=all
+//!    write is durable, at its offset, on every member of the controller's ISR (so any
+//!    future leader has it); when acknowledged it was on at least min ISR replicas.
+//!    Negative controls: four deliberately broken drivers must make the checker fail.
 //! 2. `truncation_offset` against brute-force divergent logs: after the fetch/truncate
 //!    protocol converges the follower log is a prefix of the leader log and no entry the two
 //!    logs shared was cut.
@@ -23,7 +28,6 @@ use std::collections::BTreeSet;
 use crate::*;
 
 const LAG_MS: i64 = 1_000;
-const L: BrokerId = 1;
 const FIRST_EPOCH: i32 = 5;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,6 +39,16 @@ enum Bug {
     LeaderCountsLogEnd,
     /// The leader advances the HW while the committed ISR is below min ISR (no KIP-966 rule).
     HwBelowMinIsr,
+    /// The controller may elect a leader outside the ISR (unclean election).
+    UncleanElection,
+    /// Kafka's `makeLeader`: a registration with the same epochs drops a pending AlterPartition.
+    KafkaResetPendingOnSameEpoch,
+}
+
+#[derive(Debug, Clone)]
+enum Role {
+    Leader(Box<LeaderState>),
+    Follower(FollowerState),
 }
 
 #[derive(Debug, Clone)]
@@ -42,14 +56,45 @@ struct Node {
     id: BrokerId,
     log: Vec<(i32, u64)>,
     durable: usize,
+    /// Kafka's leader epoch cache for this log: `(epoch, start offset)`.
+    cache: Vec<(i32, i64)>,
     broker_epoch: i64,
     paused_since: Option<i64>,
-    follower: Option<FollowerState>,
+    role: Role,
     meta_applied: usize,
+    /// The HW of the current `LeaderState` at the previous check (monotonic per leadership).
+    prev_leader_hw: i64,
+}
+
+impl Node {
+    fn truncate(&mut self, offset: usize) {
+        self.log.truncate(offset);
+        self.durable = self.durable.min(offset);
+        self.cache.retain(|e| e.1 < offset as i64);
+    }
+    fn append(&mut self, entry: (i32, u64)) {
+        if self.cache.last().is_none_or(|l| l.0 < entry.0) {
+            self.cache.push((entry.0, self.log.len() as i64));
+        }
+        self.log.push(entry);
+    }
+    fn leader(&self) -> Option<&LeaderState> {
+        match &self.role {
+            Role::Leader(l) => Some(l),
+            Role::Follower(_) => None,
+        }
+    }
+    fn leader_mut(&mut self) -> Option<&mut LeaderState> {
+        match &mut self.role {
+            Role::Leader(l) => Some(l),
+            Role::Follower(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
 struct Meta {
+    leader: BrokerId,
     leader_epoch: i32,
     partition_epoch: i32,
     isr: Vec<BrokerId>,
@@ -57,6 +102,7 @@ struct Meta {
 }
 
 struct Ctrl {
+    leader: BrokerId,
     leader_epoch: i32,
     partition_epoch: i32,
     isr: BTreeSet<BrokerId>,
@@ -70,32 +116,23 @@ struct Sim {
     bug: Bug,
     now: i64,
     replicas: Vec<BrokerId>,
+    config: LeaderConfig,
     nodes: Vec<Node>,
-    leader: LeaderState,
-    leader_epochs: Vec<(i32, i64)>,
     ctrl: Ctrl,
     meta_log: Vec<Meta>,
-    at_ctrl: Vec<AlterIsr>,
-    responses: Vec<(u64, AlterResult)>,
-    delivered: Vec<(u64, AlterResult)>,
-    waiting_acks: Vec<(i64, i32)>,
-    acked_max: i64,
+    /// AlterPartition requests at the controller, with the broker that sent them.
+    at_ctrl: Vec<(BrokerId, AlterIsr)>,
+    responses: Vec<(BrokerId, u64, AlterResult)>,
+    delivered: Vec<(BrokerId, u64, AlterResult)>,
+    /// acks=all appends waiting: (leader broker, required offset, leader epoch of the append).
+    waiting_acks: Vec<(BrokerId, i64, i32)>,
+    /// The longest log prefix covered by an acknowledged acks=all write.
+    acked_prefix: Vec<(i32, u64)>,
     acked_count: u64,
     refused_count: u64,
-    prev_hw: i64,
     next_record: u64,
     /// Coverage counters, printed by the main test (`--nocapture`).
     stats: std::collections::BTreeMap<&'static str, u64>,
-}
-
-fn epochs_of(log: &[(i32, u64)]) -> Vec<(i32, i64)> {
-    let mut out: Vec<(i32, i64)> = Vec::new();
-    for (i, (e, _)) in log.iter().enumerate() {
-        if out.last().is_none_or(|l| l.0 != *e) {
-            out.push((*e, i as i64));
-        }
-    }
-    out
 }
 
 macro_rules! ensure {
@@ -106,92 +143,108 @@ macro_rules! ensure {
     };
 }
 
+fn leader_reg(replicas: &[BrokerId], m: &Meta) -> LeaderRegistration {
+    LeaderRegistration {
+        leader_epoch: m.leader_epoch,
+        partition_epoch: m.partition_epoch,
+        replicas: replicas.to_vec(),
+        isr: m.isr.clone(),
+    }
+}
+
+fn follower_reg(m: &Meta) -> FollowerRegistration {
+    FollowerRegistration {
+        leader_id: m.leader,
+        leader_epoch: m.leader_epoch,
+        partition_epoch: m.partition_epoch,
+    }
+}
+
 impl Sim {
     fn new(seed: u64, bug: Bug) -> Sim {
         let mut rng = fastrand::Rng::with_seed(seed);
         let n = rng.usize(3..=5);
         let replicas: Vec<BrokerId> = (1..=n as BrokerId).collect();
-        let min_isr = [1, 2, 2, 2, 3, n][rng.usize(0..6)];
-        let nodes: Vec<Node> = replicas
-            .iter()
-            .map(|id| Node {
-                id: *id,
-                log: Vec::new(),
-                durable: 0,
-                broker_epoch: 100,
-                paused_since: None,
-                follower: (*id != L).then(|| {
-                    FollowerState::new(
-                        FollowerRegistration {
-                            leader_id: L,
-                            leader_epoch: FIRST_EPOCH,
-                            partition_epoch: 1,
-                        },
-                        0,
-                        None,
-                        0,
-                    )
-                }),
-                meta_applied: 1,
-            })
-            .collect();
+        let config = LeaderConfig {
+            min_insync_replicas: [1, 2, 2, 2, 3, n][rng.usize(0..6)],
+            replica_lag_time_max_ms: LAG_MS,
+        };
         let brokers: Vec<(BrokerId, BrokerStatus)> = replicas
             .iter()
             .map(|id| (*id, BrokerStatus::alive(100)))
             .collect();
-        let mut leader = LeaderState::new(
-            L,
-            100,
-            &LeaderRegistration {
-                leader_epoch: FIRST_EPOCH,
-                partition_epoch: 1,
-                replicas: replicas.clone(),
-                isr: replicas.clone(),
-            },
-            LeaderConfig {
-                min_insync_replicas: min_isr,
-                replica_lag_time_max_ms: LAG_MS,
-            },
-            LocalLogView {
-                log_end: 0,
-                durable_end: 0,
-                high_watermark: 0,
-            },
-            0,
-        )
-        .expect("valid");
-        for (id, st) in &brokers {
-            leader.update_broker(*id, *st, 0);
-        }
-        leader.bug_ignore_min_isr = bug == Bug::HwBelowMinIsr;
+        let meta = Meta {
+            leader: 1,
+            leader_epoch: FIRST_EPOCH,
+            partition_epoch: 1,
+            isr: replicas.clone(),
+            brokers: brokers.clone(),
+        };
+        let nodes: Vec<Node> = replicas
+            .iter()
+            .map(|id| {
+                let role = if *id == meta.leader {
+                    let mut l = LeaderState::new(
+                        *id,
+                        100,
+                        &leader_reg(&replicas, &meta),
+                        config,
+                        LocalLogView {
+                            log_end: 0,
+                            durable_end: 0,
+                            high_watermark: 0,
+                        },
+                        0,
+                    )
+                    .expect("valid");
+                    for (b, st) in &brokers {
+                        l.update_broker(*b, *st, 0);
+                    }
+                    l.bug_ignore_min_isr = bug == Bug::HwBelowMinIsr;
+                    l.bug_reset_pending_on_same_epoch = bug == Bug::KafkaResetPendingOnSameEpoch;
+                    Role::Leader(Box::new(l))
+                } else {
+                    Role::Follower(FollowerState::new(follower_reg(&meta), 0, None, 0))
+                };
+                Node {
+                    id: *id,
+                    log: Vec::new(),
+                    durable: 0,
+                    cache: if *id == meta.leader {
+                        vec![(FIRST_EPOCH, 0)]
+                    } else {
+                        Vec::new()
+                    },
+                    broker_epoch: 100,
+                    paused_since: None,
+                    role,
+                    meta_applied: 1,
+                    prev_leader_hw: 0,
+                }
+            })
+            .collect();
         Sim {
             rng,
             bug,
             now: 0,
             replicas: replicas.clone(),
+            config,
             nodes,
-            leader,
-            leader_epochs: vec![(FIRST_EPOCH, 0)],
             ctrl: Ctrl {
+                leader: meta.leader,
                 leader_epoch: FIRST_EPOCH,
                 partition_epoch: 1,
                 isr: replicas.iter().copied().collect(),
                 fenced: BTreeSet::new(),
             },
-            meta_log: vec![Meta {
-                leader_epoch: FIRST_EPOCH,
-                partition_epoch: 1,
-                isr: replicas.clone(),
-                brokers,
-            }],
+            meta_log: vec![meta],
             at_ctrl: Vec::new(),
             responses: Vec::new(),
             delivered: Vec::new(),
             waiting_acks: Vec::new(),
-            acked_max: 0,
+            acked_prefix: Vec::new(),
             acked_count: 0,
             refused_count: 0,
-            prev_hw: 0,
             next_record: 0,
             stats: Default::default(),
         }
@@ -202,6 +255,10 @@ impl Sim {
             .iter()
             .position(|n| n.id == id)
             .expect("known node")
+    }
+
+    fn count(&mut self, what: &'static str) {
+        *self.stats.entry(what).or_default() += 1;
     }
 
     fn push_meta(&mut self) {
@@ -220,6 +277,7 @@ impl Sim {
             })
             .collect();
         self.meta_log.push(Meta {
+            leader: self.ctrl.leader,
             leader_epoch: self.ctrl.leader_epoch,
             partition_epoch: self.ctrl.partition_epoch,
             isr: self.ctrl.isr.iter().copied().collect(),
@@ -227,52 +285,82 @@ impl Sim {
         });
     }
 
-    fn count(&mut self, what: &'static str) {
-        *self.stats.entry(what).or_default() += 1;
-    }
-
-    fn send(&mut self, alter: Option<AlterIsr>) {
+    fn send(&mut self, from: BrokerId, alter: Option<AlterIsr>) {
         if let Some(a) = alter {
-            self.count(if a.new_isr.len() > self.leader.committed_isr().len() {
+            let committed = self.nodes[self.idx(from)]
+                .leader()
+                .map_or(0, |l| l.committed_isr().len());
+            self.count(if a.new_isr.len() > committed {
                 "propose expand"
             } else {
                 "propose shrink"
             });
-            self.at_ctrl.push(a);
+            self.at_ctrl.push((from, a));
         }
     }
 
-    fn leader_log_end(&self) -> i64 {
-        self.nodes[0].log.len() as i64
+    /// Indices of brokers that currently believe they lead.
+    fn leaders(&self) -> Vec<usize> {
+        (0..self.nodes.len())
+            .filter(|i| self.nodes[*i].leader().is_some())
+            .collect()
     }
 
     fn produce(&mut self, acks: Acks) {
-        if self.leader.check_before_append(acks).is_err() {
+        let leaders = self.leaders();
+        if leaders.is_empty() {
+            return;
+        }
+        let i = leaders[self.rng.usize(0..leaders.len())];
+        let k = self.rng.usize(1..=3);
+        let bug = self.bug;
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        let Some(l) = node.leader() else { return };
+        if l.check_before_append(acks).is_err() {
             self.refused_count += 1;
             return;
         }
-        let epoch = self.leader.leader_epoch();
-        for _ in 0..self.rng.usize(1..=3) {
+        let epoch = l.leader_epoch();
+        for _ in 0..k {
             self.next_record += 1;
-            let r = self.next_record;
-            self.nodes[0].log.push((epoch, r));
+            node.append((epoch, self.next_record));
         }
-        let leo = self.leader_log_end();
-        self.leader.on_local_append(leo, self.now);
-        if self.bug == Bug::LeaderCountsLogEnd {
-            self.leader.on_local_durable(leo, self.now);
+        let leo = node.log.len() as i64;
+        let l = node.leader_mut().expect("leader");
+        l.on_local_append(leo, now);
+        if bug == Bug::LeaderCountsLogEnd {
+            l.on_local_durable(leo, now);
         }
         if acks == Acks::All {
-            self.waiting_acks.push((leo, epoch));
+            let id = node.id;
+            self.waiting_acks.push((id, leo, epoch));
+        }
+    }
+
+    fn fsync(&mut self, i: usize) {
+        let now = self.now;
+        let node = &mut self.nodes[i];
+        node.durable = node.log.len();
+        let d = node.durable as i64;
+        match &mut node.role {
+            Role::Leader(l) => {
+                l.on_local_durable(d, now);
+            }
+            Role::Follower(f) => {
+                f.on_local_durable(d);
+            }
         }
     }
 
     fn follower_fetch(&mut self, i: usize) -> Result<(), String> {
         let node = &self.nodes[i];
+        let Role::Follower(fs) = &node.role else {
+            return Ok(());
+        };
         if node.paused_since.is_some() {
             return Ok(());
         }
-        let fs = node.follower.as_ref().expect("follower");
         let pos = if self.bug == Bug::FollowerReportsLogEnd {
             FetchPosition {
                 fetch_offset: node.log.len() as i64,
@@ -285,15 +373,58 @@ impl Sim {
                 None => return Ok(()), // waiting for its fsync
             }
         };
-        let leo = self.leader_log_end();
-        let div = diverging_epoch(
-            &self.leader_epochs,
+        let li = self.idx(fs.leader_id());
+        let target = &self.nodes[li];
+        let Some(l) = target.leader() else {
+            self.count("fetch: target not leader");
+            return Ok(());
+        };
+        if l.leader_epoch() != pos.current_leader_epoch {
+            self.count("fetch: epoch mismatch");
+            return Ok(());
+        }
+        let leo = target.log.len() as i64;
+        let result = match diverging_epoch(
+            &target.cache,
             0,
             leo,
             pos.last_fetched_epoch,
             pos.fetch_offset,
-        );
-        ensure!(div == Ok(None), "unexpected divergence {div:?} at {pos:?}");
+        ) {
+            Err(_) => Some(FetchResult::OffsetOutOfRange {
+                leader_log_start: 0,
+                leader_log_end: leo,
+            }),
+            Ok(Some(d)) => Some(FetchResult::Diverging(d)),
+            Ok(None) => None,
+        };
+        if let Some(result) = result {
+            self.count("fetch: diverging / out of range");
+            let node = &mut self.nodes[i];
+            let (len, durable) = (node.log.len() as i64, node.durable as i64);
+            let Role::Follower(fs) = &mut node.role else {
+                unreachable!()
+            };
+            let action = fs.on_fetch_response(result, &node.cache, len, durable);
+            match action {
+                FollowerAction::Truncate(t) => {
+                    if t.offset < len {
+                        *self.stats.entry("follower truncation").or_default() += 1;
+                    }
+                    node.truncate(t.offset as usize);
+                    let latest = node.cache.last().map(|e| e.0);
+                    let Role::Follower(fs) = &mut node.role else {
+                        unreachable!()
+                    };
+                    fs.on_truncated(node.log.len() as i64, latest);
+                }
+                FollowerAction::Continue => {}
+                FollowerAction::TruncateFullyAndStartAt(o) => {
+                    return Err(format!("unexpected full truncation to {o}"))
+                }
+            }
+            return Ok(());
+        }
         let req = FollowerFetch {
             replica_id: node.id,
             broker_epoch: node.broker_epoch,
@@ -301,37 +432,37 @@ impl Sim {
             fetch_offset: pos.fetch_offset,
             log_start: 0,
         };
-        match self.leader.on_follower_fetch(req, leo, self.now) {
-            Ok(out) => self.send(out.alter_isr),
-            Err(
-                ReplicaError::FencedLeaderEpoch { .. } | ReplicaError::UnknownLeaderEpoch { .. },
-            ) => {
-                self.count("fetch: epoch mismatch");
-                return Ok(());
-            }
+        let now = self.now;
+        let leader_id = self.nodes[li].id;
+        let l = self.nodes[li].leader_mut().expect("leader");
+        match l.on_follower_fetch(req, leo, now) {
+            Ok(out) => self.send(leader_id, out.alter_isr),
             Err(e) => return Err(format!("fetch {req:?} refused: {e}")),
         }
-        let hw = self.leader.high_watermark();
+        let hw = self.nodes[li].leader().expect("leader").high_watermark();
         let from = pos.fetch_offset as usize;
         let to = (from + self.rng.usize(0..=4)).min(leo as usize);
-        let batch: Vec<(i32, u64)> = self.nodes[0].log[from..to].to_vec();
+        let batch: Vec<(i32, u64)> = self.nodes[li].log[from..to].to_vec();
         let node = &mut self.nodes[i];
         ensure!(
             node.log.len() == from,
             "follower log end {} != fetch offset {from}",
             node.log.len()
         );
-        node.log.extend_from_slice(&batch);
-        let epochs = epochs_of(&node.log);
+        for e in &batch {
+            node.append(*e);
+        }
         let (log_end, durable) = (node.log.len() as i64, node.durable as i64);
-        let fs = node.follower.as_mut().expect("follower");
+        let Role::Follower(fs) = &mut node.role else {
+            unreachable!()
+        };
         let action = fs.on_fetch_response(
             FetchResult::Records {
                 leader_high_watermark: hw,
                 last_appended_epoch: batch.last().map(|b| b.0),
                 log_end,
             },
-            &epochs,
+            &node.cache,
             log_end,
             durable,
         );
@@ -339,35 +470,66 @@ impl Sim {
         Ok(())
     }
 
-    fn follower_crash(&mut self, i: usize) {
-        self.count("follower crash");
-        let meta = self.meta_log[self.nodes[i].meta_applied - 1].clone();
+    /// A broker process crash: the log falls back to its durable end, the broker re-registers
+    /// with a new epoch and reads the latest metadata before serving.
+    fn crash(&mut self, i: usize) {
+        self.count("crash");
         let node = &mut self.nodes[i];
-        node.log.truncate(node.durable);
+        let d = node.durable;
+        node.truncate(d);
         node.broker_epoch += 1;
         node.paused_since = None;
-        let hw = node.follower.as_ref().map_or(0, |f| f.high_watermark());
-        node.follower = Some(FollowerState::new(
-            FollowerRegistration {
-                leader_id: L,
-                leader_epoch: meta.leader_epoch,
-                partition_epoch: meta.partition_epoch,
-            },
-            node.log.len() as i64,
-            node.log.last().map(|e| e.0),
-            hw,
-        ));
-        // Re-registration with a new broker epoch; the controller unfences it.
+        let hw = match &node.role {
+            Role::Leader(l) => l.high_watermark(),
+            Role::Follower(f) => f.high_watermark(),
+        };
+        self.waiting_acks.retain(|a| a.0 != node.id);
         let id = node.id;
+        // Its connections die with it: answers to its AlterPartitions never arrive.
+        self.responses.retain(|r| r.0 != id);
+        self.delivered.retain(|r| r.0 != id);
         self.ctrl.fenced.remove(&id);
         self.push_meta();
+        let m = self.meta_log.last().expect("meta").clone();
+        let node = &mut self.nodes[i];
+        node.meta_applied = self.meta_log.len();
+        if m.leader == node.id {
+            let mut l = LeaderState::new(
+                node.id,
+                node.broker_epoch,
+                &leader_reg(&self.replicas, &m),
+                self.config,
+                LocalLogView {
+                    log_end: node.log.len() as i64,
+                    durable_end: node.durable as i64,
+                    high_watermark: hw,
+                },
+                self.now,
+            )
+            .expect("valid");
+            for (b, st) in &m.brokers {
+                l.update_broker(*b, *st, self.now);
+            }
+            l.bug_ignore_min_isr = self.bug == Bug::HwBelowMinIsr;
+            l.bug_reset_pending_on_same_epoch = self.bug == Bug::KafkaResetPendingOnSameEpoch;
+            node.prev_leader_hw = l.high_watermark();
+            node.role = Role::Leader(Box::new(l));
+        } else {
+            let latest = node.cache.last().map(|e| e.0);
+            node.role = Role::Follower(FollowerState::new(
+                follower_reg(&m),
+                node.log.len() as i64,
+                latest,
+                hw,
+            ));
+        }
     }
 
     fn controller_process(&mut self) {
         if self.at_ctrl.is_empty() {
             return;
         }
-        let req = self.at_ctrl.remove(self.rng.usize(0..self.at_ctrl.len()));
+        let (from, req) = self.at_ctrl.remove(self.rng.usize(0..self.at_ctrl.len()));
         let roll = self.rng.u8(0..100);
         let ineligible = req.new_isr.iter().any(|m| {
             let n = &self.nodes[self.idx(m.broker_id)];
@@ -376,7 +538,7 @@ impl Sim {
         });
         let result = if roll < 10 {
             Err(AlterPartitionError::Retriable(codes::NOT_CONTROLLER))
-        } else if req.leader_epoch != self.ctrl.leader_epoch {
+        } else if req.leader_id != self.ctrl.leader || req.leader_epoch != self.ctrl.leader_epoch {
             Err(AlterPartitionError::FencedLeaderEpoch)
         } else if req.partition_epoch != self.ctrl.partition_epoch {
             Err(AlterPartitionError::InvalidUpdateVersion)
@@ -398,31 +560,39 @@ impl Sim {
                 })
             }
         };
-        self.responses.push((req.request_id, result));
+        self.responses.push((from, req.request_id, result));
     }
 
     fn deliver_response(&mut self) -> Result<(), String> {
+        let now = self.now;
         let replay = !self.delivered.is_empty() && self.rng.u8(0..10) == 0;
         if replay {
-            let (id, r) = self.delivered[self.rng.usize(0..self.delivered.len())].clone();
-            let out = self.leader.on_alter_partition_response(id, r, self.now);
-            ensure!(
-                out == AlterOutcome::Ignored,
-                "replayed answer {id} not ignored: {out:?}"
-            );
+            let (to, id, r) = self.delivered[self.rng.usize(0..self.delivered.len())].clone();
+            let i = self.idx(to);
+            if let Some(l) = self.nodes[i].leader_mut() {
+                let out = l.on_alter_partition_response(id, r, now);
+                ensure!(
+                    out == AlterOutcome::Ignored,
+                    "replayed answer {id} not ignored: {out:?}"
+                );
+            }
             return Ok(());
         }
         if self.responses.is_empty() {
             return Ok(());
         }
-        let (id, r) = self
+        let (to, id, r) = self
             .responses
             .remove(self.rng.usize(0..self.responses.len()));
-        self.delivered.push((id, r.clone()));
-        match self.leader.on_alter_partition_response(id, r, self.now) {
+        self.delivered.push((to, id, r.clone()));
+        let i = self.idx(to);
+        let Some(l) = self.nodes[i].leader_mut() else {
+            return Ok(()); // no longer leader: nobody waits for it
+        };
+        match l.on_alter_partition_response(id, r, now) {
             AlterOutcome::Resend(a) => {
                 self.count("answer: resend");
-                self.at_ctrl.push(a);
+                self.at_ctrl.push((to, a));
             }
             AlterOutcome::Committed { .. } => self.count("answer: committed"),
             AlterOutcome::Reverted { .. } => self.count("answer: reverted"),
@@ -438,78 +608,136 @@ impl Sim {
             return;
         }
         let m = self.meta_log[applied].clone();
-        self.nodes[i].meta_applied += 1;
-        let leo = self.nodes[i].log.len() as i64;
-        if i == 0 {
-            let reg = LeaderRegistration {
-                leader_epoch: m.leader_epoch,
-                partition_epoch: m.partition_epoch,
-                replicas: self.replicas.clone(),
-                isr: m.isr.clone(),
-            };
-            let out = self
-                .leader
-                .become_leader(&reg, leo, self.now)
-                .expect("valid registration");
-            self.count(match out {
-                BecomeLeader::Skipped => "metadata: skipped",
-                BecomeLeader::Applied {
-                    new_leader_epoch: true,
-                    ..
-                } => "metadata: new leader epoch",
-                BecomeLeader::Applied { .. } => "metadata: applied",
-            });
-            if matches!(
-                out,
-                BecomeLeader::Applied {
-                    new_leader_epoch: true,
-                    ..
+        let now = self.now;
+        let bug = self.bug;
+        let config = self.config;
+        let reg = leader_reg(&self.replicas, &m);
+        let node = &mut self.nodes[i];
+        node.meta_applied += 1;
+        let leo = node.log.len() as i64;
+        let latest = node.cache.last().map(|e| e.0);
+        let what = match (&mut node.role, m.leader == node.id) {
+            (Role::Leader(l), true) => {
+                let out = l.become_leader(&reg, leo, now).expect("valid registration");
+                for (b, st) in &m.brokers {
+                    l.update_broker(*b, *st, now);
                 }
-            ) {
-                self.leader_epochs.push((m.leader_epoch, leo));
+                match out {
+                    BecomeLeader::Skipped => "metadata: skipped",
+                    BecomeLeader::Applied {
+                        new_leader_epoch: true,
+                        ..
+                    } => {
+                        node.cache.push((m.leader_epoch, leo));
+                        "metadata: new leader epoch"
+                    }
+                    BecomeLeader::Applied { .. } => "metadata: applied",
+                }
             }
-            for (id, st) in &m.brokers {
-                self.leader.update_broker(*id, *st, self.now);
+            (Role::Follower(f), true) => {
+                if m.leader_epoch <= f.leader_epoch() {
+                    "metadata: stale"
+                } else {
+                    let mut l = LeaderState::new(
+                        node.id,
+                        node.broker_epoch,
+                        &reg,
+                        config,
+                        LocalLogView {
+                            log_end: leo,
+                            durable_end: node.durable as i64,
+                            high_watermark: f.high_watermark(),
+                        },
+                        now,
+                    )
+                    .expect("valid registration");
+                    for (b, st) in &m.brokers {
+                        l.update_broker(*b, *st, now);
+                    }
+                    l.bug_ignore_min_isr = bug == Bug::HwBelowMinIsr;
+                    l.bug_reset_pending_on_same_epoch = bug == Bug::KafkaResetPendingOnSameEpoch;
+                    node.prev_leader_hw = l.high_watermark();
+                    node.cache.push((m.leader_epoch, leo));
+                    node.role = Role::Leader(Box::new(l));
+                    "metadata: became leader"
+                }
             }
-        } else {
-            let latest = self.nodes[i].log.last().map(|e| e.0);
-            let fs = self.nodes[i].follower.as_mut().expect("follower");
-            fs.become_follower(
-                FollowerRegistration {
-                    leader_id: L,
-                    leader_epoch: m.leader_epoch,
-                    partition_epoch: m.partition_epoch,
-                },
-                leo,
-                latest,
-            );
+            (Role::Leader(l), false) => {
+                let hw = l.high_watermark();
+                node.role = Role::Follower(FollowerState::new(follower_reg(&m), leo, latest, hw));
+                "metadata: leader became follower"
+            }
+            (Role::Follower(f), false) => {
+                f.become_follower(follower_reg(&m), leo, latest);
+                "metadata: follower"
+            }
+        };
+        self.count(what);
+    }
+
+    /// A clean failover: the controller elects another member of its ISR (any broker under
+    /// `Bug::UncleanElection`); the old leader may crash at the same time.
+    fn failover(&mut self) {
+        let old = self.ctrl.leader;
+        let candidates: Vec<BrokerId> = self
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| *r != old && !self.ctrl.fenced.contains(r))
+            .filter(|r| self.bug == Bug::UncleanElection || self.ctrl.isr.contains(r))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let new = candidates[self.rng.usize(0..candidates.len())];
+        self.count("failover");
+        self.ctrl.leader = new;
+        self.ctrl.leader_epoch += 1;
+        self.ctrl.partition_epoch += 1;
+        self.ctrl.isr.insert(new);
+        let crash_old = self.rng.bool();
+        if crash_old {
+            self.ctrl.isr.remove(&old);
+        }
+        self.push_meta();
+        let ni = self.idx(new);
+        self.nodes[ni].paused_since = None;
+        if crash_old {
+            let oi = self.idx(old);
+            self.crash(oi);
         }
     }
 
     fn check_acks(&mut self) -> Result<(), String> {
-        let eff_min = self.leader.effective_min_isr();
         let mut still = Vec::new();
-        for (required, epoch) in std::mem::take(&mut self.waiting_acks) {
-            match self.leader.check_after_append(required, epoch) {
-                AckDecision::Wait => still.push((required, epoch)),
+        for (id, required, epoch) in std::mem::take(&mut self.waiting_acks) {
+            let i = self.idx(id);
+            let Some(l) = self.nodes[i].leader() else {
+                self.count("ack: not leader");
+                continue;
+            };
+            match l.check_after_append(required, epoch) {
+                AckDecision::Wait => still.push((id, required, epoch)),
                 AckDecision::Ack => {
+                    let eff_min = l.effective_min_isr();
+                    let prefix = &self.nodes[i].log[..required as usize];
                     let holders = self
                         .nodes
                         .iter()
-                        .filter(|n| n.durable as i64 >= required)
+                        .filter(|n| n.durable as i64 >= required && n.log.starts_with(prefix))
                         .count();
                     ensure!(
                         holders >= eff_min,
                         "acked offset {required} durable on {holders} < min ISR {eff_min}"
                     );
-                    for m in &self.ctrl.isr {
-                        let n = &self.nodes[self.idx(*m)];
-                        ensure!(
-                            n.durable as i64 >= required,
-                            "acked offset {required} not durable on controller-ISR member {m}"
-                        );
+                    ensure!(
+                        prefix.starts_with(&self.acked_prefix)
+                            || self.acked_prefix.starts_with(prefix),
+                        "acked history forked at offset {required} (epoch {epoch})"
+                    );
+                    if prefix.len() > self.acked_prefix.len() {
+                        self.acked_prefix = prefix.to_vec();
                     }
-                    self.acked_max = self.acked_max.max(required);
                     self.acked_count += 1;
                 }
                 AckDecision::NotEnoughReplicasAfterAppend => {
@@ -523,53 +751,68 @@ impl Sim {
     }
 
     fn check(&mut self) -> Result<(), String> {
-        let hw = self.leader.high_watermark();
         ensure!(
-            hw >= self.prev_hw,
-            "HW went back from {} to {hw}",
-            self.prev_hw
+            self.ctrl.isr.contains(&self.ctrl.leader),
+            "controller ISR lost the leader"
         );
-        self.prev_hw = hw;
-        ensure!(self.ctrl.isr.contains(&L), "controller ISR lost the leader");
-        let members: BTreeSet<BrokerId> = self
-            .ctrl
-            .isr
-            .union(self.leader.committed_isr())
-            .copied()
-            .collect();
-        for m in members {
-            let n = &self.nodes[self.idx(m)];
+        // Acknowledged writes are on every controller-ISR member: any future leader has them.
+        let acked = self.acked_prefix.len();
+        for m in &self.ctrl.isr {
+            let n = &self.nodes[self.idx(*m)];
             ensure!(
-                n.durable as i64 >= hw,
-                "HW {hw} but ISR member {m} is durable only to {} (controller ISR {:?}, leader ISR {:?})",
+                n.durable >= acked && n.log.starts_with(&self.acked_prefix),
+                "acknowledged writes below {acked} lost on controller-ISR member {m} (durable {}, ISR {:?})",
                 n.durable,
-                self.ctrl.isr,
-                self.leader.committed_isr()
+                self.ctrl.isr
             );
         }
-        let holders = self.nodes.iter().filter(|n| n.durable as i64 >= hw).count();
-        ensure!(
-            holders >= self.leader.effective_min_isr(),
-            "HW {hw} durable on {holders} replicas < min ISR"
-        );
-        ensure!(
-            self.acked_max <= hw,
-            "acked {} above HW {hw}",
-            self.acked_max
-        );
-        let leader_log = &self.nodes[0].log;
-        for n in &self.nodes[1..] {
+        for i in 0..self.nodes.len() {
+            let Some(l) = self.nodes[i].leader() else {
+                continue;
+            };
+            let hw = l.high_watermark();
             ensure!(
-                leader_log.starts_with(&n.log),
-                "follower {} log is not a prefix",
-                n.id
+                hw >= self.nodes[i].prev_leader_hw,
+                "HW of leader {} went back from {} to {hw}",
+                self.nodes[i].id,
+                self.nodes[i].prev_leader_hw
             );
-            let fhw = n.follower.as_ref().map_or(0, |f| f.high_watermark());
-            ensure!(
-                fhw <= n.durable as i64 && fhw <= hw,
-                "follower {} HW {fhw} too high",
-                n.id
-            );
+            let current =
+                l.leader_epoch() == self.ctrl.leader_epoch && self.nodes[i].id == self.ctrl.leader;
+            if current {
+                let prefix = &self.nodes[i].log[..hw as usize];
+                let members: BTreeSet<BrokerId> =
+                    self.ctrl.isr.union(l.committed_isr()).copied().collect();
+                for m in members {
+                    let n = &self.nodes[self.idx(m)];
+                    ensure!(
+                        n.durable as i64 >= hw && n.log.starts_with(prefix),
+                        "HW {hw} but ISR member {m} is durable only to {} (controller ISR {:?}, leader ISR {:?})",
+                        n.durable,
+                        self.ctrl.isr,
+                        l.committed_isr()
+                    );
+                }
+                let holders = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.durable as i64 >= hw && n.log.starts_with(prefix))
+                    .count();
+                ensure!(
+                    holders >= l.effective_min_isr(),
+                    "HW {hw} durable on {holders} replicas < min ISR"
+                );
+            }
+            self.nodes[i].prev_leader_hw = hw;
+        }
+        for n in &self.nodes {
+            if let Role::Follower(f) = &n.role {
+                ensure!(
+                    f.high_watermark() <= n.durable as i64,
+                    "follower {} HW above its durable end",
+                    n.id
+                );
+            }
         }
         Ok(())
     }
@@ -577,75 +820,69 @@ impl Sim {
     fn step(&mut self) -> Result<(), String> {
         self.now += self.rng.i64(0..=LAG_MS / 3);
         let n = self.nodes.len();
-        let roll = self.rng.u8(0..100);
-        let pick_follower = self.rng.usize(1..n);
-        let pick_node = self.rng.usize(0..n);
+        let roll = self.rng.u16(0..1000);
+        let pick = self.rng.usize(0..n);
         match roll {
-            0..20 => self.produce(Acks::All),
-            20..25 => self.produce(Acks::Leader),
-            25..37 => {
-                let d = self.nodes[0].log.len();
-                self.nodes[0].durable = d;
-                self.leader.on_local_durable(d as i64, self.now);
-            }
-            37..62 => self.follower_fetch(pick_follower)?,
-            62..72 => {
-                let i = self.rng.usize(1..n);
-                let node = &mut self.nodes[i];
-                node.durable = node.log.len();
-                let d = node.durable as i64;
-                node.follower
-                    .as_mut()
-                    .expect("follower")
-                    .on_local_durable(d);
-            }
-            72..75 => self.follower_crash(pick_follower),
-            75..78 => {
-                let i = self.rng.usize(1..n);
-                let now = self.now;
-                let node = &mut self.nodes[i];
-                node.paused_since = match node.paused_since {
-                    Some(_) => None,
-                    None => Some(now),
-                };
-                if node.paused_since.is_none() && self.ctrl.fenced.remove(&node.id) {
-                    self.push_meta();
+            0..200 => self.produce(Acks::All),
+            200..250 => self.produce(Acks::Leader),
+            250..400 => self.fsync(pick),
+            400..650 => self.follower_fetch(pick)?,
+            650..680 => {
+                if self.nodes[pick].leader().is_none() {
+                    self.crash(pick);
                 }
             }
-            78..84 => {
-                let leo = self.leader_log_end();
-                let a = self.leader.maybe_shrink_isr(self.now, leo);
-                self.send(a);
-            }
-            84..90 => self.controller_process(),
-            90..95 => self.deliver_response()?,
-            95..99 => self.deliver_meta(pick_node),
-            _ => {
-                if self.rng.bool() {
-                    // Leader epoch bump (e.g. a re-election of the same leader).
-                    self.ctrl.leader_epoch += 1;
-                    self.ctrl.partition_epoch += 1;
-                    self.push_meta();
-                } else {
-                    // The controller fences brokers paused for long and drops them from the ISR.
+            680..710 => {
+                if self.nodes[pick].id != self.ctrl.leader {
                     let now = self.now;
-                    let long: Vec<BrokerId> = self
-                        .nodes
-                        .iter()
-                        .filter(|n| n.paused_since.is_some_and(|t| now - t > 2 * LAG_MS))
-                        .map(|n| n.id)
-                        .filter(|id| !self.ctrl.fenced.contains(id))
-                        .collect();
-                    if !long.is_empty() {
-                        for id in long {
-                            self.ctrl.fenced.insert(id);
-                            self.ctrl.isr.remove(&id);
-                        }
-                        self.ctrl.partition_epoch += 1;
+                    let node = &mut self.nodes[pick];
+                    node.paused_since = match node.paused_since {
+                        Some(_) => None,
+                        None => Some(now),
+                    };
+                    if node.paused_since.is_none() && self.ctrl.fenced.remove(&node.id) {
                         self.push_meta();
                     }
                 }
             }
+            710..770 => {
+                let now = self.now;
+                let leo = self.nodes[pick].log.len() as i64;
+                let id = self.nodes[pick].id;
+                if let Some(l) = self.nodes[pick].leader_mut() {
+                    let a = l.maybe_shrink_isr(now, leo);
+                    self.send(id, a);
+                }
+            }
+            770..830 => self.controller_process(),
+            830..880 => self.deliver_response()?,
+            880..980 => self.deliver_meta(pick),
+            980..985 => {
+                // Leader epoch bump without a leader change (e.g. a preferred election no-op).
+                self.ctrl.leader_epoch += 1;
+                self.ctrl.partition_epoch += 1;
+                self.push_meta();
+            }
+            985..990 => {
+                // The controller fences brokers paused for long and drops them from the ISR.
+                let now = self.now;
+                let long: Vec<BrokerId> = self
+                    .nodes
+                    .iter()
+                    .filter(|n| n.paused_since.is_some_and(|t| now - t > 2 * LAG_MS))
+                    .map(|n| n.id)
+                    .filter(|id| !self.ctrl.fenced.contains(id) && *id != self.ctrl.leader)
+                    .collect();
+                if !long.is_empty() {
+                    for id in long {
+                        self.ctrl.fenced.insert(id);
+                        self.ctrl.isr.remove(&id);
+                    }
+                    self.ctrl.partition_epoch += 1;
+                    self.push_meta();
+                }
+            }
+            _ => self.failover(),
         }
         self.check_acks()?;
         self.check()
@@ -660,7 +897,7 @@ fn run(seed: u64, steps: usize, bug: Bug) -> Result<(u64, u64, Stats), String> {
         sim.step()
             .map_err(|e| format!("seed {seed} step {step}: {e}"))?;
     }
-    *sim.stats.entry("final HW sum").or_default() += sim.leader.high_watermark() as u64;
+    *sim.stats.entry("final acked prefix sum").or_default() += sim.acked_prefix.len() as u64;
     Ok((sim.acked_count, sim.refused_count, sim.stats))
 }
 
@@ -679,65 +916,82 @@ fn model_every_offset_below_hw_is_durable_on_the_isr() {
         }
     }
     eprintln!("model coverage: {stats:?}");
-    // Not vacuous: writes were acknowledged, and some were refused under min ISR.
     eprintln!("model: {acked} acks=all acknowledged, {refused} refused with NOT_ENOUGH_REPLICAS");
-    assert!(acked > SEEDS * 5, "only {acked} acks");
+    // Not vacuous: writes were acknowledged, some refused under min ISR, leaders changed,
+    // followers truncated.
+    assert!(acked > SEEDS * 3, "only {acked} acks");
     assert!(refused > 0, "NOT_ENOUGH_REPLICAS never exercised");
+    assert!(
+        stats.get("failover").is_some_and(|n| *n > SEEDS / 2),
+        "{stats:?}"
+    );
+    assert!(
+        stats.get("follower truncation").is_some_and(|n| *n > 0),
+        "{stats:?}"
+    );
+}
+
+/// Soak: `HOLDFAST_MODEL_SEEDS=5000 HOLDFAST_MODEL_STEPS=1000 cargo test --release -p
+/// holdfast-replication model_soak -- --ignored`.
+#[test]
+#[ignore]
+fn model_soak() {
+    let var = |k: &str, d: u64| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (seeds, steps) = (
+        var("HOLDFAST_MODEL_SEEDS", 5_000),
+        var("HOLDFAST_MODEL_STEPS", 1_000),
+    );
+    for seed in 0..seeds {
+        run(seed, steps as usize, Bug::None).unwrap_or_else(|e| panic!("{e}"));
+    }
+}
+
+fn negative_control(bug: Bug, min_failures: u64) {
+    let failures: Vec<String> = (0..SEEDS)
+        .filter_map(|seed| run(seed, STEPS, bug).err())
+        .collect();
+    eprintln!(
+        "{bug:?} control: {} of {SEEDS} runs fail; first: {:?}",
+        failures.len(),
+        failures.first()
+    );
+    assert!(
+        failures.len() as u64 >= min_failures,
+        "checker caught only {} runs",
+        failures.len()
+    );
 }
 
 #[test]
 fn model_negative_control_follower_reporting_log_end_is_caught() {
-    let failures: Vec<String> = (0..SEEDS)
-        .filter_map(|seed| run(seed, STEPS, Bug::FollowerReportsLogEnd).err())
-        .collect();
-    eprintln!(
-        "follower-LEO control: {} of {SEEDS} runs fail; first: {:?}",
-        failures.len(),
-        failures.first()
-    );
-    assert!(
-        failures.len() as u64 > SEEDS / 10,
-        "checker caught only {} runs",
-        failures.len()
-    );
-    assert!(
-        failures.iter().any(|f| f.contains("durable")),
-        "{failures:?}"
-    );
+    negative_control(Bug::FollowerReportsLogEnd, SEEDS / 10);
 }
 
 #[test]
 fn model_negative_control_leader_counting_log_end_is_caught() {
-    let failures: Vec<String> = (0..SEEDS)
-        .filter_map(|seed| run(seed, STEPS, Bug::LeaderCountsLogEnd).err())
-        .collect();
-    eprintln!(
-        "leader-LEO control: {} of {SEEDS} runs fail; first: {:?}",
-        failures.len(),
-        failures.first()
-    );
-    assert!(
-        failures.len() as u64 > SEEDS / 10,
-        "checker caught only {} runs",
-        failures.len()
-    );
+    negative_control(Bug::LeaderCountsLogEnd, SEEDS / 20);
 }
 
 #[test]
 fn model_negative_control_hw_below_min_isr_is_caught() {
-    let failures: Vec<String> = (0..SEEDS)
-        .filter_map(|seed| run(seed, STEPS, Bug::HwBelowMinIsr).err())
-        .collect();
-    eprintln!(
-        "min-ISR control: {} of {SEEDS} runs fail; first: {:?}",
-        failures.len(),
-        failures.first()
-    );
-    assert!(
-        failures.len() as u64 > SEEDS / 20,
-        "checker caught only {} runs",
-        failures.len()
-    );
+    negative_control(Bug::HwBelowMinIsr, SEEDS / 20);
+}
+
+#[test]
+fn model_negative_control_unclean_election_is_caught() {
+    negative_control(Bug::UncleanElection, SEEDS / 20);
+}
+
+/// Why `LeaderState::become_leader` keeps a pending AlterPartition on a registration with the
+/// same epochs: with Kafka's reset the model loses an acknowledged write.
+#[test]
+fn model_negative_control_kafka_reset_of_pending_alter_partition_is_caught() {
+    negative_control(Bug::KafkaResetPendingOnSameEpoch, 1);
 }
 
 // ---- 2. truncation against brute-force divergent logs ----
