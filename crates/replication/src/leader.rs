@@ -276,6 +276,10 @@ pub struct FetchOutcome {
     pub high_watermark: Option<i64>,
     /// An ISR expansion to send to the controller.
     pub alter_isr: Option<AlterIsr>,
+    /// A maximal-ISR member reported a durable end below the HW: it lost data the promise says
+    /// it holds (a disk lost fsynced data, or a broken follower). Not a Kafka rule: Holdfast's
+    /// check, for the loss ledger and an alert. The replica is shrunk out by lag as usual.
+    pub isr_member_below_hw: bool,
 }
 
 /// Result of [`LeaderState::become_leader`].
@@ -424,8 +428,8 @@ impl LeaderState {
             return Err(RegistrationError::BadConfig);
         }
         assert!(
-            log.durable_end <= log.log_end,
-            "durable end past log end: {log:?}"
+            0 <= log.durable_end && log.durable_end <= log.log_end,
+            "durable end outside [0, log end]: {log:?}"
         );
         let followers = reg
             .replicas
@@ -469,8 +473,11 @@ impl LeaderState {
 
     /// A new registration for a partition this broker already leads (`Partition.makeLeader`
     /// without `isNewLeader`): ignored when its partition epoch is older; otherwise adopts
-    /// replicas and ISR (dropping any pending AlterPartition); on a new leader epoch, moves
-    /// the epoch start offset to the log end and resets follower states, keeping log ends.
+    /// replicas and ISR and drops any pending AlterPartition, except when the registration has
+    /// the leader and partition epochs we already have (then it is the state we know, and the
+    /// pending change stays: Holdfast differs from Kafka, see docs/replication-rules.md). On a
+    /// new leader epoch, moves the epoch start offset to the log end (the broker also assigns
+    /// it in the log's epoch cache) and resets follower timers, keeping their log ends.
     pub fn become_leader(
         &mut self,
         reg: &LeaderRegistration,
@@ -508,6 +515,8 @@ impl LeaderState {
                 high_watermark: self.maybe_increment_hw(now_ms),
             });
         }
+        // Reads and appends race in the broker: keep the largest log end seen.
+        let leader_log_end = self.leader_log_end.max(leader_log_end);
         let mut followers = Vec::with_capacity(reg.replicas.len());
         for r in reg.replicas.iter().filter(|r| **r != self.local_id) {
             let mut p = self
@@ -528,7 +537,7 @@ impl LeaderState {
         self.replicas = reg.replicas.clone();
         self.isr = reg.isr.iter().copied().collect();
         self.pending = None;
-        self.leader_log_end = self.leader_log_end.max(leader_log_end);
+        self.leader_log_end = leader_log_end;
         if new_leader_epoch {
             self.leader_epoch = reg.leader_epoch;
             self.leader_epoch_start_offset = leader_log_end;
@@ -659,6 +668,8 @@ impl LeaderState {
         f.last_fetch_ms = now_ms;
         f.broker_epoch = Some(fetch.broker_epoch);
 
+        let isr_member_below_hw = fetch.fetch_offset < self.high_watermark
+            && self.maximal_isr().contains(&fetch.replica_id);
         let alter_isr = self.maybe_expand_isr(fetch.replica_id);
         let high_watermark = if prev_log_end != fetch.fetch_offset {
             self.maybe_increment_hw(now_ms)
@@ -669,6 +680,7 @@ impl LeaderState {
         Ok(FetchOutcome {
             high_watermark,
             alter_isr,
+            isr_member_below_hw,
         })
     }
 

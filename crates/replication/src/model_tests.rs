@@ -436,7 +436,15 @@ impl Sim {
         let leader_id = self.nodes[li].id;
         let l = self.nodes[li].leader_mut().expect("leader");
         match l.on_follower_fetch(req, leo, now) {
-            Ok(out) => self.send(leader_id, out.alter_isr),
+            Ok(out) => {
+                ensure!(
+                    !out.isr_member_below_hw || self.bug != Bug::None,
+                    "ISR member {} fetched at {} below the HW",
+                    req.replica_id,
+                    req.fetch_offset
+                );
+                self.send(leader_id, out.alter_isr)
+            }
             Err(e) => return Err(format!("fetch {req:?} refused: {e}")),
         }
         let hw = self.nodes[li].leader().expect("leader").high_watermark();
@@ -946,9 +954,15 @@ fn model_soak() {
         var("HOLDFAST_MODEL_SEEDS", 5_000),
         var("HOLDFAST_MODEL_STEPS", 1_000),
     );
+    let mut stats = Stats::new();
     for seed in 0..seeds {
-        run(seed, steps as usize, Bug::None).unwrap_or_else(|e| panic!("{e}"));
+        let (acked, _, s) = run(seed, steps as usize, Bug::None).unwrap_or_else(|e| panic!("{e}"));
+        *stats.entry("acked").or_default() += acked;
+        for (k, v) in s {
+            *stats.entry(k).or_default() += v;
+        }
     }
+    eprintln!("soak {seeds} x {steps}: {stats:?}");
 }
 
 fn negative_control(bug: Bug, seeds: u64, min_failures: u64) {

@@ -1001,3 +1001,18 @@ fn same_partition_epoch_registration_keeps_pending_expansion() {
     assert!(!s.is_alter_in_flight());
     assert_eq!(s.committed_isr(), &set(&[L, F1]));
 }
+
+#[test]
+fn isr_member_fetching_below_hw_is_flagged() {
+    let mut s = leader(&[L, F1, F2], &[L, F1, F2], 1, 10, 0);
+    fetch(&mut s, F1, 10, 10, 0);
+    fetch(&mut s, F2, 10, 10, 0);
+    assert_eq!(s.high_watermark(), 10);
+    // F2 comes back having lost fsynced data.
+    assert!(fetch(&mut s, F2, 6, 10, 1).isr_member_below_hw);
+    assert!(!fetch(&mut s, F1, 10, 10, 1).isr_member_below_hw);
+    // A non-ISR replica behind the HW is normal.
+    let mut s = leader(&[L, F1, F2], &[L, F1], 1, 10, 0);
+    fetch(&mut s, F1, 10, 10, 0);
+    assert!(!fetch(&mut s, F2, 3, 10, LAG_MS + 1).isr_member_below_hw);
+}
