@@ -78,6 +78,8 @@ expect kill-txn pass --scenario kill --seed 3 --seconds 15 --txn
 expect pause pass --scenario pause --seed 4 --seconds 15
 expect disk-full pass --scenario disk-full --seed 1 --seconds 12
 expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
+expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
+expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit

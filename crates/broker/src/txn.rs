@@ -636,6 +636,13 @@ impl Broker {
                 Ok(()) => {
                     resp.producer_id = ProducerId(t.target.producer_id);
                     resp.producer_epoch = t.target.producer_epoch;
+                    tracing::debug!(
+                        transactional_id = %t.transactional_id(),
+                        ?expected,
+                        producer_id = t.target.producer_id,
+                        producer_epoch = t.target.producer_epoch,
+                        "InitProducerId"
+                    );
                 }
                 Err(code) => resp.error_code = code,
             },
@@ -775,6 +782,14 @@ impl Broker {
                 Err(code) => code,
             },
         };
+        tracing::debug!(
+            transactional_id = %id,
+            producer_id = r.producer_id.0,
+            producer_epoch = r.producer_epoch,
+            commit = r.committed,
+            error_code = resp.error_code,
+            "EndTxn"
+        );
         if bump && resp.error_code == ec::NONE {
             if let Some((pid, epoch)) = self.txns().coord().continuing_producer(&id) {
                 resp.producer_id = ProducerId(pid);

@@ -191,8 +191,11 @@ pub struct Broker {
     bin: PathBuf,
     pub data_dir: PathBuf,
     pub port: u16,
+    /// `host:port` the broker advertises instead of its own (the network proxy).
+    pub advertise: Option<String>,
     log: PathBuf,
-    /// Negative-control switches passed to the broker (`HOLDFAST_UNSAFE_*`).
+    /// Negative-control and fault-injection switches passed to the broker
+    /// (`HOLDFAST_UNSAFE_*`, `HOLDFAST_TEST_*`), each set to `1`.
     unsafe_env: Vec<&'static str>,
     child: Option<Child>,
     paused: bool,
@@ -213,6 +216,7 @@ impl Broker {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
             port,
+            advertise: None,
             log: log.to_path_buf(),
             unsafe_env,
             child: None,
@@ -247,6 +251,11 @@ impl Broker {
             .arg("--listen")
             .arg(self.bootstrap())
             .args(["--set", "num.partitions=4"])
+            .args(
+                self.advertise
+                    .iter()
+                    .flat_map(|a| ["--advertise", a.as_str()]),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -254,6 +263,7 @@ impl Broker {
             "HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC",
             "HOLDFAST_UNSAFE_NO_DEDUP",
             "HOLDFAST_UNSAFE_ABORT_AS_COMMIT",
+            "HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1",
         ] {
             cmd.env_remove(var);
         }
@@ -318,6 +328,11 @@ impl Broker {
         let pid = self.pid().ok_or_else(|| anyhow!("broker not running"))?;
         sh("kill", &[sig, &pid.to_string()])?;
         Ok(())
+    }
+
+    /// SIGUSR1: with `HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1=1` the broker's next fsync fails.
+    pub fn fail_next_fsync(&self) -> anyhow::Result<()> {
+        self.signal("-USR1")
     }
 
     pub fn pause(&mut self) -> anyhow::Result<()> {

@@ -8,6 +8,7 @@
 mod checker;
 mod env;
 mod history;
+mod netproxy;
 mod report;
 mod txn;
 mod workload;
@@ -43,7 +44,8 @@ enum Cmd {
 
 #[derive(clap::Args, Clone)]
 struct RunArgs {
-    /// kill | pause | power-cut | disk-full | mixed | none
+    /// kill | pause | power-cut | disk-full | mixed | partition | blackhole | delay | net |
+    /// fsync-eio | none
     #[arg(long)]
     scenario: String,
     #[arg(long, default_value_t = 1)]
@@ -74,6 +76,13 @@ struct RunArgs {
     /// Also run the transactional workload (crates/chaos/src/txn.rs) on its own topic.
     #[arg(long)]
     txn: bool,
+    /// API keys the `delay` fault holds back (comma-separated numbers). Default: Produce (0),
+    /// AddPartitionsToTxn (24), AddOffsetsToTxn (25), TxnOffsetCommit (28). EndTxn (26) is
+    /// left out by default: librdkafka speaks transactions version 1, where a delayed
+    /// EndTxn can complete a later transaction of the same epoch (KAFKA-17754; fixed only by
+    /// KIP-890's per-transaction epoch bump in version 2).
+    #[arg(long, value_delimiter = ',', default_values_t = [0i16, 24, 25, 28])]
+    hold_apis: Vec<i16>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +91,15 @@ pub enum FaultKind {
     Pause,
     PowerCut,
     DiskFull,
+    /// Loud client-broker partition through the proxy: connections reset and refused.
+    Partition,
+    /// Silent client-broker partition: sockets stay open, nothing is forwarded.
+    Blackhole,
+    /// Requests of some API keys held back past the client's request timeout, then delivered.
+    Delay,
+    /// The next fsync fails with EIO (broker test hook); its partitions go offline until the
+    /// broker is restarted.
+    FsyncEio,
 }
 
 impl FaultKind {
@@ -91,10 +109,20 @@ impl FaultKind {
             FaultKind::Pause => "pause",
             FaultKind::PowerCut => "power-cut",
             FaultKind::DiskFull => "disk-full",
+            FaultKind::Partition => "partition",
+            FaultKind::Blackhole => "blackhole",
+            FaultKind::Delay => "delay",
+            FaultKind::FsyncEio => "fsync-eio",
         }
     }
     fn needs_disk(self) -> bool {
         matches!(self, FaultKind::PowerCut | FaultKind::DiskFull)
+    }
+    fn needs_proxy(self) -> bool {
+        matches!(
+            self,
+            FaultKind::Partition | FaultKind::Blackhole | FaultKind::Delay
+        )
     }
 }
 
@@ -127,9 +155,14 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::PowerCut,
             FaultKind::DiskFull,
         ],
+        "partition" => vec![FaultKind::Partition],
+        "blackhole" => vec![FaultKind::Blackhole],
+        "delay" => vec![FaultKind::Delay],
+        "net" => vec![FaultKind::Partition, FaultKind::Blackhole, FaultKind::Delay],
+        "fsync-eio" => vec![FaultKind::FsyncEio],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, none)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none)")
         }
     })
 }
@@ -154,6 +187,11 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             FaultKind::Pause => rng.u64(500..6500),
             FaultKind::PowerCut => rng.u64(100..700),
             FaultKind::DiskFull => rng.u64(1000..4000),
+            FaultKind::Partition => rng.u64(1000..5000),
+            FaultKind::Blackhole => rng.u64(500..6500),
+            // Longer than the workload's 5 s request timeout, so the client gives up first.
+            FaultKind::Delay => rng.u64(5500..8000),
+            FaultKind::FsyncEio => rng.u64(300..2000),
         };
         if t + hold + 3000 > end {
             break;
@@ -278,6 +316,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let wall = Instant::now();
     let planned = plan(&a.scenario, a.seed, a.seconds)?;
     let needs_disk = kinds(&a.scenario)?.iter().any(|k| k.needs_disk());
+    let needs_proxy = kinds(&a.scenario)?.iter().any(|k| k.needs_proxy());
     let out = a.out.clone().unwrap_or_else(|| {
         PathBuf::from(format!(
             "chaos-out/{}{}-{}",
@@ -343,14 +382,36 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.unsafe_no_dedup {
         unsafe_env.push("HOLDFAST_UNSAFE_NO_DEDUP");
     }
+    if kinds(&a.scenario)?.contains(&FaultKind::FsyncEio) {
+        unsafe_env.push("HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1");
+    }
     if a.unsafe_abort_as_commit {
         unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
         notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
     }
     let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));
+    // Network faults: every client connection goes through the proxy, and the broker
+    // advertises the proxy so connections opened from Metadata do too.
+    let proxy = if needs_proxy {
+        let p = netproxy::Proxy::start(broker.bootstrap().parse()?)?;
+        broker.advertise = Some(p.addr());
+        workload::SOCKET_TIMEOUT_MS.store(5000, Ordering::Relaxed);
+        notes.push(format!(
+            "clients reach the broker through a frame-aware proxy ({} -> {}); delay holds API keys {:?}; clients use socket.timeout.ms=5000",
+            p.addr(),
+            broker.bootstrap(),
+            a.hold_apis
+        ));
+        Some(p)
+    } else {
+        None
+    };
     broker.start(Duration::from_secs(30))?;
-    let bootstrap = broker.bootstrap();
+    let bootstrap = match &proxy {
+        Some(p) => p.addr(),
+        None => broker.bootstrap(),
+    };
     workload::create_topic(&bootstrap, Duration::from_secs(30))?;
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
@@ -368,7 +429,14 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
         let start_us = rec.now_us();
-        let detail = match inject(f, &mut broker, disk.as_mut(), &rec) {
+        let detail = match inject(
+            f,
+            &mut broker,
+            disk.as_mut(),
+            proxy.as_ref(),
+            &a.hold_apis,
+            &rec,
+        ) {
             Ok(d) => {
                 if d.contains("BROKER HAD EXITED") {
                     restart_failures.push(format!("{} at {} ms: {d}", f.kind.name(), f.at_ms));
@@ -397,6 +465,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     // Heal everything: no pause, no filler, a running broker.
     let heal_t = rec.now_us();
     let _ = broker.resume();
+    if let Some(p) = &proxy {
+        p.set(netproxy::Mode::Pass);
+    }
     if let Some(d) = disk.as_ref() {
         d.unfill()?;
     }
@@ -462,6 +533,13 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     let events = rec.finish()?;
     broker.stop();
+    if let Some(p) = &proxy {
+        let st = p.stats();
+        notes.push(format!(
+            "proxy: {} connections, {} refused, {} reset; held and delivered late by API key {:?}, {} of them after the client had closed",
+            st.connections, st.refused, st.reset, st.held, st.delivered_after_client_closed
+        ));
+    }
 
     let coverage = if fr.is_ok() {
         bounds
@@ -537,10 +615,43 @@ fn inject(
     f: &Planned,
     broker: &mut Broker,
     disk: Option<&mut Disk>,
+    proxy: Option<&netproxy::Proxy>,
+    hold_apis: &[i16],
     rec: &Recorder,
 ) -> anyhow::Result<String> {
     let hold = Duration::from_millis(f.hold_ms);
+    let net = |mode: netproxy::Mode| -> anyhow::Result<String> {
+        let p = proxy.context("a network fault without the proxy")?;
+        let what = format!("{mode:?}");
+        match mode {
+            netproxy::Mode::Hold { keys, .. } => p.hold_existing(keys),
+            m => p.set(m),
+        }
+        sleep(hold)?;
+        p.set(netproxy::Mode::Pass);
+        Ok(format!("proxy {what} for {} ms", f.hold_ms))
+    };
     match f.kind {
+        FaultKind::Partition => net(netproxy::Mode::Reset),
+        FaultKind::Blackhole => net(netproxy::Mode::Blackhole),
+        FaultKind::Delay => net(netproxy::Mode::Hold {
+            keys: hold_apis.to_vec(),
+            conns_before: 0,
+        }),
+        FaultKind::FsyncEio => {
+            // A failed fsync takes the partitions of that round offline for good (the page
+            // cache can no longer be trusted); like a Kafka log directory failure, only a
+            // restart (with recovery) brings them back.
+            broker.fail_next_fsync()?;
+            sleep(hold)?;
+            broker.kill()?;
+            let up = broker.start(Duration::from_secs(30))?;
+            Ok(format!(
+                "SIGUSR1 (next fsync fails with EIO), {} ms later SIGKILL and restart in {} ms",
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
         FaultKind::Kill => {
             broker.kill()?;
             sleep(hold)?;

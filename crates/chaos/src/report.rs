@@ -38,7 +38,7 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
     );
     let _ = writeln!(
         o,
-        "machine limits: no netem (no delay/loss faults), no device-mapper (no dm-flakey); power cut = copy of a loop-mounted ext4 image"
+        "machine limits: no netem, nft or namespaces (network faults go through the proxy: reset, blackhole, requests held by API key; no packet loss or reordering), no device-mapper (no dm-flakey); power cut = copy of a loop-mounted ext4 image"
     );
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");
@@ -189,6 +189,10 @@ pub fn svg(s: &RunSummary, events: &[Event], v: &Verdict) -> String {
         ("pause", "#f7d98b"),
         ("power-cut", "#c9a3f4"),
         ("disk-full", "#a3d3f4"),
+        ("partition", "#f4c7a3"),
+        ("blackhole", "#999999"),
+        ("delay", "#a3f4b8"),
+        ("fsync-eio", "#f4a3e0"),
     ]
     .into_iter()
     .collect();

@@ -82,7 +82,8 @@ fn producer(bootstrap: &str) -> anyhow::Result<TxnProducer> {
     if let Ok(d) = std::env::var("CHAOS_TXN_DEBUG") {
         c.set("debug", d).set("log_level", "7");
     }
-    Ok(c.set("bootstrap.servers", bootstrap)
+    Ok(crate::workload::with_socket_timeout(&mut c)
+        .set("bootstrap.servers", bootstrap)
         .set("transactional.id", "chaos-txn")
         .set("transaction.timeout.ms", "10000")
         .set("linger.ms", "2")

@@ -107,7 +107,7 @@ fn producer(
     if let Some(d) = &debug {
         cfg.set("debug", d);
     }
-    Ok(cfg
+    Ok(with_socket_timeout(&mut cfg)
         .set("bootstrap.servers", bootstrap)
         .set("enable.idempotence", "true")
         .set("acks", "all")
@@ -122,8 +122,24 @@ fn producer(
         .create_with_context(ctx)?)
 }
 
+/// librdkafka's client-side timeout for requests other than Produce (`socket.timeout.ms`;
+/// Produce requests time out with their first message's `message.timeout.ms`). 0 keeps
+/// librdkafka's default (60 s). Network-fault scenarios set it below the time the proxy
+/// holds a request, so the client gives up, reconnects and retries while the held request
+/// is still on its way: the delayed-request case.
+pub static SOCKET_TIMEOUT_MS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Applies [`SOCKET_TIMEOUT_MS`] to a client configuration.
+pub fn with_socket_timeout(cfg: &mut ClientConfig) -> &mut ClientConfig {
+    let ms = SOCKET_TIMEOUT_MS.load(std::sync::atomic::Ordering::Relaxed);
+    if ms > 0 {
+        cfg.set("socket.timeout.ms", ms.to_string());
+    }
+    cfg
+}
+
 fn consumer(bootstrap: &str, group: &str) -> anyhow::Result<BaseConsumer> {
-    Ok(ClientConfig::new()
+    Ok(with_socket_timeout(&mut ClientConfig::new())
         .set("bootstrap.servers", bootstrap)
         .set("group.id", group)
         .set("enable.auto.commit", "false")

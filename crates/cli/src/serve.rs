@@ -131,6 +131,33 @@ fn advertised(args: &ServeArgs, bound: SocketAddr) -> anyhow::Result<(String, i3
     Ok((host.to_string(), i32::from(bound.port())))
 }
 
+/// Test-only fault injection for the chaos harness: with `HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1=1`
+/// each SIGUSR1 makes the next group-commit fsync fail as with EIO (the partitions of that
+/// round go offline until restart, as after a real fsync failure). Off unless the variable
+/// is exactly `1`; logged at ERROR when on.
+fn fsync_fault_hook() {
+    #[cfg(unix)]
+    if std::env::var("HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1").is_ok_and(|v| v == "1") {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::user_defined1()) {
+            Ok(mut usr1) => {
+                tracing::error!(
+                    "HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1=1: SIGUSR1 makes the next fsync fail \
+                     (test-only fault injection)"
+                );
+                tokio::spawn(async move {
+                    // Bounded by the process: one injection per signal received.
+                    while usr1.recv().await.is_some() {
+                        tracing::error!("SIGUSR1: injecting an fsync failure (test hook)");
+                        holdfast_log::inject_fsync_failures(1);
+                    }
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot install the SIGUSR1 test hook"),
+        }
+    }
+}
+
 async fn shutdown_signal() {
     #[cfg(unix)]
     {
@@ -169,6 +196,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
         let (host, port) = advertised(&args, bound)?;
         broker.set_advertised(host.clone(), port);
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        fsync_fault_hook();
         if let Some(m) = &args.metrics_listen {
             let ml = tokio::net::TcpListener::bind(m).await.with_context(|| format!("binding the metrics listener {m}"))?;
             let mbound = ml.local_addr()?;

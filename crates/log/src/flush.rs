@@ -278,24 +278,37 @@ impl Flusher {
 /// Most threads syncing files at once in one round.
 const MAX_SYNC_THREADS: usize = 8;
 
+/// Test hook (fault injection): this many of the next group-commit fsyncs fail as if the
+/// device had returned EIO. Zero unless a test or the broker's test-only switch
+/// (`HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1=1`, used by the chaos harness) sets it.
+static INJECTED_FSYNC_FAILURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Makes the next `n` group-commit fsyncs fail with an injected EIO (test hook).
+pub fn inject_fsync_failures(n: u32) {
+    INJECTED_FSYNC_FAILURES.fetch_add(n, Ordering::SeqCst);
+}
+
+fn sync_one(f: &File) -> Result<(), String> {
+    let injected = INJECTED_FSYNC_FAILURES
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if injected {
+        // The data was written (it is in the page cache) but is reported as not durable:
+        // what a real EIO from fsync means, minus the kernel dropping the dirty pages.
+        return Err("Input/output error (os error 5) [injected by the fsync test hook]".into());
+    }
+    f.sync_data().map_err(|e| e.to_string())
+}
+
 fn sync_all_concurrently(files: &[Arc<File>]) -> Vec<Result<(), String>> {
     if files.len() <= 1 {
-        return files
-            .iter()
-            .map(|f| f.sync_data().map_err(|e| e.to_string()))
-            .collect();
+        return files.iter().map(|f| sync_one(f)).collect();
     }
     let chunk = files.len().div_ceil(MAX_SYNC_THREADS);
     std::thread::scope(|s| {
         let handles: Vec<_> = files
             .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|f| f.sync_data().map_err(|e| e.to_string()))
-                        .collect::<Vec<_>>()
-                })
-            })
+            .map(|c| s.spawn(move || c.iter().map(|f| sync_one(f)).collect::<Vec<_>>()))
             .collect();
         handles
             .into_iter()

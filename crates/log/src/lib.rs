@@ -29,7 +29,9 @@ pub use compaction::{CompactionOutput, CompactionPlan, CompactionReport};
 pub use config::{CleanupPolicy, FlushPolicy, LogConfig, TimestampType};
 pub use epoch::EpochEntry;
 pub use error::{InvalidBatch, LogError, ProducerError, Result};
-pub use flush::{DurableWait, DurableWatch, FlushStats, Flusher, ROUND_LATENCY_BOUNDS_US};
+pub use flush::{
+    inject_fsync_failures, DurableWait, DurableWatch, FlushStats, Flusher, ROUND_LATENCY_BOUNDS_US,
+};
 pub use handles::{open_segment_handles, set_open_segment_limit};
 pub use log::{AppendOutcome, Corruption, Log, ReadSlice, RecoveryReport, RetentionReport};
 pub use producer::{AbortedTxn, MarkerKind};
