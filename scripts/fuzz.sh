@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs a cargo-fuzz target (needs the nightly toolchain; installs cargo-fuzz if missing).
-#   scripts/fuzz.sh [validate_batches|recover_segment|decode_request|decode_txn_state] [seconds]
+#   scripts/fuzz.sh [validate_batches|recover_segment|decode_request|decode_txn_state|decode_quorum] [seconds]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target=${1:-validate_batches}

@@ -10,6 +10,7 @@
 #![allow(clippy::result_large_err)]
 
 mod fsutil;
+pub mod fuzzing;
 mod net;
 mod sm;
 mod store;

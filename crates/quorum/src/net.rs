@@ -200,6 +200,11 @@ fn decode_request(frame: Frame) -> Result<Request, String> {
     })
 }
 
+/// Fuzzing entry point: decodes a frame's body as a server would.
+pub(crate) fn fuzz_decode_request(frame: Frame) {
+    let _ = decode_request(frame);
+}
+
 /// Accepts connections until the task is aborted (aborting drops every connection task).
 pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>) {
     let mut conns = JoinSet::new();

@@ -148,6 +148,15 @@ fn decode_entry(buf: &[u8]) -> Decoded {
     Decoded::Entry(Box::new(Entry { log_id, payload }), 4 + len)
 }
 
+/// Fuzzing entry point: decodes entry frames from the start of `buf` until one is refused.
+pub(crate) fn fuzz_decode_entries(mut buf: &[u8]) {
+    // Bounded: every entry consumes at least its header.
+    while let Decoded::Entry(_, size) = decode_entry(buf) {
+        buf = &buf[size..];
+    }
+    let _ = valid_frame_after(buf);
+}
+
 /// True if a checksum-valid frame starts anywhere in `buf` after position 0.
 fn valid_frame_after(buf: &[u8]) -> bool {
     (1..buf.len()).any(|p| !matches!(decode_entry(&buf[p..]), Decoded::Invalid))
