@@ -7,6 +7,7 @@
 
 mod checker;
 mod env;
+mod groups;
 mod history;
 mod netproxy;
 mod report;
@@ -76,6 +77,15 @@ struct RunArgs {
     /// Also run the transactional workload (crates/chaos/src/txn.rs) on its own topic.
     #[arg(long)]
     txn: bool,
+    /// Also run the consumer-group workload (crates/chaos/src/groups.rs): members of one group
+    /// subscribed to the `chaos` topic, committing, restarted on a seeded schedule, and a
+    /// watcher of the committed offsets. Power cuts then strike right after a commit ack.
+    #[arg(long)]
+    groups: bool,
+    /// Negative control for `--groups`: start the broker with
+    /// HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC=1 (OffsetCommit acknowledged before fsync).
+    #[arg(long)]
+    unsafe_offsets_no_fsync: bool,
     /// API keys the `delay` fault holds back (comma-separated numbers). Default: Produce (0),
     /// AddPartitionsToTxn (24), AddOffsetsToTxn (25), TxnOffsetCommit (28). EndTxn (26) is
     /// left out by default: librdkafka speaks transactions version 1, where a delayed
@@ -385,6 +395,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if kinds(&a.scenario)?.contains(&FaultKind::FsyncEio) {
         unsafe_env.push("HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1");
     }
+    if a.unsafe_offsets_no_fsync {
+        unsafe_env.push("HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC");
+        notes.push("NEGATIVE CONTROL: OffsetCommit is acknowledged before fsync".into());
+    }
     if a.unsafe_abort_as_commit {
         unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
         notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
@@ -422,6 +436,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         None
     };
     let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
+    let group_load = a
+        .groups
+        .then(|| groups::GroupWorkload::start(&bootstrap, &rec, a.seed));
     let mut applied = Vec::new();
     let mut restart_failures = Vec::new();
     for f in &planned {
@@ -436,6 +453,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
             proxy.as_ref(),
             &a.hold_apis,
             &rec,
+            a.groups,
         ) {
             Ok(d) => {
                 if d.contains("BROKER HAD EXITED") {
@@ -486,6 +504,28 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     check_interrupted()?;
     if let Err(e) = &stop_res {
         notes.push(format!("workload thread error: {e:#}"));
+    }
+    // The group drains what the producers wrote (liveness), then stops; its final committed
+    // offsets are read by a fresh client.
+    let mut group_errors = Vec::new();
+    if let Some(g) = group_load {
+        match g.finish(&rec) {
+            Ok(end) => {
+                notes.push(format!(
+                    "group {}: final committed {:?}, high watermarks after the producers stopped {:?}, {}",
+                    groups::GROUP,
+                    end.committed,
+                    end.target,
+                    match &end.liveness {
+                        Ok(d) => format!("caught up {} ms after the producers stopped", d.as_millis()),
+                        Err(e) => format!("NOT caught up: {e}"),
+                    }
+                ));
+                notes.extend(end.notes);
+            }
+            Err(e) => group_errors.push(format!("{e:#}")),
+        }
+        check_interrupted()?;
     }
     let mut txn_anomalies = Vec::new();
     if let Some(t) = txn_load {
@@ -551,6 +591,19 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         (0..workload::PARTITIONS).map(|p| (p, (1, 0))).collect()
     };
     let mut verdict = checker::check(&events, &coverage);
+    if a.groups {
+        verdict
+            .anomalies
+            .extend(checker::check_groups(&events, &bounds));
+        for e in group_errors {
+            verdict.anomalies.push(checker::Anomaly {
+                class: "group-workload",
+                what: e,
+                ops: Vec::new(),
+                at_us: None,
+            });
+        }
+    }
     verdict.anomalies.extend(txn_anomalies);
     for r in restart_failures {
         verdict.anomalies.push(checker::Anomaly {
@@ -618,6 +671,7 @@ fn inject(
     proxy: Option<&netproxy::Proxy>,
     hold_apis: &[i16],
     rec: &Recorder,
+    groups: bool,
 ) -> anyhow::Result<String> {
     let hold = Duration::from_millis(f.hold_ms);
     let net = |mode: netproxy::Mode| -> anyhow::Result<String> {
@@ -671,15 +725,24 @@ fn inject(
         FaultKind::PowerCut => {
             let disk = disk.context("power cut without a disk image")?;
             // Strike right after a client saw an acknowledgement: the write behind it must
-            // already be durable, so this is the moment an early ack is most exposed.
-            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
+            // already be durable, so this is the moment an early ack is most exposed. With
+            // the group workload, the acknowledgement of an offset commit.
+            let after_ack = if groups {
+                rec.wait_for_commit_ack(Duration::from_secs(2))
+            } else {
+                rec.wait_for_ack(Duration::from_secs(2))
+            };
             broker.kill()?;
             let copy = disk.cut_power()?;
             sleep(hold)?;
             let up = broker.start(Duration::from_secs(30))?;
             Ok(format!(
                 "SIGKILL{} + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms",
-                if after_ack { " right after an ack" } else { "" },
+                match (after_ack, groups) {
+                    (true, true) => " right after a commit ack",
+                    (true, false) => " right after an ack",
+                    _ => "",
+                },
                 copy.as_millis(),
                 f.hold_ms,
                 up.as_millis()
