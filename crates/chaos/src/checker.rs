@@ -482,6 +482,8 @@ pub fn check_groups(events: &[Event], bounds: &BTreeMap<i32, (i64, i64)>) -> Vec
             .map(|e| (invoked.get(&(e.f, e.op)).copied().unwrap_or(e.t_us), *e))
             .collect();
         reads_by_invoke.sort_by_key(|x| x.0);
+        // One anomaly per (acknowledged commit, value seen), not one per read repeating it.
+        let mut reported: Option<(u64, Option<i64>)> = None;
         for (t, e) in reads_by_invoke {
             while i < list.len() && list[i].0 < t {
                 if best.is_none_or(|(b, _)| list[i].1 > b) {
@@ -491,7 +493,8 @@ pub fn check_groups(events: &[Event], bounds: &BTreeMap<i32, (i64, i64)>) -> Vec
             }
             if let Some((b, ce)) = best {
                 let now = get(e, p);
-                if now.is_none_or(|n| n < b) {
+                if now.is_none_or(|n| n < b) && reported != Some((ce.op, now)) {
+                    reported = Some((ce.op, now));
                     add(
                         "group-offset-regressed",
                         format!(

@@ -43,6 +43,10 @@ pub const LIVENESS_DEADLINE_S: u64 = 30;
 /// Session timeout of the members (the broker's minimum is 6 s, Kafka's default 45 s would
 /// make a lost LeaveGroup stall the group for most of a short run).
 pub const SESSION_TIMEOUT_MS: u32 = 6000;
+/// How long a power cut waits for a commit acknowledgement before striking anyway: longer
+/// than a session timeout, so a group stalled by members restored from the log (until their
+/// sessions expire) has recovered and is committing again.
+pub const STRIKE_WAIT: Duration = Duration::from_millis(SESSION_TIMEOUT_MS as u64 + 2000);
 /// Bound on the incarnations of one member (each lives at least 2 s).
 const MAX_INCARNATIONS: u32 = 10_000;
 /// Bound on joining a thread at stop; a thread still stuck after it is reported, not waited.

@@ -726,9 +726,12 @@ fn inject(
             let disk = disk.context("power cut without a disk image")?;
             // Strike right after a client saw an acknowledgement: the write behind it must
             // already be durable, so this is the moment an early ack is most exposed. With
-            // the group workload, the acknowledgement of an offset commit.
+            // the group workload, the acknowledgement of an offset commit, waited for longer:
+            // after a cut the group may stall for a session timeout (members that left
+            // since the last durable generation come back from the log until their sessions
+            // expire), and a cut during that stall would exercise no commit at all.
             let after_ack = if groups {
-                rec.wait_for_commit_ack(Duration::from_secs(2))
+                rec.wait_for_commit_ack(groups::STRIKE_WAIT)
             } else {
                 rec.wait_for_ack(Duration::from_secs(2))
             };
