@@ -14,7 +14,7 @@
 //! on the broker.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,6 +51,38 @@ pub const STRIKE_WAIT: Duration = Duration::from_millis(SESSION_TIMEOUT_MS as u6
 const MAX_INCARNATIONS: u32 = 10_000;
 /// Bound on joining a thread at stop; a thread still stuck after it is reported, not waited.
 const JOIN_DEADLINE: Duration = Duration::from_secs(40);
+
+/// Set by the nemesis from just before it kills the broker until the watcher has read the
+/// committed offsets after the restart: members keep polling but do not commit, so the
+/// first observation after a crash shows what the broker kept, before new commits can cover
+/// a lost one. (A client that is slow to commit is ordinary; nothing else changes.)
+static HOLD_COMMITS: AtomicBool = AtomicBool::new(false);
+/// Successful watcher reads so far.
+static WATCH_READS: AtomicU64 = AtomicU64::new(0);
+
+/// Holds the members' commits; returns the watcher's read count to pass to
+/// [`release_after_watch`].
+pub fn hold_commits() -> u64 {
+    HOLD_COMMITS.store(true, Ordering::SeqCst);
+    WATCH_READS.load(Ordering::SeqCst)
+}
+
+/// Waits (bounded) until the watcher completed two more reads than `reads_before` (the second
+/// one was invoked after the first completed, so after the restart), then lets the members
+/// commit again. Returns whether the watcher read in time.
+pub fn release_after_watch(reads_before: u64, deadline: Duration) -> bool {
+    let t = Instant::now();
+    let mut read = false;
+    while t.elapsed() < deadline {
+        if WATCH_READS.load(Ordering::SeqCst) >= reads_before + 2 {
+            read = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    HOLD_COMMITS.store(false, Ordering::SeqCst);
+    read
+}
 
 /// Errors after which the commit is known NOT to have been applied: the coordinator refused
 /// it before appending (generation, membership, rebalance, size checks).
@@ -443,6 +475,9 @@ fn commit(
     process: &str,
     last: &mut Vec<(i32, i64)>,
 ) {
+    if HOLD_COMMITS.load(Ordering::SeqCst) {
+        return;
+    }
     let Ok(pos) = c.position() else { return };
     let offsets: Vec<(i32, i64)> = pos
         .elements()
@@ -491,7 +526,10 @@ fn watch_loop(bootstrap: &str, rec: &Arc<Recorder>, stop: &AtomicBool) -> anyhow
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::GroupOffsets, "gw", op));
         match committed(&c, Duration::from_secs(2)) {
-            Ok(o) => rec.record(Event::new(Kind::Ok, F::GroupOffsets, "gw", op).offsets(o)),
+            Ok(o) => {
+                rec.record(Event::new(Kind::Ok, F::GroupOffsets, "gw", op).offsets(o));
+                WATCH_READS.fetch_add(1, Ordering::SeqCst);
+            }
             Err(e) => rec.record(
                 Event::new(Kind::Info, F::GroupOffsets, "gw", op).error(None, format!("{e:#}")),
             ),

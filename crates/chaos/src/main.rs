@@ -663,6 +663,18 @@ fn sleep_until(rec: &Recorder, ms: u64) -> anyhow::Result<()> {
     sleep(target.saturating_duration_since(Instant::now()))
 }
 
+/// With `--groups`: lets the members commit again once the watcher has read the committed
+/// offsets after the restart (bounded), and says how it went.
+fn release(held: Option<u64>) -> String {
+    match held {
+        None => String::new(),
+        Some(n) if groups::release_after_watch(n, Duration::from_secs(10)) => {
+            "; commits held until the watcher read after the restart".into()
+        }
+        Some(_) => "; commits held 10 s, the watcher did not read after the restart".into(),
+    }
+}
+
 /// Injects one fault, holds it, heals it. Returns a description.
 fn inject(
     f: &Planned,
@@ -707,11 +719,14 @@ fn inject(
             ))
         }
         FaultKind::Kill => {
+            let held = groups.then(groups::hold_commits);
             broker.kill()?;
             sleep(hold)?;
-            let up = broker.start(Duration::from_secs(30))?;
+            let up = broker.start(Duration::from_secs(30));
+            let watched = release(held);
+            let up = up?;
             Ok(format!(
-                "SIGKILL, down {} ms, restarted in {} ms",
+                "SIGKILL, down {} ms, restarted in {} ms{watched}",
                 f.hold_ms,
                 up.as_millis()
             ))
@@ -735,12 +750,19 @@ fn inject(
             } else {
                 rec.wait_for_ack(Duration::from_secs(2))
             };
+            let held = groups.then(groups::hold_commits);
             broker.kill()?;
-            let copy = disk.cut_power()?;
+            let copy = disk.cut_power();
+            if copy.is_err() {
+                release(held);
+            }
+            let copy = copy?;
             sleep(hold)?;
-            let up = broker.start(Duration::from_secs(30))?;
+            let up = broker.start(Duration::from_secs(30));
+            let watched = release(held);
+            let up = up?;
             Ok(format!(
-                "SIGKILL{} + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms",
+                "SIGKILL{} + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms{watched}",
                 match (after_ack, groups) {
                     (true, true) => " right after a commit ack",
                     (true, false) => " right after an ack",
