@@ -6,7 +6,7 @@
 # must FAIL with duplicates). The consumer-group workload (--groups) runs under kill and power
 # cut, and its negative control, a power-cut run against a broker that acknowledges OffsetCommit
 # before fsync, must FAIL with group-offset-regressed. Exits 0 only if every expectation holds.
-# About 3 minutes.
+# About 5 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
