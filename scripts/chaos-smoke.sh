@@ -3,7 +3,10 @@
 # (each must PASS the history checker) and the negative control, a power-cut run against a
 # broker that acknowledges before fsync (it must FAIL with lost acknowledged writes, or the
 # harness proves nothing), and a kill run against a broker without producer deduplication (it
-# must FAIL with duplicates). Exits 0 only if every expectation holds. About 2 minutes.
+# must FAIL with duplicates). The consumer-group workload (--groups) runs under kill and power
+# cut, and its negative control, a power-cut run against a broker that acknowledges OffsetCommit
+# before fsync, must FAIL with group-offset-regressed. Exits 0 only if every expectation holds.
+# About 5 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -80,8 +83,11 @@ expect disk-full pass --scenario disk-full --seed 1 --seconds 12
 expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
 expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
 expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
+expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
+expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
+expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
 expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"

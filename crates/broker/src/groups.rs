@@ -23,6 +23,26 @@ use crate::state::{now_ms, Broker};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
+/// Test-only negative control for the chaos harness: with
+/// `HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC=1` OffsetCommit is applied and acknowledged as soon as
+/// its `__consumer_offsets` records are appended, without waiting for fsync, so a power cut
+/// can take back committed offsets that clients saw acknowledged. A `power-cut --groups` run
+/// with it must be caught (`group-offset-regressed`). Read once (at broker start); off unless
+/// exactly `1`.
+pub(crate) fn unsafe_offsets_no_fsync() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC=1: OffsetCommit is acknowledged BEFORE fsync; \
+                 committed offsets WILL go back on power failure (test-only negative control)"
+            );
+        }
+        on
+    })
+}
+
 /// A record of `__consumer_offsets`: key, value (`None` = tombstone).
 type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 
@@ -385,11 +405,13 @@ impl Broker {
     }
 
     /// Appends records for one group's partition of `__consumer_offsets` and waits until
-    /// they are durable. Returns a Kafka error code on failure.
+    /// they are durable (unless `wait_durable` is false: only the OffsetCommit negative
+    /// control). Returns a Kafka error code on failure.
     async fn append_offsets_records(
         self: &Arc<Self>,
         group: &str,
         recs: Vec<KeyValue>,
+        wait_durable: bool,
     ) -> Result<(), i16> {
         let n = self.groups().partitions;
         let index = records::partition_for(group, n);
@@ -426,7 +448,7 @@ impl Broker {
             tracing::error!(code, ?msg, "cannot append to __consumer_offsets");
             codes::UNKNOWN_SERVER_ERROR
         })?;
-        if p.waits_fsync() {
+        if p.waits_fsync() && wait_durable {
             let w = p.durable().wait_for(o.durable_end);
             match tokio::time::timeout(Duration::from_secs(30), w).await {
                 Ok(Ok(())) => {}
@@ -462,7 +484,7 @@ impl Broker {
             }
             let mut ok = true;
             for (g, recs) in by_group {
-                if let Err(code) = self.append_offsets_records(&g, recs).await {
+                if let Err(code) = self.append_offsets_records(&g, recs, true).await {
                     tracing::error!(group = %g, code, "cannot persist group metadata");
                     ok = false;
                 }
@@ -941,7 +963,11 @@ impl Broker {
                     )
                 })
                 .collect();
-            match self.append_offsets_records(&group, recs).await {
+            let wait_durable = !unsafe_offsets_no_fsync();
+            match self
+                .append_offsets_records(&group, recs, wait_durable)
+                .await
+            {
                 Ok(()) => self.groups().with(|c| c.apply_commit(&group, ok)),
                 Err(code) => {
                     for x in results.iter_mut() {

@@ -176,6 +176,7 @@ impl Broker {
         // Reads (and loudly logs) the test-only negative-control switch once, at start.
         crate::handlers::unsafe_ack_before_fsync();
         crate::handlers::unsafe_no_dedup_from_env();
+        crate::groups::unsafe_offsets_no_fsync();
         std::fs::create_dir_all(&config.data_dir)?;
         let meta = MetaStore::open(&config.data_dir)?;
         let cluster_id = meta.cluster_id()?;

@@ -129,7 +129,7 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
     let mut final_at: HashMap<String, Vec<(i32, i64)>> = HashMap::new();
     for e in events
         .iter()
-        .filter(|e| matches!(e.f, F::Poll | F::FinalRead))
+        .filter(|e| matches!(e.f, F::Poll | F::FinalRead | F::GroupPoll))
     {
         let (Some(p), Some(o), Some(val)) = (e.partition, e.offset, e.value.as_ref()) else {
             continue;
@@ -376,6 +376,260 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
     v
 }
 
+/// The consumer-group checks (`--groups`, reliability.md 13 and 21) over the history.
+/// `bounds` is the final read's partition -> (log start, high watermark), taken after the
+/// group stopped.
+///
+/// - `group-offset-regressed` (13): the watcher's committed offsets per partition never go
+///   down (one sequential reader), and no read of the committed offsets (watcher or the final
+///   fetch) invoked after a commit was acknowledged shows less than that commit (real-time
+///   order). A committed offset that disappears counts as a regression.
+/// - `group-skipped`: every offset from the log start up to the group's final committed
+///   offset was delivered to some member (at-least-once).
+/// - `group-commit-beyond-hw`: no committed offset (acknowledged, observed or final) above
+///   the partition's final high watermark.
+/// - `group-liveness` (21): the committed offsets reached the high watermarks within the
+///   deadline after the producers stopped.
+/// - `group-final-read`: the final fetch of the committed offsets never succeeded.
+pub fn check_groups(events: &[Event], bounds: &BTreeMap<i32, (i64, i64)>) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    let mut per_class: HashMap<&'static str, usize> = HashMap::new();
+    let mut add = |class: &'static str, what: String, ops: Vec<Event>| {
+        let n = per_class.entry(class).or_insert(0);
+        *n += 1;
+        let at_us = ops.iter().map(|e| e.t_us).max();
+        out.push(Anomaly {
+            class,
+            what,
+            ops: if *n <= DETAIL_PER_CLASS {
+                ops
+            } else {
+                Vec::new()
+            },
+            at_us,
+        });
+    };
+    let invoked: HashMap<(F, u64), u64> = events
+        .iter()
+        .filter(|e| e.kind == Kind::Invoke)
+        .map(|e| ((e.f, e.op), e.t_us))
+        .collect();
+    let is_final_committed = |e: &Event| {
+        e.f == F::GroupFinal && e.kind == Kind::Ok && e.value.as_deref() == Some("committed")
+    };
+    // Reads of the committed offsets, in history order (the watcher is one thread; the
+    // final fetch comes after it stopped).
+    let reads: Vec<&Event> = events
+        .iter()
+        .filter(|e| (e.f == F::GroupOffsets && e.kind == Kind::Ok) || is_final_committed(e))
+        .collect();
+    let final_committed: Option<&Event> = events.iter().rev().find(|e| is_final_committed(e));
+    // Acknowledged commits: partition -> [(ok time, offset, event)], by ok time.
+    let mut acked: BTreeMap<i32, Vec<(u64, i64, &Event)>> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.f == F::GroupCommit && e.kind == Kind::Ok)
+    {
+        for &(p, o) in e.offsets.as_deref().unwrap_or(&[]) {
+            acked.entry(p).or_default().push((e.t_us, o, e));
+        }
+    }
+    for list in acked.values_mut() {
+        list.sort_by_key(|x| x.0);
+    }
+    let get = |e: &Event, p: i32| -> Option<i64> {
+        e.offsets
+            .as_deref()
+            .and_then(|v| v.iter().find(|x| x.0 == p).map(|x| x.1))
+    };
+    let partitions: Vec<i32> = {
+        let mut ps: Vec<i32> = bounds.keys().copied().collect();
+        for e in &reads {
+            ps.extend(e.offsets.iter().flatten().map(|x| x.0));
+        }
+        ps.extend(acked.keys().copied());
+        ps.sort_unstable();
+        ps.dedup();
+        ps
+    };
+    for &p in &partitions {
+        // Sequential reads never go down.
+        let mut prev: Option<(i64, &Event)> = None;
+        for &e in &reads {
+            let now = get(e, p);
+            if let Some((was, pe)) = prev {
+                if now.is_none_or(|n| n < was) {
+                    add(
+                        "group-offset-regressed",
+                        format!(
+                            "partition {p}: committed offset read as {was}, then as {}",
+                            now.map_or("none".to_string(), |n| n.to_string())
+                        ),
+                        vec![pe.clone(), e.clone()],
+                    );
+                }
+            }
+            if let Some(n) = now {
+                prev = Some((n, e));
+            }
+        }
+        // Real time: a read invoked after a commit was acknowledged sees at least it.
+        let list = acked.get(&p).map(Vec::as_slice).unwrap_or(&[]);
+        let mut i = 0;
+        let mut best: Option<(i64, &Event)> = None;
+        let mut reads_by_invoke: Vec<(u64, &Event)> = reads
+            .iter()
+            .map(|e| (invoked.get(&(e.f, e.op)).copied().unwrap_or(e.t_us), *e))
+            .collect();
+        reads_by_invoke.sort_by_key(|x| x.0);
+        // One anomaly per (acknowledged commit, value seen), not one per read repeating it.
+        let mut reported: Option<(u64, Option<i64>)> = None;
+        for (t, e) in reads_by_invoke {
+            while i < list.len() && list[i].0 < t {
+                if best.is_none_or(|(b, _)| list[i].1 > b) {
+                    best = Some((list[i].1, list[i].2));
+                }
+                i += 1;
+            }
+            if let Some((b, ce)) = best {
+                let now = get(e, p);
+                if now.is_none_or(|n| n < b) && reported != Some((ce.op, now)) {
+                    reported = Some((ce.op, now));
+                    add(
+                        "group-offset-regressed",
+                        format!(
+                            "partition {p}: commit of offset {b} acknowledged to {} before a read that saw {}",
+                            ce.process,
+                            now.map_or("none".to_string(), |n| n.to_string())
+                        ),
+                        vec![ce.clone(), e.clone()],
+                    );
+                }
+            }
+        }
+        // Committed offsets above the final high watermark.
+        if let Some(&(_, hw)) = bounds.get(&p) {
+            let mut seen_beyond: Option<(i64, &Event)> = None;
+            for e in reads.iter().copied().chain(list.iter().map(|x| x.2)) {
+                if let Some(o) = get(e, p).filter(|o| *o > hw) {
+                    if seen_beyond.is_none_or(|(m, _)| o > m) {
+                        seen_beyond = Some((o, e));
+                    }
+                }
+            }
+            if let Some((o, e)) = seen_beyond {
+                add(
+                    "group-commit-beyond-hw",
+                    format!(
+                        "partition {p}: committed offset {o} above the final high watermark {hw}"
+                    ),
+                    vec![e.clone()],
+                );
+            }
+        }
+    }
+    // At-least-once: everything below the final committed offset was delivered.
+    match final_committed {
+        None => add(
+            "group-final-read",
+            "no successful OffsetFetch of the group after the workload stopped".into(),
+            Vec::new(),
+        ),
+        Some(fe) => {
+            let mut delivered: HashMap<i32, HashSet<i64>> = HashMap::new();
+            for e in events.iter().filter(|e| e.f == F::GroupPoll) {
+                if let (Some(p), Some(o)) = (e.partition, e.offset) {
+                    delivered.entry(p).or_default().insert(o);
+                }
+            }
+            for &(p, c) in fe.offsets.as_deref().unwrap_or(&[]) {
+                let (start, hw) = bounds.get(&p).copied().unwrap_or((0, c));
+                // Bounded by the high watermark: above it is group-commit-beyond-hw.
+                let got = delivered.get(&p);
+                let mut missing: Vec<(i64, i64)> = Vec::new();
+                let mut count = 0u64;
+                for o in start.max(0)..c.min(hw) {
+                    if got.is_some_and(|s| s.contains(&o)) {
+                        continue;
+                    }
+                    count += 1;
+                    let n = missing.len();
+                    match missing.last_mut() {
+                        Some(r) if r.1 + 1 == o => r.1 = o,
+                        _ if n < 10 => missing.push((o, o)),
+                        _ => {}
+                    }
+                }
+                if count > 0 {
+                    add(
+                        "group-skipped",
+                        format!(
+                            "partition {p}: {count} offsets below the final committed offset {c} were never delivered to a member (first ranges {missing:?})"
+                        ),
+                        vec![fe.clone()],
+                    );
+                }
+            }
+        }
+    }
+    for e in events.iter().filter(|e| {
+        e.f == F::GroupFinal && e.kind == Kind::Fail && e.value.as_deref() == Some("liveness")
+    }) {
+        add(
+            "group-liveness",
+            e.error
+                .clone()
+                .unwrap_or_else(|| "the group made no progress after healing".into()),
+            vec![e.clone()],
+        );
+    }
+    out
+}
+
+/// Suspects, reported but not failing the run: group commits in flight across a broker
+/// kill or power cut that the restarted coordinator refused as UNKNOWN_MEMBER_ID. The
+/// coordinator reloads the group with a full session for every member, so a member it had
+/// answered before the crash should still be known; one that is not was given an assignment
+/// (SyncGroup) of a generation that was not yet durable (docs/chaos.md, finding).
+pub fn group_suspects(events: &[Event]) -> Vec<String> {
+    let crashes: Vec<u64> = events
+        .iter()
+        .filter(|e| {
+            e.f == F::Fault
+                && ((e.kind == Kind::Info && e.value.as_deref() == Some("crash"))
+                    || (e.kind == Kind::Invoke && e.value.as_deref() == Some("fsync-eio")))
+        })
+        .map(|e| e.t_us)
+        .collect();
+    let invoked: HashMap<u64, u64> = events
+        .iter()
+        .filter(|e| e.f == F::GroupCommit && e.kind == Kind::Invoke)
+        .map(|e| (e.op, e.t_us))
+        .collect();
+    events
+        .iter()
+        .filter(|e| {
+            e.f == F::GroupCommit
+                && e.kind == Kind::Fail
+                && e.error.as_deref() == Some("UnknownMemberId")
+        })
+        .filter_map(|e| {
+            let t0 = *invoked.get(&e.op)?;
+            crashes.iter().find(|&&c| t0 < c && c < e.t_us).map(|c| {
+                format!(
+                    "{} committed {:?} at {:.3} s, before the crash at {:.3} s; refused after the restart (UNKNOWN_MEMBER_ID) at {:.3} s",
+                    e.process,
+                    e.offsets.as_deref().unwrap_or(&[]),
+                    t0 as f64 / 1e6,
+                    *c as f64 / 1e6,
+                    e.t_us as f64 / 1e6
+                )
+            })
+        })
+        .take(50)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -477,5 +731,159 @@ mod tests {
         ] {
             assert!(c.contains_key(want), "{want} not reported: {c:?}");
         }
+    }
+
+    // ---- consumer-group checks ----
+
+    fn commit(h: &mut Vec<Event>, op: u64, t: u64, kind: Kind, offsets: &[(i32, i64)]) {
+        h.push(ev(Kind::Invoke, F::GroupCommit, "g0.0", op, t).offsets(offsets.to_vec()));
+        h.push(ev(kind, F::GroupCommit, "g0.0", op, t + 1).offsets(offsets.to_vec()));
+    }
+
+    fn watch(h: &mut Vec<Event>, op: u64, t: u64, offsets: &[(i32, i64)]) {
+        h.push(ev(Kind::Invoke, F::GroupOffsets, "gw", op, t));
+        h.push(ev(Kind::Ok, F::GroupOffsets, "gw", op, t + 1).offsets(offsets.to_vec()));
+    }
+
+    fn group_poll(h: &mut Vec<Event>, p: i32, offsets: std::ops::Range<i64>) {
+        for o in offsets {
+            h.push(
+                ev(Kind::Ok, F::GroupPoll, "g0.0", 5000 + o as u64, 5)
+                    .value(&format!("v{p}-{o}"))
+                    .partition(p)
+                    .offset(o),
+            );
+        }
+    }
+
+    fn final_committed(h: &mut Vec<Event>, t: u64, offsets: &[(i32, i64)]) {
+        h.push(ev(Kind::Invoke, F::GroupFinal, "group-final", 9000, t).value("committed"));
+        h.push(
+            ev(Kind::Ok, F::GroupFinal, "group-final", 9000, t + 1)
+                .value("committed")
+                .offsets(offsets.to_vec()),
+        );
+    }
+
+    fn group_classes(h: &[Event], hw: i64) -> BTreeMap<&'static str, usize> {
+        let mut m = BTreeMap::new();
+        for a in check_groups(h, &[(0, (0, hw))].into_iter().collect()) {
+            *m.entry(a.class).or_insert(0) += 1;
+        }
+        m
+    }
+
+    #[test]
+    fn clean_group_history_passes() {
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..10);
+        commit(&mut h, 1, 10, Kind::Ok, &[(0, 5)]);
+        watch(&mut h, 2, 20, &[(0, 5)]);
+        // A commit whose outcome is unknown may or may not be visible.
+        commit(&mut h, 3, 30, Kind::Info, &[(0, 8)]);
+        watch(&mut h, 4, 40, &[(0, 8)]);
+        commit(&mut h, 5, 50, Kind::Ok, &[(0, 10)]);
+        // Invoked before the commit was acknowledged: may still see the older offset.
+        watch(&mut h, 6, 50, &[(0, 8)]);
+        watch(&mut h, 7, 60, &[(0, 10)]);
+        final_committed(&mut h, 70, &[(0, 10)]);
+        let c = group_classes(&h, 10);
+        assert!(c.is_empty(), "{c:?}");
+    }
+
+    #[test]
+    fn catches_a_watcher_regression() {
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..10);
+        watch(&mut h, 1, 10, &[(0, 7)]);
+        watch(&mut h, 2, 20, &[(0, 4)]);
+        final_committed(&mut h, 70, &[(0, 7)]);
+        let c = group_classes(&h, 10);
+        assert_eq!(c.get("group-offset-regressed"), Some(&1), "{c:?}");
+    }
+
+    #[test]
+    fn catches_an_acknowledged_commit_taken_back() {
+        // The clients saw the commit acknowledged; the power cut took it back; every read
+        // afterwards (the watcher never saw the higher value) shows the older offset.
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..10);
+        commit(&mut h, 1, 10, Kind::Ok, &[(0, 4)]);
+        watch(&mut h, 2, 20, &[(0, 4)]);
+        commit(&mut h, 3, 30, Kind::Ok, &[(0, 9)]);
+        watch(&mut h, 4, 40, &[(0, 4)]);
+        final_committed(&mut h, 70, &[(0, 9)]);
+        let c = group_classes(&h, 10);
+        assert_eq!(c.get("group-offset-regressed"), Some(&1), "{c:?}");
+        // A committed offset that vanishes is a regression too.
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..10);
+        commit(&mut h, 1, 10, Kind::Ok, &[(0, 4)]);
+        watch(&mut h, 2, 20, &[]);
+        final_committed(&mut h, 70, &[(0, 4)]);
+        assert!(group_classes(&h, 10).contains_key("group-offset-regressed"));
+    }
+
+    #[test]
+    fn catches_skipped_offsets() {
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..3);
+        group_poll(&mut h, 0, 6..10);
+        commit(&mut h, 1, 10, Kind::Ok, &[(0, 10)]);
+        final_committed(&mut h, 70, &[(0, 10)]);
+        let a = check_groups(&h, &[(0, (0, 10))].into_iter().collect());
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert_eq!(a[0].class, "group-skipped");
+        assert!(a[0].what.contains("3 offsets"), "{}", a[0].what);
+        assert!(a[0].what.contains("(3, 5)"), "{}", a[0].what);
+        // Below the log start nothing is expected.
+        let a = check_groups(&h, &[(0, (6, 10))].into_iter().collect());
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn catches_commit_beyond_high_watermark_and_liveness() {
+        let mut h = Vec::new();
+        group_poll(&mut h, 0, 0..10);
+        commit(&mut h, 1, 10, Kind::Ok, &[(0, 12)]);
+        final_committed(&mut h, 70, &[(0, 12)]);
+        let mut l = ev(Kind::Fail, F::GroupFinal, "group-final", 9001, 80).value("liveness");
+        l.error = Some("partition 0 committed 3 < high watermark 10".into());
+        h.push(l);
+        let c = group_classes(&h, 10);
+        assert_eq!(c.get("group-commit-beyond-hw"), Some(&1), "{c:?}");
+        assert_eq!(c.get("group-liveness"), Some(&1), "{c:?}");
+        // And no final fetch at all is reported, never passed silently.
+        let c = group_classes(&[], 10);
+        assert_eq!(c.get("group-final-read"), Some(&1), "{c:?}");
+    }
+
+    #[test]
+    fn group_polls_join_the_one_value_per_offset_check() {
+        let mut h = Vec::new();
+        send(&mut h, 1, "a", 10, Kind::Ok, Some(0));
+        read(&mut h, F::FinalRead, "a", 0);
+        h.push(
+            ev(Kind::Ok, F::GroupPoll, "g0.0", 7, 20)
+                .value("b")
+                .partition(0)
+                .offset(0),
+        );
+        let c = classes(&h, 1, 1);
+        assert!(c.contains_key("inconsistent-offset"), "{c:?}");
+    }
+
+    #[test]
+    fn reports_commits_forgotten_across_a_crash() {
+        let mut h = vec![ev(Kind::Invoke, F::GroupCommit, "g1.1", 1, 10).offsets(vec![(2, 5)])];
+        h.push(ev(Kind::Info, F::Fault, "nemesis", 2, 20).value("crash"));
+        let mut f = ev(Kind::Fail, F::GroupCommit, "g1.1", 1, 30).offsets(vec![(2, 5)]);
+        f.error = Some("UnknownMemberId".into());
+        h.push(f.clone());
+        assert_eq!(group_suspects(&h).len(), 1);
+        // The same refusal without a crash in between is ordinary fencing.
+        let mut h = vec![ev(Kind::Invoke, F::GroupCommit, "g1.1", 1, 10).offsets(vec![(2, 5)])];
+        h.push(f);
+        assert!(group_suspects(&h).is_empty());
     }
 }

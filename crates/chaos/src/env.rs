@@ -264,6 +264,7 @@ impl Broker {
             "HOLDFAST_UNSAFE_NO_DEDUP",
             "HOLDFAST_UNSAFE_ABORT_AS_COMMIT",
             "HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1",
+            "HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC",
         ] {
             cmd.env_remove(var);
         }

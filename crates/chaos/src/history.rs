@@ -22,7 +22,7 @@ pub enum Kind {
 }
 
 /// What the operation was.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[serde(rename_all = "kebab-case")]
 pub enum F {
     /// A produce of one unique value (acks=all, idempotent).
@@ -37,6 +37,18 @@ pub enum F {
     Probe,
     /// A fault being injected (invoke) and healed (ok).
     Fault,
+    /// One record returned by a poll of a consumer-group member (`--groups`); the process is
+    /// the member incarnation.
+    GroupPoll,
+    /// A synchronous OffsetCommit of a group member, with the offsets per partition.
+    GroupCommit,
+    /// An OffsetFetch of the group's committed offsets by the watcher (invoke, then ok/info).
+    GroupOffsets,
+    /// A group member's life: started, assigned, revoked, closed (value says which).
+    GroupMember,
+    /// The fresh OffsetFetch after the workload stopped (the group's final offsets) and the
+    /// group's liveness result.
+    GroupFinal,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug)]
@@ -61,6 +73,9 @@ pub struct Event {
     pub code: Option<i32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// Offsets per partition (group commits and committed-offset observations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offsets: Option<Vec<(i32, i64)>>,
 }
 
 impl Event {
@@ -78,6 +93,7 @@ impl Event {
             high: None,
             code: None,
             error: None,
+            offsets: None,
         }
     }
     pub fn value(mut self, v: &str) -> Event {
@@ -90,6 +106,10 @@ impl Event {
     }
     pub fn offset(mut self, o: i64) -> Event {
         self.offset = Some(o);
+        self
+    }
+    pub fn offsets(mut self, o: Vec<(i32, i64)>) -> Event {
+        self.offsets = Some(o);
         self
     }
     pub fn error(mut self, code: Option<i32>, e: String) -> Event {
@@ -108,6 +128,8 @@ pub struct Recorder {
     overflow: AtomicBool,
     /// Count of acknowledged sends, for a nemesis that strikes right after an ack.
     acks: AtomicU64,
+    /// Count of acknowledged group commits, for a nemesis that strikes right after one.
+    commit_acks: AtomicU64,
     inner: Mutex<Inner>,
 }
 
@@ -125,6 +147,7 @@ impl Recorder {
             next_op: AtomicU64::new(0),
             overflow: AtomicBool::new(false),
             acks: AtomicU64::new(0),
+            commit_acks: AtomicU64::new(0),
             inner: Mutex::new(Inner {
                 out: BufWriter::new(f),
                 events: Vec::new(),
@@ -149,16 +172,21 @@ impl Recorder {
         self.overflow.load(Ordering::Relaxed)
     }
 
-    pub fn acks(&self) -> u64 {
-        self.acks.load(Ordering::SeqCst)
-    }
-
     /// Waits (bounded) until a send is acknowledged after the call; true if one was.
     pub fn wait_for_ack(&self, deadline: std::time::Duration) -> bool {
-        let n = self.acks();
+        Self::wait_for_count(&self.acks, deadline)
+    }
+
+    /// Waits (bounded) until a group commit is acknowledged after the call; true if one was.
+    pub fn wait_for_commit_ack(&self, deadline: std::time::Duration) -> bool {
+        Self::wait_for_count(&self.commit_acks, deadline)
+    }
+
+    fn wait_for_count(c: &AtomicU64, deadline: std::time::Duration) -> bool {
+        let n = c.load(Ordering::SeqCst);
         let t = Instant::now();
         while t.elapsed() < deadline {
-            if self.acks() > n {
+            if c.load(Ordering::SeqCst) > n {
                 return true;
             }
             std::thread::sleep(std::time::Duration::from_micros(20));
@@ -169,6 +197,9 @@ impl Recorder {
     pub fn record(&self, mut e: Event) {
         if e.kind == Kind::Ok && e.f == F::Send {
             self.acks.fetch_add(1, Ordering::SeqCst);
+        }
+        if e.kind == Kind::Ok && e.f == F::GroupCommit {
+            self.commit_acks.fetch_add(1, Ordering::SeqCst);
         }
         let Ok(mut g) = self.inner.lock() else {
             return;
