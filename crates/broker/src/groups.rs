@@ -290,7 +290,21 @@ impl GroupService {
                 let _ = tx.send(c);
             }
             if let Some(a) = ack {
-                let _ = a.send(true);
+                // Nothing new to write, but an earlier call's records may still be on their
+                // way to disk, and this answer may depend on them: a follower's SyncGroup
+                // arriving after the leader's gets the assignment at once, while the group
+                // record holding it is queued. A barrier through the (ordered) write queue
+                // acknowledges only once everything queued before it is durable, as Kafka
+                // parks late followers until the store completes (found by the chaos
+                // harness's --groups workload under power cuts).
+                if let Err(e) = writes.try_send((Vec::new(), Some(a))) {
+                    tracing::error!(error = %e, "group metadata write queue full: barrier dropped");
+                    if let tokio::sync::mpsc::error::TrySendError::Full((_, Some(a)))
+                    | tokio::sync::mpsc::error::TrySendError::Closed((_, Some(a))) = e
+                    {
+                        let _ = a.send(false);
+                    }
+                }
             }
             return;
         }
@@ -323,6 +337,29 @@ impl GroupService {
         }
         // Loading produces no completions or writes worth keeping.
         let _ = g.coord.take_writes();
+    }
+}
+
+/// The error a client gets when its group's records cannot be stored, as Kafka's group
+/// coordinator maps append errors (`GroupMetadataManager.storeOffsets` /
+/// `CoordinatorRuntime`): retriable coordinator errors instead of the storage error, so the
+/// client re-discovers the coordinator and retries.
+fn coordinator_append_error(code: i16) -> i16 {
+    const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+    const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+    const MESSAGE_TOO_LARGE: i16 = 10;
+    const NOT_COORDINATOR: i16 = 16;
+    const RECORD_LIST_TOO_LARGE: i16 = 18;
+    const NOT_ENOUGH_REPLICAS: i16 = 19;
+    const NOT_ENOUGH_REPLICAS_AFTER_APPEND: i16 = 20;
+    const INVALID_COMMIT_OFFSET_SIZE: i16 = 28;
+    match code {
+        UNKNOWN_TOPIC_OR_PARTITION | NOT_ENOUGH_REPLICAS | NOT_ENOUGH_REPLICAS_AFTER_APPEND => {
+            codes::COORDINATOR_NOT_AVAILABLE
+        }
+        NOT_LEADER_OR_FOLLOWER | crate::errors::KAFKA_STORAGE_ERROR => NOT_COORDINATOR,
+        MESSAGE_TOO_LARGE | RECORD_LIST_TOO_LARGE => INVALID_COMMIT_OFFSET_SIZE,
+        _ => codes::UNKNOWN_SERVER_ERROR,
     }
 }
 
@@ -446,7 +483,7 @@ impl Broker {
         .ok_or(codes::UNKNOWN_SERVER_ERROR)?;
         let o = appended.map_err(|(code, msg)| {
             tracing::error!(code, ?msg, "cannot append to __consumer_offsets");
-            codes::UNKNOWN_SERVER_ERROR
+            coordinator_append_error(code)
         })?;
         if p.waits_fsync() && wait_durable {
             let w = p.durable().wait_for(o.durable_end);
@@ -454,7 +491,7 @@ impl Broker {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => {
                     tracing::error!(error = %e, "__consumer_offsets fsync failed");
-                    return Err(codes::UNKNOWN_SERVER_ERROR);
+                    return Err(coordinator_append_error(crate::errors::KAFKA_STORAGE_ERROR));
                 }
                 Err(_) => return Err(codes::COORDINATOR_NOT_AVAILABLE),
             }
@@ -472,12 +509,21 @@ impl Broker {
             .unwrap_or_else(|p| p.into_inner())
             .take();
         let Some(mut rx) = rx else { return };
+        // Whether the last batch with records was stored; an empty batch is a barrier and
+        // reports it (see `dispatch_acked`).
+        let mut last_stored = true;
         loop {
             let w = tokio::select! {
                 w = rx.recv() => w,
                 _ = stop.changed() => return,
             };
             let Some((w, ack)) = w else { return };
+            if w.is_empty() {
+                if let Some(a) = ack {
+                    let _ = a.send(last_stored);
+                }
+                continue;
+            }
             let mut by_group: BTreeMap<String, Vec<KeyValue>> = BTreeMap::new();
             for x in w {
                 by_group.entry(x.group).or_default().push((x.key, x.value));
@@ -489,6 +535,7 @@ impl Broker {
                     ok = false;
                 }
             }
+            last_stored = ok;
             if let Some(a) = ack {
                 let _ = a.send(ok);
             }
