@@ -28,6 +28,9 @@ use tokio::sync::{watch, Mutex, OnceCell};
 
 use crate::state::now_ms;
 
+/// A topic to create: (name, partitions, replication factor, configs).
+pub(crate) type TopicSpec = (String, i32, i16, Vec<(String, String)>);
+
 /// A request to the active controller.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum Call {
@@ -46,9 +49,8 @@ pub(crate) enum Call {
         metadata_offset: i64,
         want_shutdown: bool,
     },
-    /// (name, partitions, replication factor, configs)
     CreateTopics {
-        topics: Vec<(String, i32, i16, Vec<(String, String)>)>,
+        topics: Vec<TopicSpec>,
         validate_only: bool,
     },
     DeleteTopics {
