@@ -282,7 +282,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
                 Some(Cluster::start(&broker, ccfg).await.context("starting the cluster node")?)
             }
         };
-        let cluster_id = cluster.as_ref().map_or(broker.cluster_id.clone(), |c| c.image().cluster_id.clone());
+        let cluster_id = cluster.as_ref().map_or(broker.cluster_id.clone(), |c| c.cluster_id().to_string());
         tracing::info!(%bound, advertised = %format!("{host}:{port}"), %cluster_id, "broker started");
         println!("holdfast listening on {bound}");
         let _ = std::io::stdout().flush();

@@ -499,6 +499,23 @@ async fn three_node_cluster_v0() -> Result<()> {
         killed_at.elapsed().as_millis()
     );
 
+    // Its session expires: fenced, its partitions have no leader (RF 1).
+    wait_for("the killed node fenced", Duration::from_secs(60), || {
+        let a = survivor_addr.clone();
+        async move {
+            view(&a, Some("spread")).await.filter(|(b, _, p)| {
+                !b.contains(&controller)
+                    && p.values().filter(|(l, _)| *l < 0).count() == 2
+                    && p.values().all(|(l, _)| *l != controller)
+            })
+        }
+    })
+    .await?;
+    println!(
+        "node {controller} fenced, its partitions leaderless, {} ms after the kill",
+        killed_at.elapsed().as_millis()
+    );
+
     // The killed node restarts from its data dir: its partitions serve again, with all data.
     let restarted_at = Instant::now();
     cluster.spawn(victim)?;

@@ -128,6 +128,18 @@ pub(crate) struct ControllerService {
 
 const TICK_INTERVAL_MS: u64 = 250;
 
+/// Deadline of one proposal: a leader cut off from the quorum stops being the controller
+/// instead of holding the request queue forever.
+const PROPOSE_TIMEOUT: Duration = Duration::from_secs(5);
+
+async fn propose(q: &Quorum, command: Vec<u8>) -> Result<(u64, Vec<u8>), String> {
+    match tokio::time::timeout(PROPOSE_TIMEOUT, q.propose(command)).await {
+        Ok(Ok(x)) => Ok(x),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("not committed within {PROPOSE_TIMEOUT:?}")),
+    }
+}
+
 impl ControllerService {
     pub(crate) fn new(
         node_id: u64,
@@ -168,13 +180,13 @@ impl ControllerService {
             return true;
         }
         let started = std::time::Instant::now();
-        if let Err(e) = q.propose(Vec::new()).await {
+        if let Err(e) = propose(q, Vec::new()).await {
             tracing::debug!(error = %e, "barrier not committed: not the active controller");
             return false;
         }
         if self.image().cluster_id.is_empty() {
             for r in Controller::bootstrap_records(&self.cluster_id) {
-                if let Err(e) = q.propose(r.encode()).await {
+                if let Err(e) = propose(q, r.encode()).await {
                     tracing::warn!(error = %e, "bootstrap record not committed");
                     return false;
                 }
@@ -200,7 +212,7 @@ impl ControllerService {
     async fn propose_all(&self, q: &Quorum, records: Vec<Record>) -> Option<u64> {
         let mut last = self.image().last_applied;
         for r in records {
-            match q.propose(r.encode()).await {
+            match propose(q, r.encode()).await {
                 Ok((index, resp)) => {
                     if !resp.is_empty() {
                         tracing::warn!(index, outcome = %String::from_utf8_lossy(&resp), "proposed record did not apply");

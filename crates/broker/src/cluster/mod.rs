@@ -158,6 +158,8 @@ impl Cluster {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (reconciled_tx, reconciled_rx) = watch::channel(0u64);
         let (fatal_tx, fatal_rx) = watch::channel(None);
+        // Random per process start: tells this registration from earlier ones.
+        let incarnation = crate::meta::random_uuid().as_u128();
         let cluster = Arc::new(Cluster {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),
@@ -178,6 +180,7 @@ impl Cluster {
             tokio::spawn(publisher::run(
                 Arc::clone(broker),
                 cfg.node_id,
+                incarnation,
                 cfg.cluster_id.clone(),
                 image_rx,
                 reconciled_tx,
@@ -188,6 +191,7 @@ impl Cluster {
                 Arc::clone(broker),
                 Arc::clone(&cluster),
                 cfg.clone(),
+                incarnation,
                 stop_rx,
             )),
         ];
@@ -211,6 +215,11 @@ impl Cluster {
     /// The Raft leader (the active controller), as this node knows it.
     pub fn controller_id(&self) -> Option<u64> {
         *self.quorum.leader_watch().borrow()
+    }
+
+    /// The cluster id from `meta.properties`.
+    pub fn cluster_id(&self) -> &str {
+        &self.cluster_id
     }
 
     pub fn broker_epoch(&self) -> i64 {
@@ -318,9 +327,9 @@ async fn lifecycle(
     broker: Arc<Broker>,
     cluster: Arc<Cluster>,
     cfg: ClusterConfig,
+    incarnation: u128,
     mut stop: watch::Receiver<bool>,
 ) {
-    let incarnation = crate::meta::random_uuid().as_u128();
     let listeners = vec![Endpoint {
         name: "PLAINTEXT".into(),
         host: cfg.advertised.0.clone(),

@@ -34,6 +34,7 @@ pub(crate) fn is_local_internal(name: &str) -> bool {
 pub(crate) async fn run(
     broker: Arc<Broker>,
     node_id: i32,
+    incarnation: u128,
     cluster_id: String,
     mut image_rx: watch::Receiver<Arc<MetadataImage>>,
     reconciled_tx: watch::Sender<u64>,
@@ -56,7 +57,9 @@ pub(crate) async fn run(
         let b = Arc::clone(&broker);
         let img = Arc::clone(&image);
         let before = std::mem::take(&mut installed);
-        match tokio::task::spawn_blocking(move || reconcile(&b, &img, node_id, before)).await {
+        match tokio::task::spawn_blocking(move || reconcile(&b, &img, node_id, incarnation, before))
+            .await
+        {
             Ok(next) => installed = next,
             Err(e) => {
                 let reason = format!("metadata publisher failed: {e}");
@@ -135,8 +138,16 @@ fn reconcile(
     b: &Broker,
     image: &MetadataImage,
     me: i32,
+    incarnation: u128,
     installed: BTreeMap<String, u128>,
 ) -> BTreeMap<String, u128> {
+    // This process leads nothing until the image has its own registration unfenced: a
+    // restarted node replaying an old image must not serve as the leader its previous
+    // incarnation was.
+    let active = image
+        .brokers
+        .get(&me)
+        .is_some_and(|r| r.incarnation == incarnation && r.is_active());
     for (name, id) in &installed {
         let still = image.topic_by_name(name).is_some_and(|t| t.id.0 == *id);
         if !still {
@@ -173,7 +184,7 @@ fn reconcile(
                 && e.partitions.len() == t.partitions.len()
                 && e.partitions.iter().zip(&t.partitions).all(|(p, reg)| {
                     p.leader_epoch() == reg.leader_epoch
-                        && p.is_leader() == (reg.leader == me)
+                        && p.is_leader() == (active && reg.leader == me)
                         && p.lock().log.is_some() == reg.replicas.contains(&me)
                 })
         });
@@ -219,7 +230,7 @@ fn reconcile(
                 }
                 (false, None) => Arc::new(Partition::absent(&t.name, index)),
             };
-            part.set_role(reg.leader == me, reg.leader_epoch);
+            part.set_role(active && reg.leader == me, reg.leader_epoch);
             parts.push(part);
         }
         b.install_topic(Arc::new(Topic {
