@@ -179,9 +179,11 @@ impl Cluster {
             tokio::spawn(Arc::clone(&svc).tick_loop(stop_rx.clone())),
             tokio::spawn(publisher::run(
                 Arc::clone(broker),
-                cfg.node_id,
-                incarnation,
-                cfg.cluster_id.clone(),
+                publisher::Me {
+                    node_id: cfg.node_id,
+                    incarnation,
+                    cluster_id: cfg.cluster_id.clone(),
+                },
                 image_rx,
                 reconciled_tx,
                 fatal_tx,

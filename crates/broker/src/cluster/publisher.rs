@@ -31,16 +31,26 @@ pub(crate) fn is_local_internal(name: &str) -> bool {
         || name == crate::ledger::EVENTS_TOPIC
 }
 
+/// Who this process is: node id, incarnation (random per start), cluster id.
+pub(crate) struct Me {
+    pub node_id: i32,
+    pub incarnation: u128,
+    pub cluster_id: String,
+}
+
 pub(crate) async fn run(
     broker: Arc<Broker>,
-    node_id: i32,
-    incarnation: u128,
-    cluster_id: String,
+    me: Me,
     mut image_rx: watch::Receiver<Arc<MetadataImage>>,
     reconciled_tx: watch::Sender<u64>,
     fatal_tx: watch::Sender<Option<String>>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Me {
+        node_id,
+        incarnation,
+        cluster_id,
+    } = me;
     // Cluster topics installed by this task: name → topic id.
     let mut installed: BTreeMap<String, u128> = BTreeMap::new();
     loop {
