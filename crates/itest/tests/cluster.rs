@@ -289,6 +289,70 @@ fn consume_all(bootstrap: &str, topic: &str, want: usize) -> Result<BTreeMap<(i3
     Ok(out)
 }
 
+/// Runs Apache Kafka's `kafka-topics.sh --describe` (TopicCommand from the jars
+/// `scripts/setup-java-deps.sh` puts in `.deps/java/lib`, as the Python suite does) and
+/// checks its Leader/Replicas/Isr columns. Skipped, with a line saying so, when Java or the
+/// jars are not installed.
+fn kafka_topics_describe(
+    addr: &str,
+    topic: &str,
+    parts: &BTreeMap<i32, (i32, Vec<i32>)>,
+) -> Result<()> {
+    let lib = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.deps/java/lib");
+    let has_tools = std::fs::read_dir(&lib).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with("kafka-tools-"))
+    });
+    let java = Command::new("java")
+        .arg("-version")
+        .stderr(Stdio::null())
+        .status();
+    if !has_tools || !java.is_ok_and(|s| s.success()) {
+        println!(
+            "kafka-topics.sh check skipped: no java or no Kafka jars in {}",
+            lib.display()
+        );
+        return Ok(());
+    }
+    let out = Command::new("java")
+        .args([
+            "-Xmx512m",
+            "-XX:+UseSerialGC",
+            "-XX:TieredStopAtLevel=1",
+            "-cp",
+        ])
+        .arg(format!("{}/*", lib.display()))
+        .args([
+            "org.apache.kafka.tools.TopicCommand",
+            "--bootstrap-server",
+            addr,
+        ])
+        .args(["--describe", "--topic", topic])
+        .stderr(Stdio::null())
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut seen = 0;
+    for line in text.lines().filter(|l| l.contains("Partition: ")) {
+        let field = |name: &str| -> Option<String> {
+            line.split('\t')
+                .find_map(|f| f.trim().strip_prefix(name).map(|v| v.trim().to_string()))
+        };
+        let p: i32 = field("Partition:").context("partition")?.parse()?;
+        let (leader, replicas) = parts.get(&p).context("known partition")?;
+        assert_eq!(field("Leader:"), Some(leader.to_string()), "{line}");
+        assert_eq!(field("Replicas:"), Some(replicas[0].to_string()), "{line}");
+        assert_eq!(field("Isr:"), Some(replicas[0].to_string()), "{line}");
+        seen += 1;
+    }
+    assert_eq!(
+        seen,
+        parts.len(),
+        "kafka-topics.sh --describe output:\n{text}"
+    );
+    println!("kafka-topics.sh --describe agrees on {seen} partitions");
+    Ok(())
+}
+
 fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
 }
@@ -332,6 +396,9 @@ async fn three_node_cluster_v0() -> Result<()> {
     for (l, r) in parts.values() {
         assert_eq!(r, &vec![*l], "RF 1: the leader is the only replica");
     }
+
+    // Apache Kafka's kafka-topics.sh --describe shows the same leaders and replicas.
+    kafka_topics_describe(&first, "spread", &parts)?;
 
     // v0 refuses RF 3 and the default RF (-1 = min(3, brokers)).
     let opts = AdminOptions::new();
