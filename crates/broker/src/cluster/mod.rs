@@ -118,6 +118,9 @@ pub struct Cluster {
 /// Deadline of one forwarded admin operation (Kafka's default request timeout is 30 s).
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(25);
 
+/// Longest wait for the controller to confirm a controlled shutdown.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+
 impl Cluster {
     /// Starts the quorum member, the controller service, the publisher and the broker
     /// lifecycle, and attaches the cluster to `broker`.
@@ -303,9 +306,56 @@ impl Cluster {
         Ok(id)
     }
 
-    /// Stops the background tasks and the quorum member.
+    /// Stops the background tasks, after telling the controller (Kafka's controlled
+    /// shutdown, in its v0 form): heartbeats with `want_shutdown` until the controller answers
+    /// `should_shut_down` (it has moved the broker out of every ISR and fenced it), at most
+    /// `SHUTDOWN_WAIT`. With replication factor 1 the broker's partitions are then leaderless
+    /// until it returns; its next start registers at once (no duplicate-registration wait).
     pub async fn shutdown(&self) {
         let _ = self.stop_tx.send(true);
+        let epoch = self.broker_epoch();
+        if epoch >= 0 {
+            let started = std::time::Instant::now();
+            let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+            loop {
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                if left.is_zero() {
+                    tracing::warn!("controlled shutdown not confirmed in time; stopping anyway");
+                    break;
+                }
+                let call = Call::Heartbeat {
+                    id: self.node_id,
+                    broker_epoch: epoch,
+                    metadata_offset: self.image().last_applied as i64,
+                    want_shutdown: true,
+                };
+                match self.call(&call, left).await {
+                    Ok(Envelope {
+                        answer:
+                            Answer::Heartbeat {
+                                should_shut_down: true,
+                                ..
+                            },
+                        ..
+                    }) => {
+                        tracing::info!(
+                            ms = started.elapsed().as_millis() as u64,
+                            "controlled shutdown confirmed by the controller"
+                        );
+                        break;
+                    }
+                    Ok(Envelope {
+                        answer: Answer::Heartbeat { .. },
+                        ..
+                    }) => {}
+                    other => {
+                        tracing::warn!(result = ?other, "controlled shutdown heartbeat failed; stopping anyway");
+                        break;
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200).min(left)).await;
+            }
+        }
         let tasks: Vec<_> = self
             .tasks
             .lock()
