@@ -172,6 +172,23 @@ impl Cluster {
         }
     }
 
+    /// SIGTERM, then wait for the process to exit (controlled shutdown, then clean stop).
+    fn terminate(&mut self, i: usize) -> Result<()> {
+        if let Some(mut c) = self.nodes[i].child.take() {
+            let status = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status()?;
+            assert!(status.success(), "kill -TERM");
+            let code = c.wait()?;
+            assert!(
+                code.success(),
+                "node {} exited with {code}",
+                self.nodes[i].id
+            );
+        }
+        Ok(())
+    }
+
     fn node(&self, id: i32) -> usize {
         self.nodes
             .iter()
@@ -639,6 +656,50 @@ async fn three_node_cluster_v0() -> Result<()> {
     println!(
         "{} acknowledged records read back after the restart",
         acked.len()
+    );
+
+    // SIGTERM: controlled shutdown and a clean stop; restarted at once, the node registers
+    // without waiting for its old session to expire and leads its partitions again.
+    let (_, controller, _) = view(&first, None).await.context("metadata")?;
+    let victim = cluster
+        .nodes
+        .iter()
+        .position(|n| n.id != controller)
+        .context("a non-controller node")?;
+    let stopped_at = Instant::now();
+    cluster.terminate(victim)?;
+    println!(
+        "node {} stopped by SIGTERM in {} ms",
+        cluster.nodes[victim].id,
+        stopped_at.elapsed().as_millis()
+    );
+    let restarted_at = Instant::now();
+    cluster.spawn(victim)?;
+    let any = cluster.nodes[(victim + 1) % 3].addr.clone();
+    wait_for(
+        "every partition led after the SIGTERM restart",
+        Duration::from_secs(30),
+        || {
+            let a = any.clone();
+            async move {
+                view(&a, Some("spread")).await.filter(|(b, _, p)| {
+                    b.len() == 3
+                        && p.len() == PARTITIONS as usize
+                        && p.values().all(|(l, _)| *l >= 0)
+                })
+            }
+        },
+    )
+    .await?;
+    println!(
+        "node {} led its partitions again {} ms after its restart",
+        cluster.nodes[victim].id,
+        restarted_at.elapsed().as_millis()
+    );
+    let read = consume_all(&cluster.bootstrap(), "spread", acked.len())?;
+    assert_eq!(
+        read, acked,
+        "every acknowledged record after the SIGTERM restart"
     );
     Ok(())
 }
