@@ -347,6 +347,10 @@ pub struct BrokerConfig {
     /// `transaction.abort.timed.out.transaction.cleanup.interval.ms` (Kafka: 10000): how
     /// often open transactions are checked against their timeout.
     pub txn_timeout_check_interval_ms: u64,
+    /// `broker.heartbeat.interval.ms` (cluster mode; Kafka: 2000).
+    pub broker_heartbeat_interval_ms: u64,
+    /// `broker.session.timeout.ms` (cluster mode, read by the active controller; Kafka: 9000).
+    pub broker_session_timeout_ms: u64,
 }
 
 impl BrokerConfig {
@@ -372,6 +376,8 @@ impl BrokerConfig {
             txn_topic_partitions: 10,
             txn_timeout_check_interval_ms: 10_000,
             transaction_version: 2,
+            broker_heartbeat_interval_ms: 2000,
+            broker_session_timeout_ms: 9000,
         }
     }
 
@@ -446,6 +452,12 @@ impl BrokerConfig {
             }
             "transaction.abort.timed.out.transaction.cleanup.interval.ms" => {
                 self.txn_timeout_check_interval_ms = parse_i64(key, value, 1)? as u64
+            }
+            "broker.heartbeat.interval.ms" => {
+                self.broker_heartbeat_interval_ms = parse_i64(key, value, 1)? as u64
+            }
+            "broker.session.timeout.ms" => {
+                self.broker_session_timeout_ms = parse_i64(key, value, 1)? as u64
             }
             "offsets.retention.check.interval.ms" => {
                 self.offsets_retention_check_interval_ms = parse_i64(key, value, 1)? as u64

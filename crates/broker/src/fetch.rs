@@ -373,6 +373,7 @@ impl Broker {
                 usize::try_from(t.key.partition)
                     .ok()
                     .and_then(|i| tp.partitions.get(i))
+                    .filter(|p| p.is_leader())
             });
             match part {
                 None => {

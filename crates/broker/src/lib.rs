@@ -5,6 +5,7 @@
 //!   fetch long polls complete asynchronously while the connection keeps reading.
 //! * [`server`]: TCP accept loop and per-connection pipelining with bounded in-flight requests.
 
+pub mod cluster;
 pub mod config;
 pub mod errors;
 mod fetch;

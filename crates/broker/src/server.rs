@@ -197,20 +197,25 @@ async fn connection(
                     }
                 };
                 tracing::trace!(%peer, ?api_key, version, cid, "request");
-                let reply = if crate::txn::is_txn_api(api_key) {
-                    broker.handle_txn(version, body).await
-                } else if crate::groups::is_group_api(api_key) {
-                    broker
-                        .handle_group(
-                            version,
-                            body,
-                            header.client_id.as_deref().unwrap_or(""),
-                            peer,
-                        )
-                        .await
-                } else {
-                    broker.handle(api_key, version, body).await
-                };
+                // Cluster mode answers some APIs itself; a single node gets `body` back.
+                let reply =
+                    match crate::cluster::api::intercept(&broker, api_key, version, body).await {
+                        Ok(reply) => reply,
+                        Err(body) if crate::txn::is_txn_api(api_key) => {
+                            broker.handle_txn(version, body).await
+                        }
+                        Err(body) if crate::groups::is_group_api(api_key) => {
+                            broker
+                                .handle_group(
+                                    version,
+                                    body,
+                                    header.client_id.as_deref().unwrap_or(""),
+                                    peer,
+                                )
+                                .await
+                        }
+                        Err(body) => broker.handle(api_key, version, body).await,
+                    };
                 match reply {
                     Reply::Now(r) => {
                         let _ = otx.send(encode(r));

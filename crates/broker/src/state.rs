@@ -68,10 +68,13 @@ pub struct Partition {
     hw: AtomicI64,
     /// Copy of `PartitionState::leader_epoch` for readers that must not take the lock.
     epoch_copy: std::sync::atomic::AtomicI32,
+    /// This broker leads the partition. Always true on a single node; in cluster mode the
+    /// metadata publisher sets it from the image (`crate::cluster`).
+    leads: AtomicBool,
 }
 
 impl Partition {
-    fn new(topic: &str, index: i32, log: Log) -> Partition {
+    pub(crate) fn new(topic: &str, index: i32, log: Log) -> Partition {
         let p = Partition {
             topic: topic.to_string(),
             index,
@@ -85,6 +88,7 @@ impl Partition {
                 log: None,
                 leader_epoch: 0,
             }),
+            leads: AtomicBool::new(true),
         };
         p.refresh(&log);
         // Recovered data was validated on open and is in the file: it is visible.
@@ -93,8 +97,50 @@ impl Partition {
         p
     }
 
+    /// A partition of a cluster topic that this broker does not host (cluster mode): no
+    /// log, never led here.
+    pub(crate) fn absent(topic: &str, index: i32) -> Partition {
+        Partition {
+            topic: topic.to_string(),
+            index,
+            durable: DurableWatch::new(0),
+            log_end: AtomicI64::new(0),
+            log_start: AtomicI64::new(0),
+            waits_fsync: AtomicBool::new(true),
+            hw: AtomicI64::new(0),
+            epoch_copy: std::sync::atomic::AtomicI32::new(0),
+            state: Mutex::new(PartitionState {
+                log: None,
+                leader_epoch: 0,
+            }),
+            leads: AtomicBool::new(false),
+        }
+    }
+
     pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
         lock(&self.state)
+    }
+
+    /// Whether this broker serves the partition as its leader.
+    pub fn is_leader(&self) -> bool {
+        self.leads.load(Ordering::SeqCst)
+    }
+
+    /// Cluster mode: the role and leader epoch from the metadata image. Leader epochs seen by
+    /// a partition only grow (asserted: images are applied in log order).
+    pub(crate) fn set_role(&self, leads: bool, leader_epoch: i32) {
+        let mut st = self.lock();
+        assert!(
+            leader_epoch >= st.leader_epoch,
+            "{}-{}: leader epoch went back from {} to {leader_epoch}",
+            self.topic,
+            self.index,
+            st.leader_epoch
+        );
+        st.leader_epoch = leader_epoch;
+        self.epoch_copy.store(leader_epoch, Ordering::SeqCst);
+        self.leads
+            .store(leads && st.log.is_some(), Ordering::SeqCst);
     }
 
     pub fn durable(&self) -> &Arc<DurableWatch> {
@@ -143,6 +189,7 @@ impl Partition {
 }
 
 pub struct Topic {
+    /// In cluster mode `meta.config` holds the topic's explicit configs from the image.
     pub meta: TopicMeta,
     pub log_config: LogConfig,
     pub partitions: Vec<Arc<Partition>>,
@@ -165,6 +212,9 @@ pub struct Broker {
     pub(crate) fetch_sessions: crate::fetch::FetchSessions,
     pub(crate) groups: crate::groups::GroupService,
     pub(crate) txns: crate::txn::TxnService,
+    /// Set when the broker runs as a node of a cluster (`crate::cluster`); unset on a single
+    /// node, whose behaviour does not change.
+    pub(crate) cluster: OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 const PRODUCER_ID_BLOCK: i64 = 1000;
@@ -230,6 +280,7 @@ impl Broker {
             fetch_sessions: Default::default(),
             groups,
             txns,
+            cluster: OnceLock::new(),
         });
         broker.load_groups().map_err(BrokerError::Groups)?;
         broker.load_txns().map_err(BrokerError::Groups)?;
@@ -278,12 +329,44 @@ impl Broker {
             .collect()
     }
 
+    /// The partition, if this broker leads it (always, on a single node).
     pub fn partition(&self, topic: &str, index: i32) -> Option<Arc<Partition>> {
         let t = self.topic(topic)?;
         usize::try_from(index)
             .ok()
             .and_then(|i| t.partitions.get(i))
+            .filter(|p| p.is_leader())
             .cloned()
+    }
+
+    /// Cluster mode: installs (or replaces) a topic built by the metadata publisher.
+    pub(crate) fn install_topic(&self, topic: Arc<Topic>) {
+        self.topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.meta.name.clone(), topic);
+        self.notify_data();
+    }
+
+    /// Cluster mode: removes a topic from the map (the caller deletes its logs).
+    pub(crate) fn uninstall_topic(&self, name: &str) -> Option<Arc<Topic>> {
+        let t = self
+            .topics
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(name);
+        self.notify_data();
+        t
+    }
+
+    /// Opens (creating if needed) the log of one partition (blocking).
+    pub(crate) fn open_partition_log(
+        &self,
+        topic: &str,
+        p: i32,
+        cfg: &LogConfig,
+    ) -> Result<Log, BrokerError> {
+        open_log(&self.config.data_dir, topic, p, cfg, &self.flusher)
     }
 
     /// Shutdown started: long polls answer now instead of waiting out `max_wait_ms`.
@@ -389,6 +472,15 @@ impl Broker {
         ))?;
         let log_config = build_log_config(&self.config.log_defaults, &overrides)
             .map_err(|e| (ec::INVALID_CONFIG, e.to_string()))?;
+        if let Some(c) = self.cluster.get() {
+            // Cluster mode: the controller records the change; the publisher applies it.
+            return c.set_topic_configs_blocking(
+                &topic.meta.config,
+                name,
+                overrides,
+                validate_only,
+            );
+        }
         if validate_only {
             return Ok(());
         }

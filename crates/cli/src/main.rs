@@ -24,8 +24,12 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run a single-node broker.
+    /// Run a broker: alone, or as a node of a cluster (`--controller-quorum-voters`).
     Serve(serve::ServeArgs),
+    /// Format a data directory for cluster mode (writes meta.properties).
+    Format(serve::FormatArgs),
+    /// Print a new random cluster id (Kafka's base64url UUID).
+    RandomUuid,
     /// Benchmark durable appends against the raw disk's fsync-bound figures.
     BenchLog(bench_log::BenchLogArgs),
     /// Topics: create, list, describe, alter-config, add-partitions, delete.
@@ -46,7 +50,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // Admin commands log warnings only, unless RUST_LOG says otherwise.
     let default_filter = match cli.command {
-        Command::Serve(_) | Command::BenchLog(_) => "info",
+        Command::Serve(_) | Command::BenchLog(_) | Command::Format(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -60,6 +64,8 @@ fn main() -> anyhow::Result<()> {
     let code = match cli.command {
         Command::Serve(args) => return serve::run(args),
         Command::BenchLog(args) => return bench_log::run(args),
+        Command::Format(args) => return serve::format(args),
+        Command::RandomUuid => return serve::random_uuid(),
         Command::Topic(args) => topic::run(args),
         Command::Group(args) => group::run(args),
         Command::Cluster(args) => cluster::run(args),

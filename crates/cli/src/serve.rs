@@ -1,4 +1,5 @@
-//! `holdfast serve`: a single-node broker.
+//! `holdfast serve`: a single-node broker, or (with `--controller-quorum-voters`) one node of
+//! a cluster on the Raft metadata quorum (docs/cluster.md).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -6,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{bail, Context};
+use holdfast_broker::cluster::{self, Cluster, ClusterConfig, MetaProperties};
 use holdfast_broker::{Broker, BrokerConfig};
 
 #[derive(clap::Args, Debug)]
@@ -34,6 +36,14 @@ pub struct ServeArgs {
     /// `127.0.0.1:9644`; port 0 picks a free port, printed at start).
     #[arg(long, env = "HOLDFAST_METRICS_LISTEN", value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Cluster mode: the metadata quorum's voters, Kafka's `controller.quorum.voters`
+    /// format: `1@host:port,2@host:port,3@host:port`. Without it the broker runs alone.
+    #[arg(long, env = "HOLDFAST_CONTROLLER_QUORUM_VOTERS", value_name = "VOTERS")]
+    controller_quorum_voters: Option<String>,
+    /// Cluster mode: address of this node's quorum (controller) listener; default: its
+    /// entry in `--controller-quorum-voters`.
+    #[arg(long, env = "HOLDFAST_CONTROLLER_LISTEN", value_name = "ADDR")]
+    controller_listen: Option<String>,
 }
 
 fn load_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
@@ -75,6 +85,8 @@ const FLAG_VARS: &[&str] = &[
     "NODE_ID",
     "CONFIG",
     "METRICS_LISTEN",
+    "CONTROLLER_QUORUM_VOTERS",
+    "CONTROLLER_LISTEN",
 ];
 
 /// Applies `HOLDFAST_<KEY>` variables: `HOLDFAST_LOG_RETENTION_MS` sets `log.retention.ms`.
@@ -181,8 +193,57 @@ async fn shutdown_signal() {
     }
 }
 
+/// Cluster mode settings checked before anything is opened: the data dir must be formatted
+/// for this node (`holdfast format`).
+struct ClusterStart {
+    props: MetaProperties,
+    voters: std::collections::BTreeMap<u64, SocketAddr>,
+    controller_listen: SocketAddr,
+}
+
+fn cluster_start(args: &ServeArgs) -> anyhow::Result<Option<ClusterStart>> {
+    let Some(voters) = &args.controller_quorum_voters else {
+        if args.controller_listen.is_some() {
+            bail!("--controller-listen needs --controller-quorum-voters");
+        }
+        return Ok(None);
+    };
+    let voters = cluster::parse_voters(voters).context("--controller-quorum-voters")?;
+    let props = MetaProperties::check_for_serve(&args.data_dir, args.node_id)?;
+    let controller_listen = match &args.controller_listen {
+        Some(a) => cluster::resolve(a).context("--controller-listen")?,
+        None => *voters.get(&(args.node_id as u64)).with_context(|| {
+            format!(
+                "node {} is not a voter: give --controller-listen (broker-only nodes are not in v0)",
+                args.node_id
+            )
+        })?,
+    };
+    if !voters.contains_key(&(args.node_id as u64)) {
+        bail!(
+            "node {} is not in --controller-quorum-voters; every node is a voter in cluster mode v0",
+            args.node_id
+        );
+    }
+    if props.bootstrap && !voters.contains_key(&(props.node_id as u64)) {
+        bail!("the bootstrap node must be a voter");
+    }
+    Ok(Some(ClusterStart {
+        props,
+        voters,
+        controller_listen,
+    }))
+}
+
 pub fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let cfg = load_config(&args)?;
+    let mut cfg = load_config(&args)?;
+    let cluster_start = cluster_start(&args)?;
+    if cluster_start.is_some() {
+        // Topics are created through the controller only (v0).
+        cfg.auto_create_topics = false;
+    }
+    let heartbeat_interval_ms = cfg.broker_heartbeat_interval_ms;
+    let session_timeout_ms = cfg.broker_session_timeout_ms;
     let listen = cfg.listen.clone();
     let broker = Broker::open(cfg)
         .with_context(|| format!("opening data dir {}", args.data_dir.display()))?;
@@ -205,11 +266,50 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             println!("holdfast metrics on http://{mbound}/metrics");
             tokio::spawn(holdfast_broker::serve_metrics(Arc::clone(&broker), ml, stop_rx));
         }
-        tracing::info!(%bound, advertised = %format!("{host}:{port}"), cluster_id = %broker.cluster_id, "broker started");
+        let cluster = match cluster_start {
+            None => None,
+            Some(cs) => {
+                let ccfg = ClusterConfig {
+                    node_id: args.node_id,
+                    cluster_id: cs.props.cluster_id.clone(),
+                    controller_listen: cs.controller_listen,
+                    voters: cs.voters,
+                    bootstrap: cs.props.bootstrap,
+                    advertised: (host.clone(), port),
+                    heartbeat_interval_ms,
+                    session_timeout_ms,
+                };
+                Some(Cluster::start(&broker, ccfg).await.context("starting the cluster node")?)
+            }
+        };
+        let cluster_id = cluster.as_ref().map_or(broker.cluster_id.clone(), |c| c.cluster_id().to_string());
+        tracing::info!(%bound, advertised = %format!("{host}:{port}"), %cluster_id, "broker started");
         println!("holdfast listening on {bound}");
         let _ = std::io::stdout().flush();
-        holdfast_broker::serve(Arc::clone(&broker), listener, shutdown_signal()).await;
+        let fatal = {
+            let cluster = cluster.clone();
+            async move {
+                match cluster {
+                    Some(c) => c.fatal().await,
+                    None => std::future::pending().await,
+                }
+            }
+        };
+        let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
+        let stop = async move {
+            tokio::select! {
+                _ = shutdown_signal() => {}
+                reason = fatal => { let _ = fatal_tx.send(reason); }
+            }
+        };
+        holdfast_broker::serve(Arc::clone(&broker), listener, stop).await;
         let _ = stop_tx.send(true);
+        if let Some(c) = &cluster {
+            c.shutdown().await;
+        }
+        if let Ok(reason) = fatal_rx.try_recv() {
+            bail!("stopping: {reason}");
+        }
         anyhow::Ok(())
     });
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -236,4 +336,50 @@ mod tests {
         let bad = vec![("HOLDFAST_NUM_PARTITIONS".to_string(), "many".to_string())];
         assert!(apply_env(&mut cfg, bad.into_iter()).is_err());
     }
+}
+
+/// `holdfast format`: prepares a data directory for cluster mode.
+#[derive(clap::Args, Debug)]
+pub struct FormatArgs {
+    /// The data directory to format (created if missing; refused if already formatted).
+    #[arg(long)]
+    data_dir: PathBuf,
+    /// This node's id (Kafka's `node.id`).
+    #[arg(long)]
+    node_id: i32,
+    /// The cluster id, from `holdfast random-uuid`; the same on every node.
+    #[arg(long)]
+    cluster_id: String,
+    /// This node initializes the metadata quorum on its first start. Give it to exactly one
+    /// node of the cluster.
+    #[arg(long)]
+    bootstrap: bool,
+}
+
+pub fn format(args: FormatArgs) -> anyhow::Result<()> {
+    let props = MetaProperties {
+        cluster_id: args.cluster_id,
+        node_id: args.node_id,
+        directory_id: cluster::props::random_kafka_uuid(),
+        bootstrap: args.bootstrap,
+    };
+    MetaProperties::format(&args.data_dir, &props)?;
+    println!(
+        "Formatted {} for cluster {} as node {}{}",
+        args.data_dir.display(),
+        props.cluster_id,
+        props.node_id,
+        if props.bootstrap {
+            " (bootstraps the metadata quorum)"
+        } else {
+            ""
+        }
+    );
+    Ok(())
+}
+
+/// `holdfast random-uuid`: a Kafka-style cluster id (22 base64url characters).
+pub fn random_uuid() -> anyhow::Result<()> {
+    println!("{}", cluster::props::random_kafka_uuid());
+    Ok(())
 }
