@@ -506,7 +506,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let ready = wait_ready(&bootstrap, a.nodes, Some(workload::TOPIC), READY_DEADLINE);
     match &ready {
         Ok(d) => notes.push(format!(
-            "after healing: {} brokers registered and every partition led within {} ms",
+            "after healing: Metadata listed {} brokers and a leader for every partition within {} ms",
             a.nodes,
             d.as_millis()
         )),
@@ -613,7 +613,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
 }
 
 /// Injects one node fault, holds it, heals it. Returns a description.
-fn inject(f: &Planned, cl: &mut Cluster, rec: &Recorder) -> anyhow::Result<String> {
+fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<String> {
     let hold = Duration::from_millis(f.hold_ms);
     let n = cl.nodes.len();
     let chosen = (f.target % n as u64) as usize;
@@ -698,13 +698,27 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Recorder) -> anyhow::Result<Strin
             sleep(hold)?;
             let all = cl.all();
             let up = cl.start(&all, Duration::from_secs(60))?;
+            // The whole cluster was down: the fault ends when it is whole again (quorum
+            // elected, every broker registered once its previous incarnation is fenced,
+            // every partition led), so the next cut strikes a serving cluster.
+            let led = wait_ready(&cl.bootstrap(), n, Some(workload::TOPIC), READY_DEADLINE)
+                .context("cluster not whole again after a coordinated power cut")?;
+            let whole = workload::probe_tagged(
+                &cl.bootstrap(),
+                rec,
+                READY_DEADLINE,
+                &format!("ready{}", f.at_ms),
+            )
+            .context("no produce acknowledged on every partition after a coordinated power cut")?;
             Ok(format!(
-                "COORDINATED: SIGKILL of all {n} nodes{} within {} us, {n} images copied in {} ms + remounted, down {} ms more, all restarted (recovery) in {} ms",
+                "COORDINATED: SIGKILL of all {n} nodes{} within {} us, {n} images copied in {} ms + remounted, down {} ms more, all restarted (recovery) in {} ms, Metadata: every partition led {} ms later, a produce acknowledged on every partition {} ms after that",
                 if after_ack { " right after an ack" } else { "" },
                 spread.as_micros(),
                 copies.as_millis(),
                 f.hold_ms,
-                up.as_millis()
+                up.as_millis(),
+                led.as_millis(),
+                whole.as_millis()
             ))
         }
         k => bail!("fault {} is not a cluster fault", k.name()),
