@@ -95,7 +95,8 @@ impl Cluster {
             bin: bin.to_path_buf(),
             cluster_id,
         };
-        for i in 0..n {
+        let (broker_ports, _) = ports.split_at(n);
+        for (i, &port) in broker_ports.iter().enumerate() {
             let id = (i + 1) as i32;
             let dir = work.join(format!("node-{id}"));
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -117,7 +118,7 @@ impl Cluster {
             let log = out.join(format!("node-{id}.log"));
             let _ = std::fs::remove_file(&log);
             let mut broker = Broker::new(bin, &data_dir, &log, unsafe_env.to_vec())?;
-            broker.port = ports[i];
+            broker.port = port;
             broker.extra_args = vec![
                 "--node-id".into(),
                 id.to_string(),

@@ -910,6 +910,84 @@ mod tests {
     }
 
     #[test]
+    fn cluster_schedules_choose_nodes_from_the_seed_only() {
+        // Single-node kinds draw no target, so their schedules are unchanged by cluster mode.
+        for sc in ["kill", "mixed", "net", "fsync-eio"] {
+            for f in plan(sc, 3, 60).unwrap_or_default() {
+                assert_eq!(f.target, 0, "{sc}");
+                assert!(!f.kind.is_cluster());
+            }
+        }
+        let a = plan("cluster-mixed", 5, 120).unwrap_or_default();
+        let b = plan("cluster-mixed", 5, 120).unwrap_or_default();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(a.iter().all(|f| f.kind.is_cluster()));
+        // Over a few seeds every cluster fault kind and every node of three is drawn.
+        let mut kinds_seen = std::collections::BTreeSet::new();
+        let mut nodes_seen = std::collections::BTreeSet::new();
+        for seed in 0..10 {
+            for f in plan("cluster-mixed", seed, 60).unwrap_or_default() {
+                kinds_seen.insert(f.kind.name());
+                nodes_seen.insert(f.target % 3);
+            }
+        }
+        assert_eq!(kinds_seen.len(), 5, "{kinds_seen:?}");
+        assert_eq!(nodes_seen.len(), 3);
+        for sc in [
+            "kill-node",
+            "kill-controller",
+            "pause-node",
+            "power-cut-node",
+            "power-cut-all",
+        ] {
+            let p = plan(sc, 1, 30).unwrap_or_default();
+            assert!(!p.is_empty(), "{sc}");
+            assert!(p.iter().all(|f| f.kind.name() == sc));
+        }
+        assert!(kinds("power-cut-all")
+            .unwrap_or_default()
+            .iter()
+            .all(|k| k.needs_disk()));
+    }
+
+    #[test]
+    fn report_counts_coordinated_power_cuts() {
+        let applied = |detail: &str| Applied {
+            kind: FaultKind::PowerCutAll,
+            start_us: 0,
+            end_us: 1,
+            detail: detail.into(),
+        };
+        let s = RunSummary {
+            scenario: "power-cut-all".into(),
+            cluster: Some((3, 1, None)),
+            seed: 1,
+            seconds: 10,
+            unsafe_ack_before_fsync: false,
+            unsafe_no_dedup: false,
+            data_dir: "x".into(),
+            planned: plan("power-cut-all", 1, 10).unwrap_or_default(),
+            applied: vec![applied("COORDINATED: ..."), applied("FAILED: no disk")],
+            notes: Vec::new(),
+            broker_starts: 6,
+            probe: Ok(Duration::from_millis(1)),
+            final_bounds: Default::default(),
+            final_reached: Default::default(),
+            wall: Duration::from_secs(1),
+        };
+        let v = checker::Verdict {
+            acked: 42,
+            ..Default::default()
+        };
+        let t = report::text(&s, &v);
+        assert!(t.contains("cluster: 3 nodes, replication factor 1"), "{t}");
+        assert!(
+            t.contains("coordinated power cuts: 1; acknowledged writes lost: 0 of 42"),
+            "{t}"
+        );
+    }
+
+    #[test]
     fn schedule_keeps_quiet_warmup_and_tail() {
         for seed in 0..50 {
             let p = plan("power-cut", seed, 30).unwrap_or_default();
