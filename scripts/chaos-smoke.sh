@@ -95,6 +95,11 @@ expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scen
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
 expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
+# The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
+# cuts of nodes that acknowledge before fsync must lose acknowledged writes.
+if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then
+    expect_caught cluster-power-cut-all-ack-before-fsync lost-acknowledged-write "2 3 4" --scenario power-cut-all --nodes 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+fi
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
 if [ "$failed" -eq 0 ] && [ -z "$KEEP" ]; then
