@@ -536,6 +536,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         );
     }
     let events = rec.finish()?;
+    notes.extend(producer_progress(&events, heal_t));
     for n in cl.nodes.iter_mut() {
         n.broker.stop();
     }
@@ -611,6 +612,48 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     drop(cl);
     drop(work);
     Ok(if verdict.anomalies.is_empty() { 0 } else { 1 })
+}
+
+/// How the workload's long-lived producers fared: acknowledgements per producer session
+/// before and after the heal, and a `STALLED` note for a session that sent after the heal but
+/// got no acknowledgement then (the fresh liveness probe can pass while the workload's own
+/// producers never recover; a client stall, not counted as an anomaly yet).
+pub fn producer_progress(events: &[Event], heal_us: u64) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // session -> (acks before heal, acks after, failed or indefinite after, last ack)
+    let mut per: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.f == F::Send && e.value.is_some())
+    {
+        let s = per.entry(e.process.as_str()).or_default();
+        match (e.kind, e.t_us >= heal_us) {
+            (Kind::Ok, false) => s.0 += 1,
+            (Kind::Ok, true) => s.1 += 1,
+            (Kind::Info | Kind::Fail, true) => s.2 += 1,
+            _ => {}
+        }
+        if e.kind == Kind::Ok {
+            s.3 = s.3.max(e.t_us);
+        }
+    }
+    let mut out = vec![format!(
+        "producers (acks before heal / after heal / failed or indefinite after heal, last ack): {}",
+        per.iter()
+            .map(|(p, s)| format!("{p} {}/{}/{} @{:.1} s", s.0, s.1, s.2, s.3 as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    for (p, s) in &per {
+        if s.1 == 0 && s.2 > 0 {
+            out.push(format!(
+                "STALLED (not failing the run): producer {p} got no acknowledgement after the heal ({} sends failed or indefinite; last ack at {:.1} s) while fresh producers were served",
+                s.2,
+                s.3 as f64 / 1e6
+            ));
+        }
+    }
+    out
 }
 
 /// Injects one node fault, holds it, heals it. Returns a description.
@@ -723,5 +766,32 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
             ))
         }
         k => bail!("fault {} is not a cluster fault", k.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(kind: Kind, process: &str, t_us: u64) -> Event {
+        let mut e = Event::new(kind, F::Send, process, 1).value("v");
+        e.t_us = t_us;
+        e
+    }
+
+    #[test]
+    fn a_producer_without_acks_after_the_heal_is_reported_stalled() {
+        let events = vec![
+            send(Kind::Ok, "p0.0", 1_000_000),
+            send(Kind::Ok, "p1.0", 1_000_000),
+            send(Kind::Ok, "p1.0", 9_000_000),
+            send(Kind::Info, "p0.0", 9_500_000),
+            send(Kind::Info, "p1.0", 9_500_000),
+        ];
+        let notes = producer_progress(&events, 5_000_000);
+        assert!(notes[0].contains("p0.0 1/0/1 @1.0 s"), "{notes:?}");
+        assert!(notes[0].contains("p1.0 1/1/1 @9.0 s"), "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[1].starts_with("STALLED") && notes[1].contains("p0.0"));
     }
 }
