@@ -5,8 +5,9 @@
 # harness proves nothing), and a kill run against a broker without producer deduplication (it
 # must FAIL with duplicates). The consumer-group workload (--groups) runs under kill and power
 # cut, and its negative control, a power-cut run against a broker that acknowledges OffsetCommit
-# before fsync, must FAIL with group-offset-regressed. Exits 0 only if every expectation holds.
-# About 5 minutes.
+# before fsync, must FAIL with group-offset-regressed. Two cluster runs (3 nodes, cluster mode
+# v0, replication factor 1): node kills, and coordinated power cuts of every node at once.
+# Exits 0 only if every expectation holds. About 6 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -42,6 +43,9 @@ expect() {
     local lost
     lost=$(grep -m1 '^acknowledged writes lost' "$log" || true)
     lost="$lost; anomalies: $(grep -m1 '^anomalies:' "$log" | cut -d' ' -f2)"
+    local coord
+    coord=$(grep -m1 '^coordinated power cuts' "$log" | cut -d';' -f1 || true)
+    [ -n "$coord" ] && lost="$lost; $coord"
     [ "$want" = fail ] && lost="$lost; $class: $(grep -m1 "^  $class: " "$log" | cut -d: -f2 | tr -d ' ')"
     if [ "$got" = skipped ]; then
         skipped=$((skipped + 1))
@@ -85,10 +89,17 @@ expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
 expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
 expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
 expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
+expect cluster-kill-node pass --scenario kill-node --nodes 3 --seed 1 --seconds 15
+expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --seed 1 --seconds 10 --rate 1000
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
 expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
+# The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
+# cuts of nodes that acknowledge before fsync must lose acknowledged writes.
+if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then
+    expect_caught cluster-power-cut-all-ack-before-fsync lost-acknowledged-write "2 3 4" --scenario power-cut-all --nodes 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+fi
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
 if [ "$failed" -eq 0 ] && [ -z "$KEEP" ]; then

@@ -193,6 +193,8 @@ pub struct Broker {
     pub port: u16,
     /// `host:port` the broker advertises instead of its own (the network proxy).
     pub advertise: Option<String>,
+    /// More `serve` arguments (cluster mode: node id, voters, settings).
+    pub extra_args: Vec<String>,
     log: PathBuf,
     /// Negative-control and fault-injection switches passed to the broker
     /// (`HOLDFAST_UNSAFE_*`, `HOLDFAST_TEST_*`), each set to `1`.
@@ -217,6 +219,7 @@ impl Broker {
             data_dir: data_dir.to_path_buf(),
             port,
             advertise: None,
+            extra_args: Vec::new(),
             log: log.to_path_buf(),
             unsafe_env,
             child: None,
@@ -235,10 +238,18 @@ impl Broker {
 
     /// Starts the broker and waits (bounded) for `holdfast listening on`.
     pub fn start(&mut self, deadline: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let rx = self.spawn()?;
+        self.await_listening(&rx, deadline)?;
+        Ok(t.elapsed())
+    }
+
+    /// Starts the broker process; the receiver says whether it printed its listening line
+    /// (`true`) or exited before (`false`). See [`Broker::await_listening`].
+    pub fn spawn(&mut self) -> anyhow::Result<mpsc::Receiver<bool>> {
         if self.child.is_some() {
             bail!("broker already running");
         }
-        let t = Instant::now();
         let log = OpenOptions::new()
             .create(true)
             .append(true)
@@ -256,6 +267,7 @@ impl Broker {
                     .iter()
                     .flat_map(|a| ["--advertise", a.as_str()]),
             )
+            .args(&self.extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(log));
@@ -299,8 +311,18 @@ impl Broker {
                 let _ = tx.try_send(false);
             }
         });
+        Ok(rx)
+    }
+
+    /// Waits (bounded) for the listening line of a process started by [`Broker::spawn`];
+    /// kills it on failure.
+    pub fn await_listening(
+        &mut self,
+        rx: &mpsc::Receiver<bool>,
+        deadline: Duration,
+    ) -> anyhow::Result<()> {
         match rx.recv_timeout(deadline) {
-            Ok(true) => Ok(t.elapsed()),
+            Ok(true) => Ok(()),
             Ok(false) => {
                 let _ = self.kill();
                 bail!("broker exited before listening; see {}", self.log.display())
@@ -319,6 +341,24 @@ impl Broker {
     pub fn kill(&mut self) -> anyhow::Result<()> {
         if let Some(mut c) = self.child.take() {
             c.kill().context("SIGKILL broker")?;
+            c.wait().context("reaping broker")?;
+        }
+        self.paused = false;
+        Ok(())
+    }
+
+    /// Sends SIGKILL without waiting (a coordinated power cut kills every node in one loop,
+    /// then reaps them with [`Broker::reap`]).
+    pub fn sigkill_nowait(&mut self) -> anyhow::Result<()> {
+        if let Some(c) = self.child.as_mut() {
+            c.kill().context("SIGKILL broker")?;
+        }
+        Ok(())
+    }
+
+    /// Reaps a process killed by [`Broker::sigkill_nowait`].
+    pub fn reap(&mut self) -> anyhow::Result<()> {
+        if let Some(mut c) = self.child.take() {
             c.wait().context("reaping broker")?;
         }
         self.paused = false;

@@ -6,6 +6,7 @@
 //! scenario needs something this machine cannot do, e.g. loop mounts without root).
 
 mod checker;
+mod cluster;
 mod env;
 mod groups;
 mod history;
@@ -46,9 +47,23 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// kill | pause | power-cut | disk-full | mixed | partition | blackhole | delay | net |
-    /// fsync-eio | none
+    /// fsync-eio | none; cluster scenarios: kill-node | kill-controller | pause-node |
+    /// power-cut-node | power-cut-all | cluster-mixed
     #[arg(long)]
     scenario: String,
+    /// Number of holdfast nodes. 1 (the default) runs one broker without a quorum, as
+    /// before; more (or a cluster scenario) runs a cluster (`holdfast format` + `serve
+    /// --controller-quorum-voters`), each node on its own ext4 image when root.
+    #[arg(long, default_value_t = 1)]
+    nodes: usize,
+    /// Replication factor of the workload's topic (cluster mode; created through the Admin
+    /// API). Cluster mode v0 accepts only 1.
+    #[arg(long, default_value_t = 1)]
+    replication_factor: i32,
+    /// `min.insync.replicas` of the workload's topic (cluster mode). Default: the cluster's
+    /// default (no topic config given).
+    #[arg(long)]
+    min_insync_replicas: Option<u32>,
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Length of the faulty part of the run (the heal, liveness probe and final read follow).
@@ -110,6 +125,17 @@ pub enum FaultKind {
     /// The next fsync fails with EIO (broker test hook); its partitions go offline until the
     /// broker is restarted.
     FsyncEio,
+    /// Cluster: SIGKILL one node (seeded choice), restart it after the hold.
+    KillNode,
+    /// Cluster: SIGKILL the active controller (Metadata's controller id), restart it.
+    KillController,
+    /// Cluster: SIGSTOP one node, SIGCONT after the hold.
+    PauseNode,
+    /// Cluster: power cut of one node (SIGKILL, image copied, remounted, restarted).
+    PowerCutNode,
+    /// Cluster: coordinated power cut: every node SIGKILLed in one loop, every image
+    /// copied, all restarted.
+    PowerCutAll,
 }
 
 impl FaultKind {
@@ -123,10 +149,32 @@ impl FaultKind {
             FaultKind::Blackhole => "blackhole",
             FaultKind::Delay => "delay",
             FaultKind::FsyncEio => "fsync-eio",
+            FaultKind::KillNode => "kill-node",
+            FaultKind::KillController => "kill-controller",
+            FaultKind::PauseNode => "pause-node",
+            FaultKind::PowerCutNode => "power-cut-node",
+            FaultKind::PowerCutAll => "power-cut-all",
         }
     }
     fn needs_disk(self) -> bool {
-        matches!(self, FaultKind::PowerCut | FaultKind::DiskFull)
+        matches!(
+            self,
+            FaultKind::PowerCut
+                | FaultKind::DiskFull
+                | FaultKind::PowerCutNode
+                | FaultKind::PowerCutAll
+        )
+    }
+    /// A fault on the nodes of a cluster (cluster mode only).
+    pub fn is_cluster(self) -> bool {
+        matches!(
+            self,
+            FaultKind::KillNode
+                | FaultKind::KillController
+                | FaultKind::PauseNode
+                | FaultKind::PowerCutNode
+                | FaultKind::PowerCutAll
+        )
     }
     fn needs_proxy(self) -> bool {
         matches!(
@@ -142,6 +190,10 @@ pub struct Planned {
     pub at_ms: u64,
     pub kind: FaultKind,
     pub hold_ms: u64,
+    /// Seeded draw choosing the node of a one-node cluster fault (`target % nodes`); 0 for
+    /// the other kinds (drawn only for cluster faults, so single-node schedules are
+    /// unchanged).
+    pub target: u64,
 }
 
 /// One fault as it happened.
@@ -170,9 +222,21 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         "delay" => vec![FaultKind::Delay],
         "net" => vec![FaultKind::Partition, FaultKind::Blackhole, FaultKind::Delay],
         "fsync-eio" => vec![FaultKind::FsyncEio],
+        "kill-node" => vec![FaultKind::KillNode],
+        "kill-controller" => vec![FaultKind::KillController],
+        "pause-node" => vec![FaultKind::PauseNode],
+        "power-cut-node" => vec![FaultKind::PowerCutNode],
+        "power-cut-all" => vec![FaultKind::PowerCutAll],
+        "cluster-mixed" => vec![
+            FaultKind::KillNode,
+            FaultKind::KillController,
+            FaultKind::PauseNode,
+            FaultKind::PowerCutNode,
+            FaultKind::PowerCutAll,
+        ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
         }
     })
 }
@@ -202,7 +266,11 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             // Longer than the workload's 5 s request timeout, so the client gives up first.
             FaultKind::Delay => rng.u64(5500..8000),
             FaultKind::FsyncEio => rng.u64(300..2000),
+            FaultKind::KillNode | FaultKind::KillController => rng.u64(100..1500),
+            FaultKind::PauseNode => rng.u64(500..6500),
+            FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
         };
+        let target = if kind.is_cluster() { rng.u64(..) } else { 0 };
         if t + hold + 3000 > end {
             break;
         }
@@ -210,6 +278,7 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             at_ms: t,
             kind,
             hold_ms: hold,
+            target,
         });
         t += hold;
     }
@@ -307,6 +376,8 @@ fn main() {
 /// The outcome the report needs.
 pub struct RunSummary {
     pub scenario: String,
+    /// Cluster mode: (nodes, replication factor, min.insync.replicas or None = default).
+    pub cluster: Option<(usize, i32, Option<u32>)>,
     pub seed: u64,
     pub seconds: u64,
     pub unsafe_ack_before_fsync: bool,
@@ -323,6 +394,10 @@ pub struct RunSummary {
 }
 
 fn run(a: &RunArgs) -> anyhow::Result<i32> {
+    let cluster_kinds = kinds(&a.scenario)?.iter().any(|k| k.is_cluster());
+    if a.nodes > 1 || cluster_kinds {
+        return cluster::run(a);
+    }
     let wall = Instant::now();
     let planned = plan(&a.scenario, a.seed, a.seconds)?;
     let needs_disk = kinds(&a.scenario)?.iter().any(|k| k.needs_disk());
@@ -636,6 +711,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     let summary = RunSummary {
         scenario: a.scenario.clone(),
+        cluster: None,
         seed: a.seed,
         seconds: a.seconds,
         unsafe_ack_before_fsync: a.unsafe_ack_before_fsync,
@@ -794,6 +870,11 @@ fn inject(
                 up.as_millis()
             ))
         }
+        k @ (FaultKind::KillNode
+        | FaultKind::KillController
+        | FaultKind::PauseNode
+        | FaultKind::PowerCutNode
+        | FaultKind::PowerCutAll) => bail!("cluster fault {} on a single broker", k.name()),
         FaultKind::DiskFull => {
             let disk = disk.context("disk full without a disk image")?;
             let n = disk.fill()?;
@@ -826,6 +907,84 @@ mod tests {
         assert_eq!(a.ok(), b.ok());
         let c = plan("mixed", 8, 60).map(|p| format!("{p:?}"));
         assert_ne!(plan("mixed", 7, 60).map(|p| format!("{p:?}")).ok(), c.ok());
+    }
+
+    #[test]
+    fn cluster_schedules_choose_nodes_from_the_seed_only() {
+        // Single-node kinds draw no target, so their schedules are unchanged by cluster mode.
+        for sc in ["kill", "mixed", "net", "fsync-eio"] {
+            for f in plan(sc, 3, 60).unwrap_or_default() {
+                assert_eq!(f.target, 0, "{sc}");
+                assert!(!f.kind.is_cluster());
+            }
+        }
+        let a = plan("cluster-mixed", 5, 120).unwrap_or_default();
+        let b = plan("cluster-mixed", 5, 120).unwrap_or_default();
+        assert_eq!(format!("{a:?}"), format!("{b:?}"));
+        assert!(a.iter().all(|f| f.kind.is_cluster()));
+        // Over a few seeds every cluster fault kind and every node of three is drawn.
+        let mut kinds_seen = std::collections::BTreeSet::new();
+        let mut nodes_seen = std::collections::BTreeSet::new();
+        for seed in 0..10 {
+            for f in plan("cluster-mixed", seed, 60).unwrap_or_default() {
+                kinds_seen.insert(f.kind.name());
+                nodes_seen.insert(f.target % 3);
+            }
+        }
+        assert_eq!(kinds_seen.len(), 5, "{kinds_seen:?}");
+        assert_eq!(nodes_seen.len(), 3);
+        for sc in [
+            "kill-node",
+            "kill-controller",
+            "pause-node",
+            "power-cut-node",
+            "power-cut-all",
+        ] {
+            let p = plan(sc, 1, 30).unwrap_or_default();
+            assert!(!p.is_empty(), "{sc}");
+            assert!(p.iter().all(|f| f.kind.name() == sc));
+        }
+        assert!(kinds("power-cut-all")
+            .unwrap_or_default()
+            .iter()
+            .all(|k| k.needs_disk()));
+    }
+
+    #[test]
+    fn report_counts_coordinated_power_cuts() {
+        let applied = |detail: &str| Applied {
+            kind: FaultKind::PowerCutAll,
+            start_us: 0,
+            end_us: 1,
+            detail: detail.into(),
+        };
+        let s = RunSummary {
+            scenario: "power-cut-all".into(),
+            cluster: Some((3, 1, None)),
+            seed: 1,
+            seconds: 10,
+            unsafe_ack_before_fsync: false,
+            unsafe_no_dedup: false,
+            data_dir: "x".into(),
+            planned: plan("power-cut-all", 1, 10).unwrap_or_default(),
+            applied: vec![applied("COORDINATED: ..."), applied("FAILED: no disk")],
+            notes: Vec::new(),
+            broker_starts: 6,
+            probe: Ok(Duration::from_millis(1)),
+            final_bounds: Default::default(),
+            final_reached: Default::default(),
+            wall: Duration::from_secs(1),
+        };
+        let v = checker::Verdict {
+            acked: 42,
+            ..Default::default()
+        };
+        let t = report::text(&s, &v);
+        assert!(t.contains("cluster: 3 nodes, replication factor 1"), "{t}");
+        assert!(
+            t.contains("coordinated power cuts: 1; acknowledged writes lost: 0 of 42"),
+            "{t}"
+        );
     }
 
     #[test]

@@ -29,6 +29,13 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
             "NEGATIVE CONTROL: broker deduplication of idempotent retries is OFF"
         );
     }
+    if let Some((nodes, rf, isr)) = s.cluster {
+        let _ = writeln!(
+            o,
+            "cluster: {nodes} nodes, replication factor {rf}, min.insync.replicas {}",
+            isr.map_or("cluster default".to_string(), |m| m.to_string())
+        );
+    }
     let _ = writeln!(
         o,
         "data dir: {}; broker started {} times; wall time {:.1} s",
@@ -40,6 +47,12 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
         o,
         "machine limits: no netem, nft or namespaces (network faults go through the proxy: reset, blackhole, requests held by API key; no packet loss or reordering), no device-mapper (no dm-flakey); power cut = copy of a loop-mounted ext4 image"
     );
+    if s.cluster.is_some() {
+        let _ = writeln!(
+            o,
+            "cluster limits: no partitions between brokers (no netns/nft here; per-node proxies or per-node loopback addresses are future work, design 5.2); every node on 127.0.0.1"
+        );
+    }
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");
     }
@@ -114,6 +127,22 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
         .filter(|a| a.class == "lost-acknowledged-write")
         .count();
     let _ = writeln!(o, "\nacknowledged writes lost: {lost} of {}", v.acked);
+    let coordinated = s
+        .applied
+        .iter()
+        .filter(|f| f.kind == crate::FaultKind::PowerCutAll && !f.detail.starts_with("FAILED"))
+        .count();
+    if coordinated > 0
+        || s.planned
+            .iter()
+            .any(|f| f.kind == crate::FaultKind::PowerCutAll)
+    {
+        let _ = writeln!(
+            o,
+            "coordinated power cuts: {coordinated}; acknowledged writes lost: {lost} of {}",
+            v.acked
+        );
+    }
     let _ = writeln!(
         o,
         "VERDICT: {}",
@@ -193,6 +222,11 @@ pub fn svg(s: &RunSummary, events: &[Event], v: &Verdict) -> String {
         ("blackhole", "#999999"),
         ("delay", "#a3f4b8"),
         ("fsync-eio", "#f4a3e0"),
+        ("kill-node", "#f4a3a3"),
+        ("kill-controller", "#e07070"),
+        ("pause-node", "#f7d98b"),
+        ("power-cut-node", "#c9a3f4"),
+        ("power-cut-all", "#8a5cc7"),
     ]
     .into_iter()
     .collect();

@@ -2,9 +2,9 @@
 //! sending unique values to every partition, assign()-based consumers polling, a watcher of
 //! watermarks, and after healing a liveness probe and a fresh consumer's final read.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -60,6 +60,8 @@ struct ProdCtx {
     rec: Arc<Recorder>,
     process: String,
     f: F,
+    /// The partitions with an acknowledged send (the liveness probe's evidence).
+    acked: Option<Arc<Mutex<BTreeSet<i32>>>>,
 }
 
 impl ClientContext for ProdCtx {
@@ -75,10 +77,17 @@ impl ProducerContext for ProdCtx {
     type DeliveryOpaque = Box<SendOpaque>;
     fn delivery(&self, r: &DeliveryResult<'_>, o: Box<SendOpaque>) {
         let e = match r {
-            Ok(m) => Event::new(Kind::Ok, self.f, &self.process, o.op)
-                .value(&o.value)
-                .partition(m.partition())
-                .offset(m.offset()),
+            Ok(m) => {
+                if let Some(a) = &self.acked {
+                    if let Ok(mut a) = a.lock() {
+                        a.insert(m.partition());
+                    }
+                }
+                Event::new(Kind::Ok, self.f, &self.process, o.op)
+                    .value(&o.value)
+                    .partition(m.partition())
+                    .offset(m.offset())
+            }
             Err((err, _)) => {
                 let (kind, code, text) = classify(err);
                 Event::new(kind, self.f, &self.process, o.op)
@@ -97,10 +106,22 @@ fn producer(
     process: &str,
     f: F,
 ) -> anyhow::Result<ThreadedProducer<ProdCtx>> {
+    producer_with(bootstrap, rec, process, f, 15_000, None)
+}
+
+fn producer_with(
+    bootstrap: &str,
+    rec: &Arc<Recorder>,
+    process: &str,
+    f: F,
+    message_timeout_ms: u64,
+    acked: Option<Arc<Mutex<BTreeSet<i32>>>>,
+) -> anyhow::Result<ThreadedProducer<ProdCtx>> {
     let ctx = ProdCtx {
         rec: Arc::clone(rec),
         process: process.to_string(),
         f,
+        acked,
     };
     let debug = std::env::var("CHAOS_DEBUG").ok();
     let mut cfg = ClientConfig::new();
@@ -114,7 +135,7 @@ fn producer(
         .set("max.in.flight.requests.per.connection", "5")
         .set("linger.ms", "2")
         .set("request.timeout.ms", "5000")
-        .set("message.timeout.ms", "15000")
+        .set("message.timeout.ms", message_timeout_ms.to_string())
         .set("reconnect.backoff.ms", "50")
         .set("reconnect.backoff.max.ms", "500")
         .set("queue.buffering.max.messages", "20000")
@@ -363,12 +384,59 @@ fn watch_loop(bootstrap: &str, rec: &Arc<Recorder>, stop: &AtomicBool) -> anyhow
 /// Liveness: a fresh producer must get one value per partition acknowledged within the
 /// deadline. Returns the time it took.
 pub fn probe(bootstrap: &str, rec: &Arc<Recorder>, deadline: Duration) -> anyhow::Result<Duration> {
+    probe_tagged(bootstrap, rec, deadline, "probe")
+}
+
+/// [`probe`] with the values and process named `tag` (unique per call). A send that fails
+/// (e.g. its message times out while a partition has no serving leader) is sent again, with a
+/// new value, until every partition has an acknowledged one or the deadline passes: draining
+/// the queue is not enough, the acknowledgement is the evidence.
+pub fn probe_tagged(
+    bootstrap: &str,
+    rec: &Arc<Recorder>,
+    deadline: Duration,
+    tag: &str,
+) -> anyhow::Result<Duration> {
     let t = Instant::now();
-    let process = "probe";
-    let p = producer(bootstrap, rec, process, F::Probe)?;
-    for partition in 0..PARTITIONS {
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let p = producer_with(
+        bootstrap,
+        rec,
+        tag,
+        F::Probe,
+        5000,
+        Some(Arc::clone(&acked)),
+    )?;
+    // Bounded: every attempt ends by the message timeout, and the deadline ends the loop.
+    let mut attempt = 0u32;
+    loop {
+        let missing: Vec<i32> = {
+            let a = acked.lock().map_err(|_| anyhow!("probe lock poisoned"))?;
+            (0..PARTITIONS).filter(|p| !a.contains(p)).collect()
+        };
+        if missing.is_empty() {
+            return Ok(t.elapsed());
+        }
+        let left = deadline.saturating_sub(t.elapsed());
+        if left.is_zero() {
+            bail!("partitions {missing:?} had no acknowledged produce within {deadline:?} ({attempt} attempts)");
+        }
+        probe_send(&p, rec, tag, attempt, &missing)?;
+        attempt += 1;
+        let _ = p.flush(left);
+    }
+}
+
+fn probe_send(
+    p: &ThreadedProducer<ProdCtx>,
+    rec: &Arc<Recorder>,
+    process: &str,
+    attempt: u32,
+    partitions: &[i32],
+) -> anyhow::Result<()> {
+    for &partition in partitions {
         let op = rec.next_op();
-        let value = format!("probe-{partition}");
+        let value = format!("{process}-{attempt}-{partition}");
         rec.record(
             Event::new(Kind::Invoke, F::Probe, process, op)
                 .value(&value)
@@ -387,9 +455,7 @@ pub fn probe(bootstrap: &str, rec: &Arc<Recorder>, deadline: Duration) -> anyhow
             bail!("probe not enqueued: {e}");
         }
     }
-    p.flush(deadline)
-        .map_err(|e| anyhow!("probe not acknowledged within {deadline:?}: {e}"))?;
-    Ok(t.elapsed())
+    Ok(())
 }
 
 /// Result of the final read.

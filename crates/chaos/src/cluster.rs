@@ -1,0 +1,797 @@
+//! Cluster mode: N real `holdfast serve` processes on the Raft metadata quorum (docs/cluster.md),
+//! each with its own data directory (its own loop-mounted ext4 image when root), broker and
+//! controller ports. The workload bootstraps from every node; the workload's topic is created
+//! through the Admin API with the requested replication factor; faults strike nodes (one, the
+//! active controller, or all at once for the coordinated power cut).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::env::{self, Broker, Disk, WorkDir};
+use crate::history::{self, Event, Kind, Recorder, F};
+use crate::{
+    check_interrupted, checker, crash_mark, kinds, plan, report, sleep, sleep_until, workload,
+    Applied, FaultKind, Planned, RunArgs, RunSummary,
+};
+
+/// Broker session timeout given to every node (docs/cluster.md: `broker.session.timeout.ms`,
+/// default 9000). A node restarted after a SIGKILL is refused registration
+/// (DUPLICATE_BROKER_REGISTRATION) until the controller fences its previous incarnation, so
+/// this bounds how long its partitions stay leaderless after the restart.
+pub const SESSION_TIMEOUT_MS: u64 = 3000;
+/// `broker.heartbeat.interval.ms` given to every node (default 2000).
+pub const HEARTBEAT_MS: u64 = 500;
+/// Most nodes a run may start.
+pub const MAX_NODES: usize = 9;
+/// Deadline for the cluster to be formed, or to be whole again after healing: every broker
+/// registered and every partition led. Covers an election (2-4 s), the session timeout that
+/// fences a SIGKILLed incarnation, and a slow debug build on a loaded machine.
+const READY_DEADLINE: Duration = Duration::from_secs(45);
+
+/// One node: its broker process and, when root, its disk. Fields drop in order: the process
+/// dies before its image is unmounted.
+pub struct Node {
+    pub id: i32,
+    pub broker: Broker,
+    pub disk: Option<Disk>,
+}
+
+/// The nodes of a run.
+pub struct Cluster {
+    pub nodes: Vec<Node>,
+    bin: PathBuf,
+    pub cluster_id: String,
+}
+
+/// Free TCP ports on 127.0.0.1, distinct: every listener is held until all are chosen.
+fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
+    let ls = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .context("choosing free ports")?;
+    ls.iter()
+        .map(|l| Ok(l.local_addr()?.port()))
+        .collect::<anyhow::Result<Vec<u16>>>()
+}
+
+impl Cluster {
+    /// Formats `n` nodes (node ids 1..=n, node 1 bootstraps the quorum), each on its own disk
+    /// image when `root`. Nothing is started yet.
+    pub fn create(
+        bin: &Path,
+        work: &Path,
+        out: &Path,
+        n: usize,
+        root: bool,
+        unsafe_env: &[&'static str],
+        notes: &mut Vec<String>,
+    ) -> anyhow::Result<Cluster> {
+        if n == 0 || n > MAX_NODES {
+            bail!("--nodes must be 1..={MAX_NODES}");
+        }
+        let bin_s = bin.to_str().context("non-UTF-8 broker path")?;
+        let cluster_id = env::sh(bin_s, &["random-uuid"])?.trim().to_string();
+        if cluster_id.is_empty() {
+            bail!("holdfast random-uuid printed nothing");
+        }
+        // 2n distinct ports: n broker listeners, n controller listeners.
+        let ports = free_ports(2 * n)?;
+        let voters = (0..n)
+            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            nodes: Vec::with_capacity(n),
+            bin: bin.to_path_buf(),
+            cluster_id,
+        };
+        let (broker_ports, _) = ports.split_at(n);
+        for (i, &port) in broker_ports.iter().enumerate() {
+            let id = (i + 1) as i32;
+            let dir = work.join(format!("node-{id}"));
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let disk = if root {
+                match Disk::create(&dir) {
+                    Ok(d) => Some(d),
+                    Err(e) => {
+                        notes.push(format!("node {id}: cannot loop-mount an ext4 image: {e:#}"));
+                        None
+                    }
+                }
+            } else {
+                None
+            };
+            let data_dir = match &disk {
+                Some(d) => d.mount_point.join("data"),
+                None => dir.join("data"),
+            };
+            let log = out.join(format!("node-{id}.log"));
+            let _ = std::fs::remove_file(&log);
+            let mut broker = Broker::new(bin, &data_dir, &log, unsafe_env.to_vec())?;
+            broker.port = port;
+            broker.extra_args = vec![
+                "--node-id".into(),
+                id.to_string(),
+                "--controller-quorum-voters".into(),
+                voters.clone(),
+                "--set".into(),
+                format!("broker.session.timeout.ms={SESSION_TIMEOUT_MS}"),
+                "--set".into(),
+                format!("broker.heartbeat.interval.ms={HEARTBEAT_MS}"),
+            ];
+            let data_s = data_dir.to_str().context("non-UTF-8 data dir")?;
+            let id_s = id.to_string();
+            let mut args = vec![
+                "format",
+                "--data-dir",
+                data_s,
+                "--node-id",
+                &id_s,
+                "--cluster-id",
+                &cluster.cluster_id,
+            ];
+            if id == 1 {
+                args.push("--bootstrap");
+            }
+            env::sh(bin_s, &args).with_context(|| format!("formatting node {id}"))?;
+            cluster.nodes.push(Node { id, broker, disk });
+        }
+        notes.push(format!(
+            "cluster {}: {n} nodes, voters {voters}, broker.session.timeout.ms={SESSION_TIMEOUT_MS}, broker.heartbeat.interval.ms={HEARTBEAT_MS}",
+            cluster.cluster_id
+        ));
+        Ok(cluster)
+    }
+
+    /// Every node's listener, comma-separated (the clients' bootstrap list).
+    pub fn bootstrap(&self) -> String {
+        self.nodes
+            .iter()
+            .map(|n| n.broker.bootstrap())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts the nodes at `idx` together (a node of a quorum may wait for the others), then
+    /// waits for each listening line within `deadline`.
+    pub fn start(&mut self, idx: &[usize], deadline: Duration) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let mut rxs = Vec::with_capacity(idx.len());
+        for &i in idx {
+            rxs.push((i, self.nodes[i].broker.spawn()?));
+        }
+        let mut first_err = None;
+        for (i, rx) in rxs {
+            let left = deadline.saturating_sub(t.elapsed());
+            if let Err(e) = self.nodes[i].broker.await_listening(&rx, left) {
+                first_err.get_or_insert(e.context(format!("node {}", self.nodes[i].id)));
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(t.elapsed()),
+        }
+    }
+
+    pub fn all(&self) -> Vec<usize> {
+        (0..self.nodes.len()).collect()
+    }
+
+    /// The active controller's node id, from DescribeCluster / Metadata (`holdfast cluster
+    /// describe`), asked of each running node in turn. None if no node answers with one.
+    pub fn controller_id(&mut self) -> Option<i32> {
+        let bin = self.bin.to_str()?.to_string();
+        let addrs: Vec<String> = self
+            .nodes
+            .iter_mut()
+            .filter_map(|n| n.broker.alive().then(|| n.broker.bootstrap()))
+            .collect();
+        for a in addrs {
+            let out = env::sh(
+                &bin,
+                &[
+                    "cluster",
+                    "describe",
+                    "-b",
+                    &a,
+                    "--format",
+                    "json",
+                    "--timeout-ms",
+                    "3000",
+                ],
+            );
+            if let Ok(text) = out {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    if let Some(c) = v.get("controller_id").and_then(|c| c.as_i64()) {
+                        if c >= 0 {
+                            return i32::try_from(c).ok();
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn index_of(&self, id: i32) -> Option<usize> {
+        self.nodes.iter().position(|n| n.id == id)
+    }
+
+    pub fn starts(&self) -> u32 {
+        self.nodes.iter().map(|n| n.broker.starts).sum()
+    }
+}
+
+/// Polls Metadata (bounded) until it lists `n` brokers and every partition of `topic` (if
+/// given) has a leader. Returns the time it took.
+pub fn wait_ready(
+    bootstrap: &str,
+    n: usize,
+    topic: Option<&str>,
+    deadline: Duration,
+) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("reconnect.backoff.ms", "50")
+        .set("reconnect.backoff.max.ms", "500")
+        .set("log_level", "3")
+        .create()?;
+    let mut last = String::from("no Metadata answer");
+    while t.elapsed() < deadline {
+        check_interrupted()?;
+        match c.fetch_metadata(topic, Duration::from_secs(2)) {
+            Ok(md) => {
+                let brokers = md.brokers().len();
+                let led = match topic {
+                    None => true,
+                    Some(name) => md.topics().iter().any(|tm| {
+                        tm.name() == name
+                            && tm.error().is_none()
+                            && tm.partitions().len() == workload::PARTITIONS as usize
+                            && tm.partitions().iter().all(|p| p.leader() >= 0)
+                    }),
+                };
+                if brokers == n && led {
+                    return Ok(t.elapsed());
+                }
+                last = format!("{brokers} of {n} brokers, every partition led: {led}");
+            }
+            Err(e) => last = format!("{e}"),
+        }
+        // No event to await: Metadata is polled.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("cluster not ready within {deadline:?} ({last})")
+}
+
+/// Creates the workload's topic through the Admin API (CreateTopics) with the replication
+/// factor and, if given, `min.insync.replicas`; retried until the deadline on errors a
+/// forming cluster gives (no controller yet, timeouts). A refusal (e.g. cluster mode v0's
+/// INVALID_REPLICATION_FACTOR for RF > 1) is an error at once.
+pub fn create_topic(
+    bootstrap: &str,
+    topic: &str,
+    rf: i32,
+    min_isr: Option<u32>,
+    deadline: Duration,
+) -> anyhow::Result<()> {
+    let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let isr = min_isr.map(|m| m.to_string());
+    let mut nt = NewTopic::new(topic, workload::PARTITIONS, TopicReplication::Fixed(rf));
+    if let Some(m) = &isr {
+        nt = nt.set("min.insync.replicas", m);
+    }
+    let opts = AdminOptions::new()
+        .request_timeout(Some(Duration::from_secs(10)))
+        .operation_timeout(Some(Duration::from_secs(10)));
+    let t = Instant::now();
+    let mut last = String::new();
+    while t.elapsed() < deadline {
+        check_interrupted()?;
+        match rt.block_on(admin.create_topics([&nt], &opts)) {
+            Ok(rs) => {
+                let mut retry = false;
+                for r in rs {
+                    match r {
+                        Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+                        Err((
+                            name,
+                            c @ (RDKafkaErrorCode::NotController
+                            | RDKafkaErrorCode::RequestTimedOut
+                            | RDKafkaErrorCode::BrokerNotAvailable
+                            | RDKafkaErrorCode::LeaderNotAvailable
+                            | RDKafkaErrorCode::NotCoordinator
+                            | RDKafkaErrorCode::CoordinatorNotAvailable
+                            | RDKafkaErrorCode::OperationTimedOut),
+                        )) => {
+                            retry = true;
+                            last = format!("{name}: {c:?}");
+                        }
+                        Err((name, c)) => bail!(
+                            "CreateTopics {name} (replication factor {rf}, min.insync.replicas {}) refused: {c:?}",
+                            isr.as_deref().unwrap_or("default")
+                        ),
+                    }
+                }
+                if !retry {
+                    return Ok(());
+                }
+            }
+            Err(e) => last = format!("{e}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    bail!("CreateTopics {topic} did not succeed within {deadline:?} ({last})")
+}
+
+/// The cluster-mode run: like `main::run` for one broker, with N nodes and node faults.
+pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
+    let wall = Instant::now();
+    if a.nodes < 2 {
+        bail!("cluster scenarios need --nodes 2 or more (e.g. --nodes 3)");
+    }
+    if a.txn || a.groups {
+        bail!("--txn and --groups are not in cluster mode yet: cluster mode v0 has no group or transaction coordinator (docs/cluster.md)");
+    }
+    if a.unsafe_no_dedup || a.unsafe_abort_as_commit || a.unsafe_offsets_no_fsync {
+        bail!("cluster mode supports only the --unsafe-ack-before-fsync control so far");
+    }
+    let ks = kinds(&a.scenario)?;
+    if let Some(k) = ks.iter().find(|k| !k.is_cluster()) {
+        bail!(
+            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, none",
+            a.scenario,
+            k.name()
+        );
+    }
+    let planned = plan(&a.scenario, a.seed, a.seconds)?;
+    let needs_disk = ks.iter().any(|k| k.needs_disk());
+    let out = a.out.clone().unwrap_or_else(|| {
+        PathBuf::from(format!(
+            "chaos-out/{}-n{}{}-{}",
+            a.scenario,
+            a.nodes,
+            if a.unsafe_ack_before_fsync {
+                "-unsafe"
+            } else {
+                ""
+            },
+            a.seed
+        ))
+    });
+    std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let broker_bin = match &a.broker_bin {
+        Some(b) => b.clone(),
+        None => std::env::current_exe()?
+            .parent()
+            .map(|d| d.join("holdfast"))
+            .context("locating the holdfast binary")?,
+    };
+    if !broker_bin.exists() {
+        bail!(
+            "broker binary {} not found (use --broker-bin)",
+            broker_bin.display()
+        );
+    }
+    // Drop order: the cluster (processes, then mounts) before the work directory.
+    let work = WorkDir::create(&format!("{}-n{}-{}", a.scenario, a.nodes, a.seed))?;
+    let mut notes = Vec::new();
+    let root = env::is_root();
+    if !root {
+        notes.push("not root: no loop-mounted ext4 images, data in plain temp dirs".into());
+    }
+    let mut unsafe_env = Vec::new();
+    if a.unsafe_ack_before_fsync {
+        unsafe_env.push("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
+        notes.push("NEGATIVE CONTROL: every node acknowledges before fsync".into());
+    }
+    let mut cl = Cluster::create(
+        &broker_bin,
+        &work.path,
+        &out,
+        a.nodes,
+        root,
+        &unsafe_env,
+        &mut notes,
+    )?;
+    let with_disks = cl.nodes.iter().all(|n| n.disk.is_some());
+    if needs_disk && !with_disks {
+        let msg = format!(
+            "SKIPPED scenario {}: power cuts need a loop-mounted ext4 image per node ({})",
+            a.scenario,
+            notes.join("; ")
+        );
+        println!("chaos: {msg}");
+        std::fs::write(out.join("report.txt"), format!("{msg}\n"))?;
+        return Ok(3);
+    }
+    let all = cl.all();
+    cl.start(&all, Duration::from_secs(60))?;
+    let bootstrap = cl.bootstrap();
+    let formed =
+        wait_ready(&bootstrap, a.nodes, None, READY_DEADLINE).context("forming the cluster")?;
+    notes.push(format!(
+        "formed: Metadata listed {} brokers {} ms after the processes were listening",
+        a.nodes,
+        formed.as_millis()
+    ));
+    create_topic(
+        &bootstrap,
+        workload::TOPIC,
+        a.replication_factor,
+        a.min_insync_replicas,
+        Duration::from_secs(30),
+    )?;
+    workload::create_topic(&bootstrap, READY_DEADLINE)?;
+    notes.push(format!(
+        "topic {} created through the Admin API: {} partitions, replication factor {}, min.insync.replicas {}",
+        workload::TOPIC,
+        workload::PARTITIONS,
+        a.replication_factor,
+        a.min_insync_replicas
+            .map_or("cluster default".to_string(), |m| m.to_string())
+    ));
+    workload::SOCKET_TIMEOUT_MS.store(0, Ordering::Relaxed);
+
+    let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
+    let mut applied = Vec::new();
+    let mut restart_failures = Vec::new();
+    for f in &planned {
+        sleep_until(&rec, f.at_ms)?;
+        let op = rec.next_op();
+        rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
+        let start_us = rec.now_us();
+        let detail = match inject(f, &mut cl, &rec) {
+            Ok(d) => d,
+            Err(e) => {
+                restart_failures.push(format!("{} at {} ms: {e:#}", f.kind.name(), f.at_ms));
+                format!("FAILED: {e:#}")
+            }
+        };
+        rec.record(
+            Event::new(Kind::Ok, F::Fault, "nemesis", op)
+                .value(f.kind.name())
+                .error(None, detail.clone()),
+        );
+        applied.push(Applied {
+            kind: f.kind,
+            start_us,
+            end_us: rec.now_us(),
+            detail,
+        });
+    }
+    sleep_until(&rec, a.seconds * 1000)?;
+
+    // Heal: SIGCONT every node, restart every node that is down, then wait until the cluster
+    // is whole (every broker registered, every partition led).
+    let heal_t = rec.now_us();
+    let mut down = Vec::new();
+    for (i, n) in cl.nodes.iter_mut().enumerate() {
+        if n.broker.alive() {
+            let _ = n.broker.resume();
+        } else {
+            let _ = n.broker.kill();
+            down.push(i);
+        }
+    }
+    if !down.is_empty() {
+        if let Err(e) = cl.start(&down, Duration::from_secs(60)) {
+            restart_failures.push(format!("restart at heal: {e:#}"));
+        }
+    }
+    let op = rec.next_op();
+    rec.record(Event::new(Kind::Ok, F::Fault, "nemesis", op).value("heal"));
+    notes.push(format!(
+        "healed at {:.1} s ({} node(s) restarted)",
+        heal_t as f64 / 1e6,
+        down.len()
+    ));
+    let ready = wait_ready(&bootstrap, a.nodes, Some(workload::TOPIC), READY_DEADLINE);
+    match &ready {
+        Ok(d) => notes.push(format!(
+            "after healing: Metadata listed {} brokers and a leader for every partition within {} ms",
+            a.nodes,
+            d.as_millis()
+        )),
+        Err(e) => notes.push(format!("after healing: {e:#}")),
+    }
+    check_interrupted()?;
+    let stop_res = load.stop();
+    check_interrupted()?;
+    if let Err(e) = &stop_res {
+        notes.push(format!("workload thread error: {e:#}"));
+    }
+    let probe =
+        workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
+    let fr = workload::final_read(&bootstrap, &rec, Duration::from_secs(60));
+    let (bounds, reached) = match &fr {
+        Ok(f) => (f.bounds.clone(), f.reached.clone()),
+        Err(e) => {
+            notes.push(format!("final read failed: {e:#}"));
+            Default::default()
+        }
+    };
+    if rec.overflowed() {
+        bail!(
+            "history exceeded {} events; run shorter",
+            history::MAX_EVENTS
+        );
+    }
+    let events = rec.finish()?;
+    notes.extend(producer_progress(&events, heal_t));
+    for n in cl.nodes.iter_mut() {
+        n.broker.stop();
+    }
+    let coverage = if fr.is_ok() {
+        bounds
+            .iter()
+            .map(|(p, (_, hw))| (*p, (*hw, reached.get(p).copied().unwrap_or(0))))
+            .collect()
+    } else {
+        (0..workload::PARTITIONS).map(|p| (p, (1, 0))).collect()
+    };
+    let mut verdict = checker::check(&events, &coverage);
+    for r in restart_failures {
+        verdict.anomalies.push(checker::Anomaly {
+            class: "broker-did-not-recover",
+            what: r,
+            ops: Vec::new(),
+            at_us: None,
+        });
+    }
+    if let Err(e) = &ready {
+        verdict.anomalies.push(checker::Anomaly {
+            class: "liveness",
+            what: format!("cluster after healing: {e:#}"),
+            ops: Vec::new(),
+            at_us: None,
+        });
+    }
+    if let Err(e) = &probe {
+        verdict.anomalies.push(checker::Anomaly {
+            class: "liveness",
+            what: format!("produce after healing: {e}"),
+            ops: Vec::new(),
+            at_us: None,
+        });
+    }
+    let summary = RunSummary {
+        scenario: a.scenario.clone(),
+        cluster: Some((a.nodes, a.replication_factor, a.min_insync_replicas)),
+        seed: a.seed,
+        seconds: a.seconds,
+        unsafe_ack_before_fsync: a.unsafe_ack_before_fsync,
+        unsafe_no_dedup: false,
+        data_dir: if with_disks {
+            format!(
+                "{} loop-mounted ext4 images ({} MiB each), one per node",
+                a.nodes,
+                env::IMAGE_MB
+            )
+        } else {
+            "plain temp directories".into()
+        },
+        planned,
+        applied,
+        notes,
+        broker_starts: cl.starts(),
+        probe,
+        final_bounds: bounds,
+        final_reached: reached,
+        wall: wall.elapsed(),
+    };
+    let text = report::text(&summary, &verdict);
+    print!("{text}");
+    std::fs::write(out.join("report.txt"), &text)?;
+    std::fs::write(
+        out.join("timeline.svg"),
+        report::svg(&summary, &events, &verdict),
+    )?;
+    println!(
+        "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, node-*.log",
+        out.display()
+    );
+    drop(cl);
+    drop(work);
+    Ok(if verdict.anomalies.is_empty() { 0 } else { 1 })
+}
+
+/// How the workload's long-lived producers fared: acknowledgements per producer session
+/// before and after the heal, and a `STALLED` note for a session that sent after the heal but
+/// got no acknowledgement then (the fresh liveness probe can pass while the workload's own
+/// producers never recover; a client stall, not counted as an anomaly yet).
+pub fn producer_progress(events: &[Event], heal_us: u64) -> Vec<String> {
+    use std::collections::BTreeMap;
+    // session -> (acks before heal, acks after, failed or indefinite after, last ack)
+    let mut per: BTreeMap<&str, (u64, u64, u64, u64)> = BTreeMap::new();
+    for e in events
+        .iter()
+        .filter(|e| e.f == F::Send && e.value.is_some())
+    {
+        let s = per.entry(e.process.as_str()).or_default();
+        match (e.kind, e.t_us >= heal_us) {
+            (Kind::Ok, false) => s.0 += 1,
+            (Kind::Ok, true) => s.1 += 1,
+            (Kind::Info | Kind::Fail, true) => s.2 += 1,
+            _ => {}
+        }
+        if e.kind == Kind::Ok {
+            s.3 = s.3.max(e.t_us);
+        }
+    }
+    let mut out = vec![format!(
+        "producers (acks before heal / after heal / failed or indefinite after heal, last ack): {}",
+        per.iter()
+            .map(|(p, s)| format!("{p} {}/{}/{} @{:.1} s", s.0, s.1, s.2, s.3 as f64 / 1e6))
+            .collect::<Vec<_>>()
+            .join(", ")
+    )];
+    for (p, s) in &per {
+        if s.1 == 0 && s.2 > 0 {
+            out.push(format!(
+                "STALLED (not failing the run): producer {p} got no acknowledgement after the heal ({} sends failed or indefinite; last ack at {:.1} s) while fresh producers were served",
+                s.2,
+                s.3 as f64 / 1e6
+            ));
+        }
+    }
+    out
+}
+
+/// Injects one node fault, holds it, heals it. Returns a description.
+fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<String> {
+    let hold = Duration::from_millis(f.hold_ms);
+    let n = cl.nodes.len();
+    let chosen = (f.target % n as u64) as usize;
+    match f.kind {
+        FaultKind::KillNode | FaultKind::KillController => {
+            let (i, how) = if f.kind == FaultKind::KillController {
+                match cl.controller_id().and_then(|id| cl.index_of(id)) {
+                    Some(i) => (i, "the active controller".to_string()),
+                    None => (
+                        chosen,
+                        "no controller id in Metadata; seeded node instead".into(),
+                    ),
+                }
+            } else {
+                (chosen, "seeded".into())
+            };
+            let id = cl.nodes[i].id;
+            crash_mark(rec);
+            cl.nodes[i].broker.kill()?;
+            sleep(hold)?;
+            let up = cl.start(&[i], Duration::from_secs(30))?;
+            Ok(format!(
+                "SIGKILL node {id} ({how}), down {} ms, restarted in {} ms",
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::PauseNode => {
+            let id = cl.nodes[chosen].id;
+            cl.nodes[chosen].broker.pause()?;
+            sleep(hold)?;
+            cl.nodes[chosen].broker.resume()?;
+            Ok(format!("SIGSTOP node {id} for {} ms, SIGCONT", f.hold_ms))
+        }
+        FaultKind::PowerCutNode => {
+            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
+            let id = cl.nodes[chosen].id;
+            crash_mark(rec);
+            cl.nodes[chosen].broker.kill()?;
+            let copy = cl.nodes[chosen]
+                .disk
+                .as_mut()
+                .context("power cut without a disk image")?
+                .cut_power()?;
+            sleep(hold)?;
+            let up = cl.start(&[chosen], Duration::from_secs(30))?;
+            Ok(format!(
+                "node {id}: SIGKILL{} + image copied in {} ms + remounted, down {} ms more, restarted (recovery) in {} ms",
+                if after_ack { " right after an ack" } else { "" },
+                copy.as_millis(),
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::PowerCutAll => {
+            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
+            crash_mark(rec);
+            // One loop of kill() calls, nothing else in between: the closest this machine
+            // gets to every node losing power at the same instant.
+            let t = Instant::now();
+            let mut results = Vec::with_capacity(n);
+            for node in cl.nodes.iter_mut() {
+                results.push(node.broker.sigkill_nowait());
+            }
+            let spread = t.elapsed();
+            for node in cl.nodes.iter_mut() {
+                node.broker.reap()?;
+            }
+            for r in results {
+                r?;
+            }
+            // Every node is dead before any image is copied: nothing is written back
+            // after the instant of the cut.
+            let t = Instant::now();
+            for node in cl.nodes.iter_mut() {
+                node.disk
+                    .as_mut()
+                    .context("power cut without a disk image")?
+                    .cut_power()?;
+            }
+            let copies = t.elapsed();
+            sleep(hold)?;
+            let all = cl.all();
+            let up = cl.start(&all, Duration::from_secs(60))?;
+            // The whole cluster was down: the fault ends when it is whole again (quorum
+            // elected, every broker registered once its previous incarnation is fenced,
+            // every partition led), so the next cut strikes a serving cluster.
+            let led = wait_ready(&cl.bootstrap(), n, Some(workload::TOPIC), READY_DEADLINE)
+                .context("cluster not whole again after a coordinated power cut")?;
+            let whole = workload::probe_tagged(
+                &cl.bootstrap(),
+                rec,
+                READY_DEADLINE,
+                &format!("ready{}", f.at_ms),
+            )
+            .context("no produce acknowledged on every partition after a coordinated power cut")?;
+            Ok(format!(
+                "COORDINATED: SIGKILL of all {n} nodes{} within {} us, {n} images copied in {} ms + remounted, down {} ms more, all restarted (recovery) in {} ms, Metadata: every partition led {} ms later, a produce acknowledged on every partition {} ms after that",
+                if after_ack { " right after an ack" } else { "" },
+                spread.as_micros(),
+                copies.as_millis(),
+                f.hold_ms,
+                up.as_millis(),
+                led.as_millis(),
+                whole.as_millis()
+            ))
+        }
+        k => bail!("fault {} is not a cluster fault", k.name()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send(kind: Kind, process: &str, t_us: u64) -> Event {
+        let mut e = Event::new(kind, F::Send, process, 1).value("v");
+        e.t_us = t_us;
+        e
+    }
+
+    #[test]
+    fn a_producer_without_acks_after_the_heal_is_reported_stalled() {
+        let events = vec![
+            send(Kind::Ok, "p0.0", 1_000_000),
+            send(Kind::Ok, "p1.0", 1_000_000),
+            send(Kind::Ok, "p1.0", 9_000_000),
+            send(Kind::Info, "p0.0", 9_500_000),
+            send(Kind::Info, "p1.0", 9_500_000),
+        ];
+        let notes = producer_progress(&events, 5_000_000);
+        assert!(notes[0].contains("p0.0 1/0/1 @1.0 s"), "{notes:?}");
+        assert!(notes[0].contains("p1.0 1/1/1 @9.0 s"), "{notes:?}");
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(notes[1].starts_with("STALLED") && notes[1].contains("p0.0"));
+    }
+}
