@@ -3,6 +3,7 @@ pub const NONE: i16 = 0;
 pub const OFFSET_OUT_OF_RANGE: i16 = 1;
 pub const CORRUPT_MESSAGE: i16 = 2;
 pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
+pub const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 pub const REQUEST_TIMED_OUT: i16 = 7;
 pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
 pub const INVALID_TOPIC_EXCEPTION: i16 = 17;

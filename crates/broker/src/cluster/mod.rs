@@ -18,6 +18,7 @@ pub mod api;
 pub mod controller;
 pub mod props;
 pub mod publisher;
+pub mod replica;
 pub mod sm;
 
 use std::collections::BTreeMap;
@@ -190,6 +191,12 @@ impl Cluster {
                 image_rx,
                 reconciled_tx,
                 fatal_tx,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(replica::manager(
+                Arc::clone(broker),
+                Arc::clone(&cluster),
+                broker.config.replica_lag_time_max_ms as i64,
                 stop_rx.clone(),
             )),
             tokio::spawn(lifecycle(
