@@ -624,7 +624,6 @@ async fn fetcher(
             continue;
         }
         let mut req = FetchRequest::default();
-        req.replica_id = BrokerId(me);
         req.replica_state = ReplicaState::default()
             .with_replica_id(BrokerId(me))
             .with_replica_epoch(cluster.broker_epoch());
