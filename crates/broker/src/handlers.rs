@@ -1248,6 +1248,11 @@ pub(crate) fn append_records(
             }
         }
     }
+    // Cluster mode: the role is changed under this lock, so a partition demoted since the
+    // caller looked it up never gets a leader append.
+    if p.is_replicated() && !p.is_leader() {
+        return Err((ec::NOT_LEADER_OR_FOLLOWER, None));
+    }
     let epoch = st.leader_epoch;
     let log = st
         .log

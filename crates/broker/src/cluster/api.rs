@@ -9,7 +9,7 @@
 //! * Produce, Fetch, ListOffsets, OffsetForLeaderEpoch and DeleteRecords run the single-node
 //!   handlers, which only see partitions this broker leads (`Broker::partition`); a partition
 //!   that exists in the image but is led elsewhere is answered NOT_LEADER_OR_FOLLOWER.
-//! * v0 limits: replication factor 1 only; FindCoordinator answers COORDINATOR_NOT_AVAILABLE
+//! * v0 limits: FindCoordinator answers COORDINATOR_NOT_AVAILABLE
 //!   (coordinators move with partition leadership in a later step).
 
 use std::collections::{BTreeMap, HashSet};

@@ -8,9 +8,10 @@
 //! * [`publisher`]: reconciles the local partitions with the latest image.
 //! * [`api`]: the Kafka APIs that differ in cluster mode (Metadata, admin forwarded to the
 //!   controller, NOT_LEADER_OR_FOLLOWER for partitions led elsewhere).
+//! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
-//! v0 limits: replication factor 1 only (replication is the next step), no auto-creation,
+//! Limits: no auto-creation,
 //! no group or transaction coordinator (FindCoordinator answers COORDINATOR_NOT_AVAILABLE),
 //! no controlled shutdown.
 
