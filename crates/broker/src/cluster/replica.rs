@@ -800,7 +800,9 @@ fn follower_apply(
             tracing::warn!(topic = %p.topic, partition = p.index, from = log_end, to = new_end, leader, "follower log truncated to the leader's (diverging epoch)");
         }
         if below_hw {
-            tracing::error!(topic = %p.topic, partition = p.index, to = new_end, hw = hw_before, "replica_truncation: follower truncated below its high watermark");
+            crate::ledger::replica_truncation(
+                &p.topic, p.index, log_end, new_end, hw_before, leader,
+            );
             p.lower_hw_after_truncation(new_end);
         }
         return Some((None, false));
