@@ -328,8 +328,8 @@ pub(crate) fn check_before_append(p: &Partition, acks: i16) -> Result<(), i16> {
 
 /// Feeds the local durable end to the leader state; raises the HW. True when it moved.
 pub(crate) fn feed_durable(p: &Partition) -> bool {
-    let durable_end = p.durable().durable_end().min(p.log_end_offset());
     let mut repl = p.repl();
+    let durable_end = p.durable().durable_end().min(p.log_end_offset());
     if let Some(Repl::Leader(ls)) = repl.as_mut() {
         if ls.on_local_durable(durable_end, now_ms()).is_some() {
             p.raise_hw(ls.high_watermark());
@@ -696,8 +696,10 @@ async fn fetcher(
             if let Some((p, end)) = w {
                 let _ =
                     tokio::time::timeout(Duration::from_secs(5), p.durable().wait_for(*end)).await;
-                let durable = p.durable().durable_end();
+                // Read under the replication lock: a truncation (which lowers the durable end)
+                // holds it, so the HW raised here never passes the durable end.
                 let mut repl = p.repl();
+                let durable = p.durable().durable_end().min(p.log_end_offset());
                 if let Some(Repl::Follower(fs)) = repl.as_mut() {
                     if let Some(hw) = fs.on_local_durable(durable) {
                         p.raise_hw(hw);
