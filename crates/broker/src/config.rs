@@ -351,6 +351,9 @@ pub struct BrokerConfig {
     pub broker_heartbeat_interval_ms: u64,
     /// `broker.session.timeout.ms` (cluster mode, read by the active controller; Kafka: 9000).
     pub broker_session_timeout_ms: u64,
+    /// `replica.lag.time.max.ms` (cluster mode; Kafka: 30000): a follower that has not caught
+    /// up to the leader's log end for this long leaves the ISR.
+    pub replica_lag_time_max_ms: u64,
 }
 
 impl BrokerConfig {
@@ -378,6 +381,7 @@ impl BrokerConfig {
             transaction_version: 2,
             broker_heartbeat_interval_ms: 2000,
             broker_session_timeout_ms: 9000,
+            replica_lag_time_max_ms: 30_000,
         }
     }
 
@@ -458,6 +462,9 @@ impl BrokerConfig {
             }
             "broker.session.timeout.ms" => {
                 self.broker_session_timeout_ms = parse_i64(key, value, 1)? as u64
+            }
+            "replica.lag.time.max.ms" => {
+                self.replica_lag_time_max_ms = parse_i64(key, value, 1)? as u64
             }
             "offsets.retention.check.interval.ms" => {
                 self.offsets_retention_check_interval_ms = parse_i64(key, value, 1)? as u64

@@ -42,6 +42,8 @@ struct Target {
     fetch_offset: i64,
     leader_epoch: i32,
     max_bytes: i32,
+    last_fetched_epoch: i32,
+    log_start_offset: i64,
 }
 
 /// What the session last told the client about a partition.
@@ -99,6 +101,8 @@ fn targets_of(req: &FetchRequest, version: i16) -> Vec<Target> {
                 fetch_offset: p.fetch_offset,
                 leader_epoch: p.current_leader_epoch,
                 max_bytes: p.partition_max_bytes,
+                last_fetched_epoch: p.last_fetched_epoch,
+                log_start_offset: p.log_start_offset,
             });
         }
     }
@@ -274,6 +278,16 @@ impl Broker {
             },
         };
         let targets = Arc::new(targets);
+        // A follower's fetch (cluster mode): Fetch v15+ names it in `replica_state`.
+        let replica = if version >= 15 {
+            (
+                req.replica_state.replica_id.0,
+                req.replica_state.replica_epoch,
+            )
+        } else {
+            (req.replica_id.0, -1)
+        };
+        let replica = (replica.0 >= 0 && self.cluster().is_some()).then_some(replica);
         let isolation = req.isolation_level;
         let max_bytes = if req.max_bytes > 0 {
             req.max_bytes as usize
@@ -289,7 +303,8 @@ impl Broker {
             let b = Arc::clone(&self);
             let t = Arc::clone(&targets);
             let (results, bytes, errors) =
-                blocking(move || b.read_targets(&t, version, isolation, max_bytes)).await?;
+                blocking(move || b.read_targets(&t, version, isolation, max_bytes, replica))
+                    .await?;
             if bytes >= min_bytes
                 || errors
                 || tokio::time::Instant::now() >= deadline
@@ -304,7 +319,7 @@ impl Broker {
                 // Deadline: one last look, then answer whatever there is.
                 let b = Arc::clone(&self);
                 let t = Arc::clone(&targets);
-                break blocking(move || b.read_targets(&t, version, isolation, max_bytes))
+                break blocking(move || b.read_targets(&t, version, isolation, max_bytes, replica))
                     .await?
                     .0;
             }
@@ -351,6 +366,7 @@ impl Broker {
         version: i16,
         isolation: i8,
         max_bytes: usize,
+        replica: Option<(i32, i64)>,
     ) -> (Vec<(PartKey, PartitionData)>, usize, bool) {
         let mut out = Vec::with_capacity(targets.len());
         let mut total = 0usize;
@@ -375,6 +391,36 @@ impl Broker {
                     .and_then(|i| tp.partitions.get(i))
                     .filter(|p| p.is_leader())
             });
+            if let (Some((replica_id, replica_epoch)), Some(p)) = (replica, part) {
+                let budget = (t.max_bytes.max(0) as usize).min(max_bytes.saturating_sub(total));
+                let r = crate::cluster::replica::leader_read(
+                    self,
+                    p,
+                    replica_id,
+                    replica_epoch,
+                    t.leader_epoch,
+                    t.last_fetched_epoch,
+                    t.fetch_offset,
+                    t.log_start_offset,
+                    budget,
+                );
+                pd.error_code = r.error;
+                pd.high_watermark = r.high_watermark;
+                pd.last_stable_offset = r.high_watermark;
+                pd.log_start_offset = r.log_start_offset;
+                if let Some((epoch, end_offset)) = r.diverging {
+                    pd.diverging_epoch.epoch = epoch;
+                    pd.diverging_epoch.end_offset = end_offset;
+                    errors = true;
+                }
+                if r.error != ec::NONE {
+                    errors = true;
+                }
+                total += r.records.len();
+                pd.records = Some(r.records);
+                out.push((t.key.clone(), pd));
+                continue;
+            }
             match part {
                 None => {
                     pd.error_code = if version >= 13 && topic.is_none() {

@@ -412,6 +412,15 @@ impl Broker {
                             ))
                         }
                         None => Err((ec::UNKNOWN_TOPIC_OR_PARTITION, None)),
+                        // Cluster mode: NOT_ENOUGH_REPLICAS before anything is written.
+                        Some(p)
+                            if crate::cluster::replica::check_before_append(&p, acks).is_err() =>
+                        {
+                            let code = crate::cluster::replica::check_before_append(&p, acks)
+                                .err()
+                                .unwrap_or(ec::NOT_LEADER_OR_FOLLOWER);
+                            Err((code, None))
+                        }
                         Some(p) => append_records(&p, records, now, |h| {
                             b.txns()
                                 .verify(h.producer_id, h.producer_epoch, &topic, index)
@@ -428,6 +437,7 @@ impl Broker {
         };
         self.notify_data();
         let b = Arc::clone(self);
+        let ack_deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
         let wait = async move {
             let mut results = Vec::with_capacity(appended.len());
             for (topic, index, r) in appended {
@@ -446,6 +456,17 @@ impl Broker {
                             };
                             // The high watermark moved: wake long-polling fetches.
                             b.notify_data();
+                        }
+                        if r.is_ok() && p.is_replicated() {
+                            if crate::cluster::replica::feed_durable(&p) {
+                                b.notify_data();
+                            }
+                            if acks == -1 {
+                                r = b
+                                    .await_ack_all(&p, &o, ack_deadline)
+                                    .await
+                                    .map(|()| o.clone());
+                            }
                         }
                         r.map(|mut o| {
                             o.log_start_offset = p.log_start_offset();
@@ -468,6 +489,35 @@ impl Broker {
         Reply::Later(Box::pin(async move {
             Some(ResponseKind::Produce(produce_response(wait.await)))
         }))
+    }
+
+    /// Cluster mode, `acks=all`: waits (until `deadline`: REQUEST_TIMED_OUT) until the
+    /// leader state says the batch is below the HW with enough replicas in the ISR
+    /// (`check_after_append`); NOT_ENOUGH_REPLICAS_AFTER_APPEND or NOT_LEADER_OR_FOLLOWER
+    /// otherwise. Woken by every HW move (`notify_data`).
+    async fn await_ack_all(
+        &self,
+        p: &Arc<Partition>,
+        o: &Appended,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), (i16, Option<String>)> {
+        let mut rx = self.subscribe_data();
+        loop {
+            rx.borrow_and_update();
+            match crate::cluster::replica::ack_all_decision(p, o.durable_end, o.leader_epoch) {
+                Some(ec::NONE) => return Ok(()),
+                Some(code) => return Err((code, None)),
+                None => {}
+            }
+            if self.is_stopping() {
+                return Err((ec::NOT_LEADER_OR_FOLLOWER, None));
+            }
+            match tokio::time::timeout_at(deadline, rx.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err((ec::NOT_LEADER_OR_FOLLOWER, None)),
+                Err(_) => return Err((ec::REQUEST_TIMED_OUT, None)),
+            }
+        }
     }
 
     // ---------------------------------------------------------------- ListOffsets
@@ -1158,6 +1208,8 @@ type NewTopicSpec = (String, i32, BTreeMap<String, String>);
 pub(crate) struct Appended {
     pub(crate) first_offset: i64,
     pub(crate) durable_end: i64,
+    /// The leader epoch the batch was appended in.
+    pub(crate) leader_epoch: i32,
     log_append_time_ms: i64,
     log_start_offset: i64,
 }
@@ -1196,6 +1248,11 @@ pub(crate) fn append_records(
             }
         }
     }
+    // Cluster mode: the role is changed under this lock, so a partition demoted since the
+    // caller looked it up never gets a leader append.
+    if p.is_replicated() && !p.is_leader() {
+        return Err((ec::NOT_LEADER_OR_FOLLOWER, None));
+    }
     let epoch = st.leader_epoch;
     let log = st
         .log
@@ -1210,6 +1267,7 @@ pub(crate) fn append_records(
             Appended {
                 first_offset: o.first_offset,
                 durable_end: o.durable_end,
+                leader_epoch: epoch,
                 log_append_time_ms: o.log_append_time_ms,
                 log_start_offset: p.log_start_offset(),
             }

@@ -33,6 +33,11 @@ pub const CORRUPT_BATCH: &str = "corrupt_batch";
 /// A produce refused because the producer was fenced (stale epoch): its batch was not stored.
 pub const PRODUCER_FENCED: &str = "producer_fenced";
 
+/// Cluster mode: a follower truncated its log below its high watermark to follow a new leader
+/// (never after a clean election; an unclean one, or a replica that lost fsynced data).
+/// Not in `REASONS` (no pre-registered metric series on single nodes).
+pub const REPLICA_TRUNCATION: &str = "replica_truncation";
+
 pub const REASONS: [&str; 5] = [
     RETENTION_UNCONSUMED,
     FETCH_BELOW_LOG_START,
@@ -110,6 +115,23 @@ pub fn record(ev: Event) {
     } else {
         p.events.push(ev);
     }
+}
+
+/// A follower cut `[to, from)` of `topic`/`partition`, below its high watermark `hw`.
+pub fn replica_truncation(topic: &str, partition: i32, from: i64, to: i64, hw: i64, leader: i32) {
+    record(Event {
+        time_ms: now_ms(),
+        reason: REPLICA_TRUNCATION,
+        topic: topic.to_string(),
+        partition,
+        from_offset: to,
+        to_offset: hw.min(from),
+        records: 0,
+        group: None,
+        detail: format!(
+            "follower log truncated from {from} to {to} below its high watermark {hw} to follow leader {leader}"
+        ),
+    });
 }
 
 /// A fetch for `offset` below `log_start` of `topic`/`partition`.

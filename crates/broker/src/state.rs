@@ -71,6 +71,10 @@ pub struct Partition {
     /// This broker leads the partition. Always true on a single node; in cluster mode the
     /// metadata publisher sets it from the image (`crate::cluster`).
     leads: AtomicBool,
+    /// Cluster mode: the replication role (leader or follower state machine). When set, the
+    /// high watermark is the one it computes (`hw`), not the local durable end.
+    pub(crate) repl: Mutex<Option<crate::cluster::replica::Repl>>,
+    replicated: AtomicBool,
 }
 
 impl Partition {
@@ -89,6 +93,8 @@ impl Partition {
                 leader_epoch: 0,
             }),
             leads: AtomicBool::new(true),
+            repl: Mutex::new(None),
+            replicated: AtomicBool::new(false),
         };
         p.refresh(&log);
         // Recovered data was validated on open and is in the file: it is visible.
@@ -114,7 +120,50 @@ impl Partition {
                 leader_epoch: 0,
             }),
             leads: AtomicBool::new(false),
+            repl: Mutex::new(None),
+            replicated: AtomicBool::new(false),
         }
+    }
+
+    /// Cluster mode: a hosted partition whose high watermark comes from replication. Its HW
+    /// starts at 0 (recovered data past the last committed HW may not be on the ISR) and is
+    /// raised only by the leader or follower state machine.
+    pub(crate) fn new_replicated(topic: &str, index: i32, log: Log) -> Partition {
+        let p = Partition::new(topic, index, log);
+        p.hw.store(0, Ordering::SeqCst);
+        p.replicated.store(true, Ordering::SeqCst);
+        p.leads.store(false, Ordering::SeqCst);
+        p
+    }
+
+    pub(crate) fn is_replicated(&self) -> bool {
+        self.replicated.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn repl(&self) -> MutexGuard<'_, Option<crate::cluster::replica::Repl>> {
+        lock(&self.repl)
+    }
+
+    /// Cluster mode: raises the served high watermark (from `LeaderState`/`FollowerState`).
+    /// Asserts it never passes the local durable end.
+    pub(crate) fn raise_hw(&self, hw: i64) {
+        if hw <= self.hw.load(Ordering::SeqCst) {
+            return;
+        }
+        assert!(
+            hw <= self.durable.durable_end(),
+            "{}-{}: HW {hw} past the durable end {}",
+            self.topic,
+            self.index,
+            self.durable.durable_end()
+        );
+        self.hw.fetch_max(hw, Ordering::SeqCst);
+    }
+
+    /// Cluster mode: after a truncation below the served HW (a follower of a new leader whose
+    /// log diverged; never for data a clean election committed) the HW follows the log end.
+    pub(crate) fn lower_hw_after_truncation(&self, end: i64) {
+        self.hw.fetch_min(end, Ordering::SeqCst);
     }
 
     pub fn lock(&self) -> MutexGuard<'_, PartitionState> {
@@ -177,6 +226,9 @@ impl Partition {
 
     /// The high watermark: the end of what consumers may see.
     pub fn high_watermark(&self) -> i64 {
+        if self.is_replicated() {
+            return self.hw.load(Ordering::SeqCst);
+        }
         let leo = self.log_end_offset();
         let candidate = if self.waits_fsync() {
             self.durable.durable_end().min(leo)

@@ -1,7 +1,7 @@
 //! Cluster mode v0: three real `holdfast serve` processes on loopback forming a cluster on the
 //! Raft metadata quorum, driven by rdkafka (librdkafka) and by holdfast-client for raw
 //! requests. One cluster for the whole file (CI time): the test walks through formation,
-//! placement, produce/consume through any broker, the v0 replication-factor refusal,
+//! placement, produce/consume through any broker, replication factors accepted (RF 0 refused),
 //! NOT_LEADER_OR_FOLLOWER, DeleteTopics, SIGKILL of the active controller, and the restart
 //! of the killed node with every acknowledged record read back.
 //!
@@ -25,7 +25,6 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::error::RDKafkaErrorCode;
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
@@ -417,8 +416,9 @@ async fn three_node_cluster_v0() -> Result<()> {
     // Apache Kafka's kafka-topics.sh --describe shows the same leaders and replicas.
     kafka_topics_describe(&first, "spread", &parts)?;
 
-    // v0 refuses RF 3 and the default RF (-1 = min(3, brokers)).
-    let opts = AdminOptions::new();
+    // RF 3 and the default RF (-1 = min(3, brokers)) are accepted (replication,
+    // tests/replication.rs); RF 0 is refused.
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
     let res = admin(&bootstrap)?
         .create_topics(
             [
@@ -429,16 +429,15 @@ async fn three_node_cluster_v0() -> Result<()> {
         )
         .await?;
     for r in res {
-        match r {
-            Err((_, RDKafkaErrorCode::InvalidReplicationFactor)) => {}
-            other => panic!("expected INVALID_REPLICATION_FACTOR, got {other:?}"),
-        }
+        assert!(r.is_ok(), "RF 3 and the default RF are accepted: {r:?}");
     }
+    let (_, _, rf3) = view(&first, Some("rfdefault")).await.context("metadata")?;
+    assert_eq!(rf3[&0].1.len(), 3, "default RF = min(3, brokers): {rf3:?}");
     let mut raw = Client::connect(&first, "itest", Duration::from_secs(5)).await?;
     let mut ct = CreatableTopic::default();
-    ct.name = TopicName(sb("rfdefault"));
+    ct.name = TopicName(sb("rfzero"));
     ct.num_partitions = 1;
-    ct.replication_factor = -1;
+    ct.replication_factor = 0;
     let mut req = CreateTopicsRequest::default();
     req.topics = vec![ct];
     req.timeout_ms = 10_000;
@@ -450,7 +449,7 @@ async fn three_node_cluster_v0() -> Result<()> {
         .as_ref()
         .map(|m| m.to_string())
         .unwrap_or_default();
-    assert!(msg.contains("replication lands in the next step"), "{msg}");
+    assert!(msg.contains("larger than 0"), "{msg}");
 
     // Produce 3,000 records (idempotent, acks=all) through one bootstrap broker; rdkafka
     // routes each partition to its leader.

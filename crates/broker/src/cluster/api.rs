@@ -9,7 +9,7 @@
 //! * Produce, Fetch, ListOffsets, OffsetForLeaderEpoch and DeleteRecords run the single-node
 //!   handlers, which only see partitions this broker leads (`Broker::partition`); a partition
 //!   that exists in the image but is led elsewhere is answered NOT_LEADER_OR_FOLLOWER.
-//! * v0 limits: replication factor 1 only; FindCoordinator answers COORDINATOR_NOT_AVAILABLE
+//! * v0 limits: FindCoordinator answers COORDINATOR_NOT_AVAILABLE
 //!   (coordinators move with partition leadership in a later step).
 
 use std::collections::{BTreeMap, HashSet};
@@ -36,11 +36,6 @@ use crate::state::Broker;
 const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const LEADER_NOT_AVAILABLE: i16 = 5;
 const NOT_CONTROLLER: i16 = 41;
-
-/// The message of the v0 replication-factor refusal.
-pub const RF_V0_MESSAGE: &str = "Holdfast cluster mode v0 accepts only replication factor 1 \
-     (set it explicitly; the default, -1, means min(3, brokers)): partition replication lands \
-     in the next step, and a durability default is never weakened to get around it.";
 
 const COORDINATOR_V0_MESSAGE: &str = "Holdfast cluster mode v0 has no group or transaction \
      coordinator: coordinators move with partition leadership in a later step.";
@@ -419,8 +414,11 @@ async fn create_topics(
                 ec::INVALID_REPLICA_ASSIGNMENT,
                 "Manual replica assignment is not supported in cluster mode v0.".into(),
             ))
-        } else if t.replication_factor != 1 {
-            Some((ec::INVALID_REPLICATION_FACTOR, RF_V0_MESSAGE.into()))
+        } else if t.replication_factor == 0 || t.replication_factor < -1 {
+            Some((
+                ec::INVALID_REPLICATION_FACTOR,
+                "Replication factor must be larger than 0, or -1 to use the default.".into(),
+            ))
         } else {
             let mut configs = Vec::new();
             let mut bad = None;

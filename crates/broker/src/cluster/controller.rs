@@ -70,6 +70,16 @@ pub(crate) enum Call {
         broker_id: i32,
         broker_epoch: i64,
     },
+    /// AlterPartition for one partition (ISR members with their broker epochs).
+    AlterPartition {
+        broker_id: i32,
+        broker_epoch: i64,
+        topic_id: u128,
+        partition: i32,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        new_isr: Vec<(i32, i64)>,
+    },
 }
 
 /// One created topic.
@@ -106,6 +116,12 @@ pub(crate) enum Answer {
     ProducerIds {
         start: i64,
         len: i32,
+    },
+    AlterPartition {
+        error: i16,
+        leader_epoch: i32,
+        partition_epoch: i32,
+        isr: Vec<i32>,
     },
 }
 
@@ -316,6 +332,12 @@ impl ControllerService {
             ),
             ControllerResponse::SetConfigs(r) => Answer::Items(vec![(r.name, r.error, r.message)]),
             ControllerResponse::ProducerIds { start, len } => Answer::ProducerIds { start, len },
+            ControllerResponse::AlterPartition(r) => Answer::AlterPartition {
+                error: r.error,
+                leader_epoch: r.leader_epoch,
+                partition_epoch: r.partition_epoch,
+                isr: r.isr,
+            },
             other => Answer::Error {
                 code: holdfast_metadata::codes::INVALID_REQUEST,
                 message: format!("unexpected controller response {other:?}"),
@@ -432,6 +454,32 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
         } => ControllerRequest::AllocateProducerIds {
             broker_id,
             broker_epoch,
+        },
+        Call::AlterPartition {
+            broker_id,
+            broker_epoch,
+            topic_id,
+            partition,
+            leader_epoch,
+            partition_epoch,
+            new_isr,
+        } => ControllerRequest::AlterPartition {
+            broker_id,
+            broker_epoch,
+            topic: holdfast_metadata::TopicId(topic_id),
+            partition,
+            leader_epoch,
+            partition_epoch,
+            new_isr: new_isr
+                .into_iter()
+                .map(
+                    |(id, broker_epoch)| holdfast_metadata::controller::IsrMember {
+                        id,
+                        broker_epoch,
+                    },
+                )
+                .collect(),
+            leader_recovery: holdfast_metadata::LeaderRecovery::Recovered,
         },
     })
 }

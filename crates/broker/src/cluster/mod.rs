@@ -8,9 +8,10 @@
 //! * [`publisher`]: reconciles the local partitions with the latest image.
 //! * [`api`]: the Kafka APIs that differ in cluster mode (Metadata, admin forwarded to the
 //!   controller, NOT_LEADER_OR_FOLLOWER for partitions led elsewhere).
+//! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
-//! v0 limits: replication factor 1 only (replication is the next step), no auto-creation,
+//! Limits: no auto-creation,
 //! no group or transaction coordinator (FindCoordinator answers COORDINATOR_NOT_AVAILABLE),
 //! no controlled shutdown.
 
@@ -18,6 +19,7 @@ pub mod api;
 pub mod controller;
 pub mod props;
 pub mod publisher;
+pub mod replica;
 pub mod sm;
 
 use std::collections::BTreeMap;
@@ -190,6 +192,12 @@ impl Cluster {
                 image_rx,
                 reconciled_tx,
                 fatal_tx,
+                stop_rx.clone(),
+            )),
+            tokio::spawn(replica::manager(
+                Arc::clone(broker),
+                Arc::clone(&cluster),
+                broker.config.replica_lag_time_max_ms as i64,
                 stop_rx.clone(),
             )),
             tokio::spawn(lifecycle(

@@ -143,6 +143,36 @@ fn delete_logs(t: &Topic) {
     }
 }
 
+/// The partition's role and leader epoch from the image, and its replication state
+/// (`super::replica::apply_role`).
+fn set_roles(
+    b: &Broker,
+    image: &MetadataImage,
+    topic: &str,
+    p: &Partition,
+    reg: &holdfast_metadata::PartitionReg,
+    me: i32,
+    active: bool,
+) {
+    let named = active && reg.leader == me;
+    // Stop serving as leader first, so no produce is accepted under a stale role.
+    if !named || p.leader_epoch() != reg.leader_epoch {
+        p.set_role(false, reg.leader_epoch);
+    }
+    let broker_epoch = image.brokers.get(&me).map_or(-1, |r| r.epoch);
+    let leads = super::replica::apply_role(
+        p,
+        image,
+        topic,
+        reg,
+        me,
+        broker_epoch,
+        named,
+        b.config.replica_lag_time_max_ms as i64,
+    );
+    p.set_role(leads, reg.leader_epoch);
+}
+
 /// One reconciliation pass (blocking: opens and deletes logs). Returns the installed map.
 fn reconcile(
     b: &Broker,
@@ -199,6 +229,11 @@ fn reconcile(
                 })
         });
         if unchanged {
+            if let Some(e) = existing.as_ref() {
+                for (p, reg) in e.partitions.iter().zip(&t.partitions) {
+                    set_roles(b, image, &t.name, p, reg, me, active);
+                }
+            }
             next.insert(t.name.clone(), t.id.0);
             continue;
         }
@@ -222,7 +257,7 @@ fn reconcile(
                 (true, _) => match open_hosted(b, &t.name, t.id, index, &log_config) {
                     Ok(log) => {
                         tracing::info!(topic = %t.name, partition = index, leader_epoch = reg.leader_epoch, "partition opened");
-                        Arc::new(Partition::new(&t.name, index, log))
+                        Arc::new(Partition::new_replicated(&t.name, index, log))
                     }
                     Err(e) => {
                         tracing::error!(topic = %t.name, partition = index, error = %e, "cannot open partition log");
@@ -240,7 +275,7 @@ fn reconcile(
                 }
                 (false, None) => Arc::new(Partition::absent(&t.name, index)),
             };
-            part.set_role(active && reg.leader == me, reg.leader_epoch);
+            set_roles(b, image, &t.name, &part, reg, me, active);
             parts.push(part);
         }
         b.install_topic(Arc::new(Topic {

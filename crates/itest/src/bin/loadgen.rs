@@ -5,7 +5,8 @@
 //! and, given the broker's pid (or `--spawn-broker`), its CPU seconds per GB and peak RSS.
 //!
 //! Usage: holdfast-loadgen [--bootstrap HOST:PORT | --spawn-broker BIN] [--sizes 100,1024,16384]
-//!        [--seconds N] [--rate MSGS_PER_S] [--partitions N] [--acks all|1|0] [--broker-pid PID]
+//!        [--seconds N] [--rate MSGS_PER_S] [--partitions N] [--replication-factor N]
+//!        [--acks all|1|0] [--broker-pid PID]
 //!        [--topic-config KEY=VALUE]...
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ struct Args {
     seconds: f64,
     rate: Option<f64>,
     partitions: i32,
+    /// `--replication-factor` of the topics it creates (default 1).
+    replication_factor: i32,
     acks: String,
     broker_pid: Option<u32>,
     warmup_seconds: f64,
@@ -49,6 +52,7 @@ fn parse_args() -> anyhow::Result<Args> {
         seconds: 10.0,
         rate: None,
         partitions: 8,
+        replication_factor: 1,
         acks: "all".into(),
         broker_pid: None,
         warmup_seconds: 2.0,
@@ -69,6 +73,7 @@ fn parse_args() -> anyhow::Result<Args> {
             "--seconds" => a.seconds = val()?.parse()?,
             "--rate" => a.rate = Some(val()?.parse()?),
             "--partitions" => a.partitions = val()?.parse()?,
+            "--replication-factor" => a.replication_factor = val()?.parse()?,
             "--acks" => a.acks = val()?,
             "--broker-pid" => a.broker_pid = Some(val()?.parse()?),
             "--warmup" => a.warmup_seconds = val()?.parse()?,
@@ -199,7 +204,11 @@ async fn run_cell(args: &Args, bootstrap: &str, size: usize) -> anyhow::Result<C
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .create()?;
-    let mut nt = NewTopic::new(&topic, args.partitions, TopicReplication::Fixed(1));
+    let mut nt = NewTopic::new(
+        &topic,
+        args.partitions,
+        TopicReplication::Fixed(args.replication_factor),
+    );
     for (k, v) in &args.topic_configs {
         nt = nt.set(k, v);
     }
