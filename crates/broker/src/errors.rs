@@ -18,4 +18,5 @@ pub const KAFKA_STORAGE_ERROR: i16 = 56;
 pub const FETCH_SESSION_ID_NOT_FOUND: i16 = 70;
 pub const FENCED_LEADER_EPOCH: i16 = 74;
 pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
+pub const OFFSET_NOT_AVAILABLE: i16 = 78;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;

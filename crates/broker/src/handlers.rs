@@ -536,6 +536,7 @@ impl Broker {
                         &p,
                         lp.timestamp,
                         lp.current_leader_epoch,
+                        version >= 2,
                         version >= 2 && req.isolation_level == 1,
                     ) {
                         Ok((offset, ts, epoch)) => {
@@ -1413,16 +1414,29 @@ pub(crate) fn read_partition(
 }
 
 /// ListOffsets for one partition (blocking): (offset, timestamp, leader epoch).
+///
+/// `client_request` is Kafka's "isolation level present" (v2+): only those requests get
+/// OFFSET_NOT_AVAILABLE while a new leader's high watermark is still below the offset its
+/// leadership started at (Kafka's `Partition.fetchOffsetForTimestamp`). Until the followers
+/// have caught up, that high watermark can be below one an earlier leader (or this broker before
+/// a restart) already served, and answering with it would move a client's view backwards.
 fn list_offset(
     p: &Partition,
     timestamp: i64,
     leader_epoch: i32,
+    client_request: bool,
     read_committed: bool,
 ) -> Result<(i64, i64, i32), i16> {
     let hw = p.high_watermark();
     let mut st = p.lock();
     let epoch = st.leader_epoch;
     check_epoch(leader_epoch, epoch)?;
+    let lagging_hw = client_request
+        && p.is_replicated()
+        && match p.repl().as_ref() {
+            Some(crate::cluster::replica::Repl::Leader(ls)) => ls.leader_epoch_start_offset() > hw,
+            _ => false,
+        };
     let log = st.log.as_mut().ok_or(ec::UNKNOWN_TOPIC_OR_PARTITION)?;
     // read_committed consumers see up to the last stable offset (Kafka's ListOffsets with
     // isolation level 1).
@@ -1435,18 +1449,125 @@ fn list_offset(
         // -4 is EARLIEST_LOCAL (ListOffsets v8+, KIP-405): with no tiered storage the local
         // log starts at the log start offset, as Kafka answers for a non-tiered topic.
         -2 | -4 => Ok((log.log_start_offset(), -1, epoch)),
+        -1 if lagging_hw => Err(ec::OFFSET_NOT_AVAILABLE),
         -1 => Ok((hw, -1, epoch)),
         -3 => match log.max_timestamp_offset() {
             Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
+            Ok(_) if lagging_hw => Err(ec::OFFSET_NOT_AVAILABLE),
             Ok(_) => Ok((-1, -1, -1)),
             Err(e) => Err(e.kafka_error_code()),
         },
         t if t >= 0 => match log.offset_for_timestamp(t) {
             Ok(Some((o, ts))) if o < hw => Ok((o, ts, epoch)),
+            Ok(_) if lagging_hw => Err(ec::OFFSET_NOT_AVAILABLE),
             Ok(_) => Ok((-1, -1, -1)),
             Err(e) => Err(e.kafka_error_code()),
         },
         // -5 (latest tiered) needs v9+, which we do not advertise.
         _ => Err(ec::INVALID_REQUEST),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use holdfast_log::batch::build::{batch, BatchOptions, Record};
+    use holdfast_log::{Flusher, Log, LogConfig};
+    use holdfast_replication::{
+        FollowerFetch, LeaderConfig, LeaderRegistration, LeaderState, LocalLogView,
+    };
+
+    use super::*;
+    use crate::cluster::replica::Repl;
+
+    /// A leader that just took over (here: restarted, so its served high watermark starts at 0)
+    /// must not answer ListOffsets LATEST with a high watermark below where its leadership
+    /// started: an earlier leader may already have served a higher one. Kafka answers
+    /// OFFSET_NOT_AVAILABLE until the followers have caught up; so do we.
+    #[test]
+    fn new_leader_with_lagging_high_watermark_answers_offset_not_available() {
+        let dir = std::env::temp_dir().join(format!("holdfast-lagging-hw-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let flusher = Flusher::start().unwrap();
+        let (mut log, _) = Log::open(&dir, LogConfig::default(), flusher, 1_000).unwrap();
+        let recs: Vec<Record> = (0..5)
+            .map(|_| Record {
+                key: None,
+                value: Some(b"v"),
+                timestamp_ms: 1_000,
+            })
+            .collect();
+        let mut b = batch(&recs, BatchOptions::default());
+        let o = log.append_as_leader(&mut b, 0, 1_000).unwrap();
+        log.durable().wait_blocking(o.durable_end).unwrap();
+        let p = Partition::new_replicated("t", 0, log);
+        let reg = LeaderRegistration {
+            leader_epoch: 3,
+            partition_epoch: 3,
+            replicas: vec![1, 2],
+            isr: vec![1, 2],
+        };
+        let mut ls = LeaderState::new(
+            1,
+            1,
+            &reg,
+            LeaderConfig {
+                min_insync_replicas: 2,
+                replica_lag_time_max_ms: 30_000,
+            },
+            LocalLogView {
+                log_end: 5,
+                durable_end: 5,
+                high_watermark: p.high_watermark(),
+            },
+            1_000,
+        )
+        .unwrap();
+        ls.on_local_durable(5, 1_000);
+        assert_eq!(ls.high_watermark(), 0, "the follower has not fetched yet");
+        *p.repl() = Some(Repl::Leader(ls));
+        p.lock().leader_epoch = 3;
+
+        assert_eq!(
+            list_offset(&p, -1, -1, true, false),
+            Err(ec::OFFSET_NOT_AVAILABLE)
+        );
+        assert_eq!(
+            list_offset(&p, -1, -1, true, true),
+            Err(ec::OFFSET_NOT_AVAILABLE)
+        );
+        assert_eq!(
+            list_offset(&p, 1_000, -1, true, false),
+            Err(ec::OFFSET_NOT_AVAILABLE)
+        );
+        // The log start is known; old (v0/v1) requests get the HW as Kafka answers them.
+        assert_eq!(list_offset(&p, -2, -1, true, false), Ok((0, -1, 3)));
+        assert_eq!(list_offset(&p, -1, -1, false, false), Ok((0, -1, 3)));
+
+        // The follower catches up: the HW reaches the epoch start and LATEST is answered.
+        let hw = match p.repl().as_mut() {
+            Some(Repl::Leader(ls)) => {
+                ls.on_follower_fetch(
+                    FollowerFetch {
+                        replica_id: 2,
+                        broker_epoch: -1,
+                        current_leader_epoch: Some(3),
+                        fetch_offset: 5,
+                        log_start: 0,
+                    },
+                    5,
+                    1_001,
+                )
+                .unwrap();
+                ls.high_watermark()
+            }
+            _ => unreachable!(),
+        };
+        assert_eq!(hw, 5);
+        p.raise_hw(hw);
+        assert_eq!(list_offset(&p, -1, -1, true, false), Ok((5, -1, 3)));
+        assert_eq!(list_offset(&p, 1_000, -1, true, false), Ok((0, 1_000, 3)));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

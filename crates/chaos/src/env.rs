@@ -48,7 +48,12 @@ impl WorkDir {
 }
 
 impl Drop for WorkDir {
+    /// `HOLDFAST_CHAOS_KEEP_DATA=1` keeps the directory (data dirs, disk images) for a post-mortem.
     fn drop(&mut self) {
+        if std::env::var_os("HOLDFAST_CHAOS_KEEP_DATA").is_some_and(|v| v == "1") {
+            eprintln!("chaos: kept {}", self.path.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }

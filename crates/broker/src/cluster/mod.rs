@@ -266,7 +266,12 @@ impl Cluster {
             if left.is_zero() {
                 return Err(ClusterError::Timeout);
             }
-            let raw = self.quorum.call_leader(bytes.clone(), left).await?;
+            // Bounded here too: when this node leads the quorum, `call_leader` serves the call
+            // in-process, and that path has no deadline of its own (a stuck proposal behind the
+            // controller's lock would hold the caller, e.g. an AlterPartition, forever).
+            let raw = tokio::time::timeout(left, self.quorum.call_leader(bytes.clone(), left))
+                .await
+                .map_err(|_| ClusterError::Timeout)??;
             let env: Envelope =
                 serde_json::from_slice(&raw).map_err(|e| ClusterError::Decode(e.to_string()))?;
             match env.answer {
