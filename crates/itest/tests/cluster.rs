@@ -674,6 +674,21 @@ async fn three_node_cluster_v0() -> Result<()> {
     );
     let restarted_at = Instant::now();
     cluster.spawn(victim)?;
+    // The first Metadata the restarted node answers (it holds requests until it has caught
+    // up with the metadata log) already knows the topic and all its partitions.
+    let first_answer = view(&cluster.nodes[victim].addr, Some("spread"))
+        .await
+        .context("metadata from the restarted node")?;
+    assert_eq!(
+        first_answer.2.len(),
+        PARTITIONS as usize,
+        "the restarted node's first Metadata answer lists every partition of the topic: {first_answer:?}"
+    );
+    println!(
+        "node {}: first Metadata answer after its restart ({} ms) lists the topic",
+        cluster.nodes[victim].id,
+        restarted_at.elapsed().as_millis()
+    );
     let any = cluster.nodes[(victim + 1) % 3].addr.clone();
     wait_for(
         "every partition led after the SIGTERM restart",

@@ -37,6 +37,10 @@ const NOT_LEADER_OR_FOLLOWER: i16 = 6;
 const LEADER_NOT_AVAILABLE: i16 = 5;
 const NOT_CONTROLLER: i16 = 41;
 
+/// Longest hold of a request that arrives before the node caught up with the metadata log
+/// (a restart waits for the previous incarnation's session to expire, 3 s in tests).
+const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+
 const COORDINATOR_V0_MESSAGE: &str = "Holdfast cluster mode v0 has no group or transaction \
      coordinator: coordinators move with partition leadership in a later step.";
 
@@ -59,6 +63,11 @@ pub async fn intercept(
     let Some(cluster) = broker.cluster().cloned() else {
         return Err(body);
     };
+    // Kafka enables request processing only after the initial metadata catch-up; requests
+    // that arrive earlier wait here (bounded), then are answered as usual.
+    if api_key != ApiKey::ApiVersions && !cluster.wait_caught_up(CATCH_UP_WAIT).await {
+        tracing::warn!(?api_key, "answering before the metadata catch-up finished");
+    }
     match body {
         RequestKind::Metadata(r) => Ok(Reply::Now(Some(ResponseKind::Metadata(metadata(
             broker, &cluster, r, version,

@@ -109,6 +109,11 @@ pub struct Cluster {
     reconciled_rx: watch::Receiver<u64>,
     /// -1 until registered.
     broker_epoch: AtomicI64,
+    /// True once this incarnation has registered and its partitions reflect the image up to
+    /// its own registration record (Kafka's initial metadata catch-up before a broker
+    /// processes requests). Until then a restarted node could answer from an image older than
+    /// what clients already saw (a topic missing, a stale leader).
+    caught_up: watch::Sender<bool>,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     stop_tx: watch::Sender<bool>,
@@ -172,6 +177,7 @@ impl Cluster {
             image_rx: image_rx.clone(),
             reconciled_rx,
             broker_epoch: AtomicI64::new(-1),
+            caught_up: watch::channel(false).0,
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             stop_tx,
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -282,6 +288,15 @@ impl Cluster {
                 _ => return Ok(env),
             }
         }
+    }
+
+    /// Waits (at most `timeout`) until the node has caught up with the metadata log after its
+    /// start; true when it has.
+    pub(crate) async fn wait_caught_up(&self, timeout: Duration) -> bool {
+        let mut rx = self.caught_up.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|c| *c))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Waits until the local partitions reflect the image at `index` (false on timeout).
@@ -431,6 +446,21 @@ async fn lifecycle(
             }) => {
                 tracing::info!(node = cfg.node_id, broker_epoch, "broker registered");
                 cluster.broker_epoch.store(broker_epoch, Ordering::SeqCst);
+                if !*cluster.caught_up.borrow() {
+                    // The registration record's index is the broker epoch: once it is
+                    // reconciled locally, the image holds everything committed before.
+                    let t0 = std::time::Instant::now();
+                    let ok = cluster
+                        .wait_reconciled(broker_epoch.max(0) as u64, call_timeout)
+                        .await;
+                    tracing::info!(
+                        node = cfg.node_id,
+                        reconciled = ok,
+                        ms = t0.elapsed().as_millis() as u64,
+                        "caught up with the metadata log: serving requests"
+                    );
+                    cluster.caught_up.send_replace(true);
+                }
             }
             other => {
                 tracing::warn!(result = ?other, "broker registration failed; retrying");

@@ -38,8 +38,22 @@ pub struct MetaProperties {
 }
 
 /// 16 random bytes as Kafka prints a `Uuid`: base64url without padding (22 characters).
+/// Like Kafka's `Uuid.randomUuid`, never one that starts with `-` (1 in 64 would), which a
+/// command line takes for a flag (`format --cluster-id -oX…` failed in a test run), and never
+/// the reserved all-zero one.
 pub fn random_kafka_uuid() -> String {
-    base64url(crate::meta::random_uuid().as_bytes())
+    // Each draw is bad with probability 1/64: 64 draws all bad is ~2^-384.
+    for _ in 0..64 {
+        let id = base64url(crate::meta::random_uuid().as_bytes());
+        if !id.starts_with('-') && id != "AAAAAAAAAAAAAAAAAAAAAA" {
+            return id;
+        }
+    }
+    // Unreachable in practice; still a valid id that does not start with '-'.
+    let mut b = *crate::meta::random_uuid().as_bytes();
+    b[0] &= 0x7f;
+    b[0] |= 0x04;
+    base64url(&b)
 }
 
 /// Kafka's `Uuid.toString`: URL-safe base64 without padding.
@@ -194,8 +208,14 @@ mod tests {
 
     #[test]
     fn kafka_uuid_is_22_base64url_chars() {
-        let id = random_kafka_uuid();
-        assert!(valid_cluster_id(&id), "{id}");
+        for _ in 0..2_000 {
+            let id = random_kafka_uuid();
+            assert!(valid_cluster_id(&id), "{id}");
+            assert!(
+                !id.starts_with('-'),
+                "{id} would read as a command-line flag"
+            );
+        }
         // Kafka's Uuid(0, 1).toString() is "AAAAAAAAAAAAAAAAAAAAAQ".
         let mut b = [0u8; 16];
         b[15] = 1;

@@ -373,7 +373,11 @@ pub(crate) async fn manager(
     lag_ms: i64,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut sent: HashSet<u64> = HashSet::new();
+    // Keyed by partition too: request ids are unique only within one partition's leadership
+    // (they start at `leader_epoch << 32 | 1`), so two partitions led at the same epoch
+    // propose the same first id. Keyed by id alone, the second partition's AlterPartition was
+    // taken as already sent and never went out (its ISR stayed [leader] under min ISR 2).
+    let mut sent: HashSet<(u128, i32, u64)> = HashSet::new();
     let mut fetchers: HashMap<i32, JoinHandle<()>> = HashMap::new();
     let mut last_shrink = 0i64;
     let shrink_every = (lag_ms / 2).max(1);
@@ -415,7 +419,7 @@ pub(crate) async fn manager(
                             }
                         }
                         if let Some(a) = ls.pending_alter_isr() {
-                            if !sent.contains(&a.request_id) {
+                            if !sent.contains(&(t.meta.id.as_u128(), p.index, a.request_id)) {
                                 pending.push((Arc::clone(p), t.meta.id.as_u128(), a.clone()));
                             }
                         }
@@ -431,18 +435,20 @@ pub(crate) async fn manager(
             broker.notify_data();
         }
         // Only request ids still pending matter; the set stays bounded by the partitions.
-        let live: HashSet<u64> = broker
+        let live: HashSet<(u128, i32, u64)> = broker
             .all_topics()
             .iter()
-            .flat_map(|t| t.partitions.iter())
-            .filter_map(|p| match p.repl().as_ref() {
-                Some(Repl::Leader(ls)) => ls.pending_alter_isr().map(|a| a.request_id),
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.meta.id.as_u128(), p)))
+            .filter_map(|(topic_id, p)| match p.repl().as_ref() {
+                Some(Repl::Leader(ls)) => ls
+                    .pending_alter_isr()
+                    .map(|a| (topic_id, p.index, a.request_id)),
                 _ => None,
             })
             .collect();
-        sent.retain(|id| live.contains(id));
+        sent.retain(|k| live.contains(k));
         for (p, topic_id, a) in pending {
-            sent.insert(a.request_id);
+            sent.insert((topic_id, p.index, a.request_id));
             tokio::spawn(alter_partition(
                 Arc::clone(&broker),
                 Arc::clone(&cluster),
