@@ -127,6 +127,18 @@ fn producer_with(
     let mut cfg = ClientConfig::new();
     if let Some(d) = &debug {
         cfg.set("debug", d);
+        // rust-rdkafka sets librdkafka's log level from the `log` crate's (off here), which
+        // drops every debug line after the client is created.
+        cfg.set_log_level(rdkafka::config::RDKafkaLogLevel::Debug);
+    }
+    // `CHAOS_PRODUCER_CONF=key=value,key=value`: extra librdkafka settings for the workload
+    // producers (experiments on client behaviour; never set by the smoke).
+    if let Ok(extra) = std::env::var("CHAOS_PRODUCER_CONF") {
+        for kv in extra.split(',').filter(|kv| !kv.is_empty()) {
+            if let Some((k, v)) = kv.split_once('=') {
+                cfg.set(k.trim(), v.trim());
+            }
+        }
     }
     Ok(with_socket_timeout(&mut cfg)
         .set("bootstrap.servers", bootstrap)

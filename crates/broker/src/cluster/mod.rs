@@ -109,10 +109,11 @@ pub struct Cluster {
     reconciled_rx: watch::Receiver<u64>,
     /// -1 until registered.
     broker_epoch: AtomicI64,
-    /// True once this incarnation has registered and its partitions reflect the image up to
-    /// its own registration record (Kafka's initial metadata catch-up before a broker
-    /// processes requests). Until then a restarted node could answer from an image older than
-    /// what clients already saw (a topic missing, a stale leader).
+    /// True once this incarnation has registered, its partitions reflect the image up to its
+    /// own registration record (Kafka's initial metadata catch-up before a broker processes
+    /// requests) and the controller has unfenced it. Until then a restarted node could answer
+    /// from an image older than what clients already saw (a topic missing, a stale leader), or
+    /// with an empty broker list.
     caught_up: watch::Sender<bool>,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
@@ -448,18 +449,16 @@ async fn lifecycle(
                 cluster.broker_epoch.store(broker_epoch, Ordering::SeqCst);
                 if !*cluster.caught_up.borrow() {
                     // The registration record's index is the broker epoch: once it is
-                    // reconciled locally, the image holds everything committed before.
-                    let t0 = std::time::Instant::now();
+                    // reconciled locally, the image holds everything committed before. The
+                    // node serves once the controller has also unfenced it (below).
                     let ok = cluster
                         .wait_reconciled(broker_epoch.max(0) as u64, call_timeout)
                         .await;
                     tracing::info!(
                         node = cfg.node_id,
                         reconciled = ok,
-                        ms = t0.elapsed().as_millis() as u64,
-                        "caught up with the metadata log: serving requests"
+                        "registration reconciled"
                     );
-                    cluster.caught_up.send_replace(true);
                 }
             }
             other => {
@@ -497,6 +496,17 @@ async fn lifecycle(
                         );
                     }
                     fenced = is_fenced;
+                    if !is_fenced && !*cluster.caught_up.borrow() {
+                        // Unfenced: this node is in the live broker list its Metadata answers
+                        // carry. Served earlier, right after a cut of every node (all fenced),
+                        // Metadata listed no broker at all, and librdkafka then dropped every
+                        // broker it knew and never produced again (chaos finding 3).
+                        tracing::info!(
+                            node = cfg.node_id,
+                            "caught up and unfenced: serving requests"
+                        );
+                        cluster.caught_up.send_replace(true);
+                    }
                 }
                 Ok(Envelope {
                     answer: Answer::Error { code, message },
