@@ -65,6 +65,9 @@ pub const LOG_DIR_NAME: &str = "__cluster_metadata-0";
 #[derive(Clone, Debug)]
 pub struct QuorumConfig {
     pub node_id: u64,
+    /// The cluster this node belongs to (`meta.properties`). Sent in the handshake of every
+    /// quorum connection; connections from another cluster are refused (docs/format-quorum.md).
+    pub cluster_id: String,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
     /// The voters (including this node if it is one). Used to bootstrap and as an address
@@ -94,12 +97,14 @@ impl QuorumConfig {
     /// Defaults from docs/design/replication.md §1.5 and §1.9.
     pub fn new(
         node_id: u64,
+        cluster_id: String,
         data_dir: PathBuf,
         listen: SocketAddr,
         voters: BTreeMap<u64, SocketAddr>,
     ) -> QuorumConfig {
         QuorumConfig {
             node_id,
+            cluster_id,
             data_dir,
             listen,
             voters,
@@ -173,6 +178,7 @@ pub struct Quorum {
     applied_rx: watch::Receiver<u64>,
     tasks: Vec<JoinHandle<()>>,
     recovery: Recovery,
+    refused_rx: watch::Receiver<u64>,
 }
 
 impl Quorum {
@@ -186,6 +192,11 @@ impl Quorum {
         if config.bootstrap && !config.voters.contains_key(&config.node_id) {
             return Err(QuorumError::Config(
                 "a bootstrapping node must be one of the voters".into(),
+            ));
+        }
+        if config.cluster_id.is_empty() || config.cluster_id.len() > 255 {
+            return Err(QuorumError::Config(
+                "the cluster id must be 1 to 255 bytes".into(),
             ));
         }
         if config.max_frame_bytes < 4096 {
@@ -217,7 +228,11 @@ impl Quorum {
                 addr: config.listen,
                 source,
             })?;
-        let peers = Arc::new(net::Peers::new(config.max_frame_bytes));
+        let identity = net::Identity {
+            cluster_id: config.cluster_id.clone(),
+            node_id: config.node_id,
+        };
+        let peers = Arc::new(net::Peers::new(identity.clone(), config.max_frame_bytes));
         let factory = net::NetFactory {
             node_id: config.node_id,
             peers: peers.clone(),
@@ -248,8 +263,11 @@ impl Quorum {
                 }
             }
         });
+        let (refused_tx, refused_rx) = watch::channel(0);
         let ctx = Arc::new(net::ServerCtx {
             node_id: config.node_id,
+            identity,
+            refused: refused_tx,
             raft: raft.clone(),
             app: app.clone(),
             leader: leader_rx.clone(),
@@ -267,6 +285,7 @@ impl Quorum {
             applied_rx,
             tasks: vec![server_task, leader_task],
             recovery,
+            refused_rx,
         };
         if config.bootstrap
             && !quorum
@@ -384,6 +403,13 @@ impl Quorum {
     /// The current leader's id, as this node knows it.
     pub fn leader_watch(&self) -> watch::Receiver<Option<u64>> {
         self.leader_rx.clone()
+    }
+
+    /// How many inbound quorum connections this node refused because they came from another
+    /// cluster or were meant for another node id (e.g. a node of an earlier cluster still
+    /// running with this node's address in its voter list).
+    pub fn refused_watch(&self) -> watch::Receiver<u64> {
+        self.refused_rx.clone()
     }
 
     /// The last log index applied to the local state machine.

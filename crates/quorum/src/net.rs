@@ -2,12 +2,19 @@
 //!
 //! One connection per peer, requests pipelined (matched by correlation id), every queue
 //! bounded. A malformed frame closes the connection; nothing here panics on peer input.
+//!
+//! Every connection starts with a `Hello` naming the cluster and the node it is meant for; a
+//! server refuses (and closes) a connection from another cluster or meant for another node
+//! before handling anything on it. Without this, a node of an earlier cluster still running
+//! at a reused address (or a leader still addressing a port now owned by a new node) took part
+//! in a cluster it does not belong to: its leader saw a freshly formatted node as a follower
+//! whose log had gone backwards, and openraft panicked ("follower log reversion").
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::io::{self, Cursor};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use openraft::error::{
@@ -36,6 +43,8 @@ const WRITE_QUEUE: usize = 64;
 const MAX_IN_FLIGHT: usize = 128;
 /// Inbound connections served at once; more are closed on accept.
 const MAX_CONNECTIONS: usize = 256;
+/// How long a refused connection is kept open for the peer to read the refusal.
+const REFUSED_LINGER: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -50,6 +59,8 @@ pub(crate) enum Kind {
     AppResp = 8,
     NotLeader = 9,
     Error = 10,
+    Hello = 11,
+    Refused = 12,
 }
 
 impl Kind {
@@ -65,6 +76,8 @@ impl Kind {
             8 => Kind::AppResp,
             9 => Kind::NotLeader,
             10 => Kind::Error,
+            11 => Kind::Hello,
+            12 => Kind::Refused,
             _ => return None,
         })
     }
@@ -164,11 +177,68 @@ fn decode_snapshot_req(body: &[u8]) -> Result<(SnapshotHeader, Vec<u8>), String>
     Ok((header, body[4 + hlen..].to_vec()))
 }
 
+/// The first frame of every connection (correlation 0): which cluster the connecting node
+/// belongs to, its id, and the node it means to reach.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Hello {
+    pub cluster_id: String,
+    pub from: u64,
+    pub to: u64,
+}
+
+/// Who this node is: what it sends in its `Hello`s and what it accepts in others'.
+#[derive(Clone, Debug)]
+pub(crate) struct Identity {
+    pub cluster_id: String,
+    pub node_id: u64,
+}
+
+impl Identity {
+    fn hello_frame(&self, to: u64) -> Vec<u8> {
+        let hello = Hello {
+            cluster_id: self.cluster_id.clone(),
+            from: self.node_id,
+            to,
+        };
+        // A struct of a string and two integers always serializes.
+        let body = serde_json::to_vec(&hello).unwrap_or_default();
+        encode_frame(Kind::Hello, 0, &body)
+    }
+
+    /// Checks the first frame of an accepted connection; `Err` is the reason it is refused.
+    fn check_hello(&self, frame: &Frame) -> Result<Hello, String> {
+        if frame.kind != Kind::Hello {
+            return Err(format!(
+                "first frame is {:?}, not Hello (a peer without the cluster handshake)",
+                frame.kind
+            ));
+        }
+        let hello: Hello =
+            serde_json::from_slice(&frame.body).map_err(|e| format!("bad Hello: {e}"))?;
+        if hello.cluster_id != self.cluster_id {
+            return Err(format!(
+                "node {} of cluster {:?} is not in cluster {:?}",
+                hello.from, hello.cluster_id, self.cluster_id
+            ));
+        }
+        if hello.to != self.node_id {
+            return Err(format!(
+                "node {} meant to reach node {}, this is node {}",
+                hello.from, hello.to, self.node_id
+            ));
+        }
+        Ok(hello)
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Server
 
 pub(crate) struct ServerCtx {
     pub node_id: u64,
+    pub identity: Identity,
+    /// Inbound connections refused by the handshake, counted.
+    pub refused: watch::Sender<u64>,
     pub raft: Raft<TypeConfig>,
     pub app: Arc<dyn AppHandler>,
     pub leader: watch::Receiver<Option<u64>>,
@@ -202,6 +272,14 @@ fn decode_request(frame: Frame) -> Result<Request, String> {
 
 /// Fuzzing entry point: decodes a frame's body as a server would.
 pub(crate) fn fuzz_decode_request(frame: Frame) {
+    if frame.kind == Kind::Hello {
+        let id = Identity {
+            cluster_id: "fuzz".into(),
+            node_id: 1,
+        };
+        let _ = id.check_hello(&frame);
+        return;
+    }
     let _ = decode_request(frame);
 }
 
@@ -235,6 +313,35 @@ pub(crate) async fn serve(listener: TcpListener, ctx: Arc<ServerCtx>) {
 
 async fn serve_conn(stream: TcpStream, ctx: Arc<ServerCtx>) -> Result<(), FrameError> {
     let (mut rd, mut wr) = stream.into_split();
+    // The handshake: nothing is handled on a connection from another cluster, or meant for
+    // another node (see the module comment).
+    let Some(first) = read_frame(&mut rd, ctx.max_frame).await? else {
+        return Ok(());
+    };
+    if let Err(why) = ctx.identity.check_hello(&first) {
+        tracing::warn!(reason = %why, "quorum connection refused");
+        ctx.refused.send_modify(|n| *n += 1);
+        wr.write_all(&encode_frame(
+            Kind::Refused,
+            first.correlation,
+            why.as_bytes(),
+        ))
+        .await?;
+        let _ = wr.shutdown().await;
+        // Discard what the peer pipelined after its Hello until it closes (bounded in time):
+        // closing with unread input would reset the connection, and the peer could lose the
+        // Refused frame and its reason.
+        let mut sink = vec![0u8; 4096];
+        let _ = tokio::time::timeout(REFUSED_LINGER, async {
+            while let Ok(n) = rd.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        })
+        .await;
+        return Ok(());
+    }
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
     let mut tasks = JoinSet::new();
     tasks.spawn(async move {
@@ -314,6 +421,9 @@ async fn handle(ctx: &ServerCtx, request: Request) -> (Kind, Vec<u8>) {
 pub(crate) enum CallError {
     #[error("unreachable: {0}")]
     Unreachable(String),
+    /// The node at the address refused the handshake (another cluster, or another node id).
+    #[error("refused by the node at the address: {0}")]
+    Refused(String),
     #[error("timed out")]
     Timeout,
 }
@@ -322,6 +432,8 @@ struct Conn {
     tx: mpsc::Sender<Vec<u8>>,
     pending: Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>>,
     closed: Arc<AtomicBool>,
+    /// Why the peer refused the handshake, if it did.
+    refused: Arc<OnceLock<String>>,
     tasks: Vec<AbortHandle>,
 }
 
@@ -347,6 +459,8 @@ fn close(closed: &AtomicBool, pending: &Mutex<HashMap<u32, oneshot::Sender<Frame
 /// One peer: a lazily (re)connected, pipelined connection.
 pub(crate) struct Peer {
     addr: String,
+    /// The first frame of every connection to this peer.
+    hello: Vec<u8>,
     max_frame: usize,
     conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
     next: AtomicU32,
@@ -354,9 +468,10 @@ pub(crate) struct Peer {
 }
 
 impl Peer {
-    fn new(addr: String, max_frame: usize) -> Peer {
+    fn new(addr: String, hello: Vec<u8>, max_frame: usize) -> Peer {
         Peer {
             addr,
+            hello,
             max_frame,
             conn: tokio::sync::Mutex::new(None),
             next: AtomicU32::new(1),
@@ -377,9 +492,15 @@ impl Peer {
             .map_err(|e| CallError::Unreachable(format!("{}: {e}", self.addr)))?;
         let _ = stream.set_nodelay(true);
         let (mut rd, mut wr) = stream.into_split();
+        // The handshake goes first; requests may follow at once (the server handles none of
+        // them if it refuses the handshake).
+        wr.write_all(&self.hello)
+            .await
+            .map_err(|e| CallError::Unreachable(format!("{}: {e}", self.addr)))?;
         let (tx, mut rx) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
         let pending: Arc<Mutex<HashMap<u32, oneshot::Sender<Frame>>>> = Arc::default();
         let closed = Arc::new(AtomicBool::new(false));
+        let refused: Arc<OnceLock<String>> = Arc::default();
         let (p, c) = (pending.clone(), closed.clone());
         let writer = tokio::spawn(async move {
             while let Some(buf) = rx.recv().await {
@@ -390,15 +511,22 @@ impl Peer {
             }
             close(&c, &p);
         });
-        let (p, c, max_frame, addr) = (
+        let (p, c, r, max_frame, addr) = (
             pending.clone(),
             closed.clone(),
+            refused.clone(),
             self.max_frame,
             self.addr.clone(),
         );
         let reader = tokio::spawn(async move {
             loop {
                 match read_frame(&mut rd, max_frame).await {
+                    Ok(Some(frame)) if frame.kind == Kind::Refused => {
+                        let why = String::from_utf8_lossy(&frame.body).into_owned();
+                        tracing::warn!(peer = %addr, reason = %why, "quorum peer refused the connection");
+                        let _ = r.set(why);
+                        break;
+                    }
                     Ok(Some(frame)) => {
                         if let Some(waiter) = lock_pending(&p).remove(&frame.correlation) {
                             let _ = waiter.send(frame);
@@ -417,6 +545,7 @@ impl Peer {
             tx,
             pending,
             closed,
+            refused,
             tasks: vec![writer.abort_handle(), reader.abort_handle()],
         });
         *guard = Some(conn.clone());
@@ -435,7 +564,10 @@ impl Peer {
         lock_pending(&conn.pending).insert(correlation, otx);
         if conn.closed.load(Ordering::SeqCst) {
             lock_pending(&conn.pending).remove(&correlation);
-            return Err(CallError::Unreachable("connection closed".into()));
+            return Err(match conn.refused.get() {
+                Some(why) => CallError::Refused(why.clone()),
+                None => CallError::Unreachable("connection closed".into()),
+            });
         }
         struct Forget<'a>(&'a Conn, u32);
         impl Drop for Forget<'_> {
@@ -444,16 +576,19 @@ impl Peer {
             }
         }
         let _forget = Forget(&conn, correlation);
+        let lost = |conn: &Conn| match conn.refused.get() {
+            Some(why) => CallError::Refused(why.clone()),
+            None => CallError::Unreachable("connection closed".into()),
+        };
         if conn
             .tx
             .send(encode_frame(kind, correlation, body))
             .await
             .is_err()
         {
-            return Err(CallError::Unreachable("connection closed".into()));
+            return Err(lost(&conn));
         }
-        orx.await
-            .map_err(|_| CallError::Unreachable("connection closed".into()))
+        orx.await.map_err(|_| lost(&conn))
     }
 
     /// Sends one request and waits for its response, up to `timeout` (connect included).
@@ -482,13 +617,15 @@ impl Peer {
 
 /// Connections to every peer, shared by openraft's network and `call_leader`.
 pub(crate) struct Peers {
+    identity: Identity,
     max_frame: usize,
     map: Mutex<HashMap<u64, Arc<Peer>>>,
 }
 
 impl Peers {
-    pub(crate) fn new(max_frame: usize) -> Peers {
+    pub(crate) fn new(identity: Identity, max_frame: usize) -> Peers {
         Peers {
+            identity,
             max_frame,
             map: Mutex::new(HashMap::new()),
         }
@@ -499,7 +636,8 @@ impl Peers {
         match map.get(&id) {
             Some(p) if p.addr == addr => p.clone(),
             _ => {
-                let p = Arc::new(Peer::new(addr.to_string(), self.max_frame));
+                let hello = self.identity.hello_frame(id);
+                let p = Arc::new(Peer::new(addr.to_string(), hello, self.max_frame));
                 map.insert(id, p.clone());
                 p
             }
@@ -556,7 +694,9 @@ impl NetClient {
                 target: self.target,
                 timeout: ttl,
             }),
-            CallError::Unreachable(why) => {
+            // A refusing node is not the peer openraft means: to openraft it is unreachable
+            // (it backs off and retries), and no Raft response is ever taken from it.
+            CallError::Unreachable(why) | CallError::Refused(why) => {
                 RPCError::Unreachable(Unreachable::new(&io::Error::other(why)))
             }
         }
@@ -655,7 +795,7 @@ impl RaftNetwork<TypeConfig> for NetClient {
                 target: self.target,
                 timeout: ttl,
             }),
-            CallError::Unreachable(why) => {
+            CallError::Unreachable(why) | CallError::Refused(why) => {
                 StreamingError::Unreachable(Unreachable::new(&io::Error::other(why)))
             }
         })?;

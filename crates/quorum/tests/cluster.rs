@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use holdfast_quorum::{AppHandler, Quorum, QuorumConfig, QuorumError, StateMachine, StoreError};
 
 const DEADLINE: Duration = Duration::from_secs(30);
+const CLUSTER_ID: &str = "test-cluster";
 
 type Applied = Arc<Mutex<Vec<(u64, Vec<u8>)>>>;
 
@@ -98,7 +99,13 @@ impl Cluster {
 
     fn config(&mut self, id: u64) -> QuorumConfig {
         let listen = *self.addrs.entry(id).or_insert_with(free_addr);
-        let mut cfg = QuorumConfig::new(id, self.dir(id), listen, self.voters.clone());
+        let mut cfg = QuorumConfig::new(
+            id,
+            CLUSTER_ID.into(),
+            self.dir(id),
+            listen,
+            self.voters.clone(),
+        );
         cfg.bootstrap = id == 1;
         cfg.election_timeout_min_ms = 500;
         cfg.election_timeout_max_ms = 1000;
@@ -473,38 +480,98 @@ async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
+/// The handshake frame a node of `cluster` sends first to reach node `to`.
+fn hello(cluster: &str, from: u64, to: u64) -> Vec<u8> {
+    let body = format!(r#"{{"cluster_id":"{cluster}","from":{from},"to":{to}}}"#);
+    raw_frame(11, 0, body.as_bytes())
+}
+
+/// `bytes` after a valid handshake to node `to`.
+fn after_hello(to: u64, bytes: &[u8]) -> Vec<u8> {
+    let mut out = hello(CLUSTER_ID, 99, to);
+    out.extend_from_slice(bytes);
+    out
+}
+
+/// Asserts that `answer` is exactly one Refused frame whose reason contains `why`.
+fn assert_refused(answer: &[u8], why: &str) {
+    assert!(
+        answer.len() >= 13,
+        "expected a Refused frame, got {answer:?}"
+    );
+    assert_eq!(answer[4], 12, "Refused kind");
+    let len = u32::from_be_bytes(answer[..4].try_into().unwrap()) as usize;
+    assert_eq!(answer.len(), 4 + len, "nothing after the Refused frame");
+    let reason = String::from_utf8_lossy(&answer[13..]);
+    assert!(
+        reason.contains(why),
+        "reason {reason:?} does not say {why:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() -> Result<()> {
     let c = Cluster::new("frames", 3, 10_000).await?;
     let leader = c.leader().await?;
     let follower = (1..=3).find(|id| *id != leader).unwrap();
     let addr = c.addrs[&follower];
+    let f = follower;
 
     // Length far beyond the limit: closed without reading (or allocating) a body.
-    assert!(exchange(addr, &u32::MAX.to_be_bytes()).await?.is_empty());
+    assert!(exchange(addr, &after_hello(f, &u32::MAX.to_be_bytes()))
+        .await?
+        .is_empty());
     // Length below the fixed header.
-    assert!(exchange(addr, &[0, 0, 0, 3, 7, 0, 0]).await?.is_empty());
+    assert!(exchange(addr, &after_hello(f, &[0, 0, 0, 3, 7, 0, 0]))
+        .await?
+        .is_empty());
     // Bad checksum.
     let mut bad = raw_frame(7, 1, b"hello");
     let last = bad.len() - 1;
     bad[last] ^= 1;
-    assert!(exchange(addr, &bad).await?.is_empty());
-    // Unknown kind, and a response kind sent as a request.
-    assert!(exchange(addr, &raw_frame(200, 1, b"x")).await?.is_empty());
-    assert!(exchange(addr, &raw_frame(2, 1, b"x")).await?.is_empty());
+    assert!(exchange(addr, &after_hello(f, &bad)).await?.is_empty());
+    // Unknown kind, a response kind sent as a request, a second Hello.
+    for kind in [200, 2, 11] {
+        assert!(exchange(addr, &after_hello(f, &raw_frame(kind, 1, b"x")))
+            .await?
+            .is_empty());
+    }
     // A request body that does not decode.
-    assert!(exchange(addr, &raw_frame(1, 1, b"{not json"))
-        .await?
-        .is_empty());
+    assert!(
+        exchange(addr, &after_hello(f, &raw_frame(1, 1, b"{not json")))
+            .await?
+            .is_empty()
+    );
     // Truncated frame then EOF.
-    assert!(exchange(addr, &raw_frame(7, 1, b"hello")[..10])
-        .await?
-        .is_empty());
+    assert!(
+        exchange(addr, &after_hello(f, &raw_frame(7, 1, b"hello")[..10]))
+            .await?
+            .is_empty()
+    );
+
+    // The handshake: a connection that does not start with a Hello, or whose Hello names
+    // another cluster or another node, gets one Refused frame and is closed; the request
+    // pipelined after the refused Hello is not handled.
+    let mut refused = c.node(follower).refused_watch();
+    assert_eq!(*refused.borrow_and_update(), 0);
+    assert_refused(&exchange(addr, &raw_frame(7, 1, b"a")).await?, "not Hello");
+    let mut foreign = hello("another-cluster", leader, follower);
+    foreign.extend(raw_frame(7, 1, b"a"));
+    assert_refused(&exchange(addr, &foreign).await?, "another-cluster");
+    assert_refused(
+        &exchange(addr, &hello(CLUSTER_ID, leader, follower + 10)).await?,
+        &format!("this is node {follower}"),
+    );
+    assert_refused(
+        &exchange(addr, &raw_frame(11, 0, b"{}")).await?,
+        "bad Hello",
+    );
+    assert_eq!(*refused.borrow_and_update(), 4);
 
     // A valid app request to a follower, pipelined twice: two NotLeader answers naming the leader.
     let mut two = raw_frame(7, 41, b"a");
     two.extend(raw_frame(7, 42, b"b"));
-    let answer = exchange(addr, &two).await?;
+    let answer = exchange(addr, &after_hello(f, &two)).await?;
     assert_eq!(answer.len(), 2 * (13 + format!("{leader}").len()));
     assert_eq!(answer[4], 9, "NotLeader kind");
     let mut corrs = vec![u32::from_be_bytes(answer[5..9].try_into()?)];
@@ -519,5 +586,53 @@ async fn malformed_frames_close_the_connection_and_the_node_keeps_serving() -> R
     // The cluster still commits.
     let (index, _) = c.node(leader).propose(b"still-alive".to_vec()).await?;
     c.wait_applied(follower, index).await?;
+    c.shutdown().await
+}
+
+/// The cluster-start panic (docs/cluster.md, "Fixed: Raft leader panic"): a leader replicating
+/// to a voter's address reached a freshly formatted node of *another* cluster that had taken
+/// the address, took its "conflict" answers for a follower whose log had gone backwards, and
+/// openraft's leader panicked ("follower log reversion ... matching: T1-N1-51; conflict: 51").
+/// Now the new node refuses the foreign leader's connection: the leader sees an unreachable
+/// peer and keeps committing with the others, and the new node takes nothing from it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_node_of_another_cluster_at_a_voters_address_is_refused() -> Result<()> {
+    let mut c = Cluster::new("foreign", 3, 10_000).await?;
+    let leader = c.leader().await?;
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut last = 0;
+    for i in 0..5 {
+        last = c
+            .node(leader)
+            .propose(format!("a-{i}").into_bytes())
+            .await?
+            .0;
+    }
+    // The leader knows the follower matches `last`.
+    c.wait_applied(follower, last).await?;
+    c.stop(follower).await?;
+
+    // A new, empty node of another cluster, with the same node id, at the same address.
+    let mut cfg = c.config(follower);
+    cfg.cluster_id = "another-cluster".into();
+    cfg.data_dir = c.root.join("intruder");
+    let applied: Applied = Arc::default();
+    let intruder =
+        Quorum::start(cfg, Box::new(Recorder(applied.clone())), Arc::new(Echo(99))).await?;
+    let mut refused = intruder.refused_watch();
+    tokio::time::timeout(DEADLINE, refused.wait_for(|n| *n >= 1))
+        .await
+        .context("the leader never reached the new node")??;
+
+    // The leader is alive and still commits with the remaining voter.
+    let (index, _) = c.node(leader).propose(b"after".to_vec()).await?;
+    assert!(index > last);
+    let other = (1..=3).find(|id| *id != leader && *id != follower).unwrap();
+    c.wait_applied(other, index).await?;
+    // The new node took nothing from the foreign leader: no leader, nothing applied.
+    assert_eq!(*intruder.leader_watch().borrow(), None);
+    assert_eq!(*intruder.applied_watch().borrow(), 0);
+    assert!(applied.lock().unwrap().is_empty());
+    intruder.shutdown().await?;
     c.shutdown().await
 }

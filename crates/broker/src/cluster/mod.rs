@@ -152,6 +152,7 @@ impl Cluster {
         ));
         let mut qcfg = QuorumConfig::new(
             cfg.node_id as u64,
+            cfg.cluster_id.clone(),
             broker.config.data_dir.clone(),
             cfg.controller_listen,
             cfg.voters.clone(),
