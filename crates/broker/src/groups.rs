@@ -195,6 +195,19 @@ pub struct GroupService {
     writes_rx: Mutex<Option<mpsc::Receiver<WriteBatch>>>,
     partitions: i32,
     retention_check_ms: u64,
+    /// Cluster mode only (`None` on a single node, where every group is served here): the
+    /// partitions of `__consumer_offsets` this broker leads and has loaded or is loading
+    /// (crate::cluster::coord).
+    owned: Mutex<Option<Owned>>,
+}
+
+/// Cluster mode: the `__consumer_offsets` partitions this broker coordinates.
+#[derive(Debug, Default)]
+pub(crate) struct Owned {
+    /// Partitions of the replicated topic (0 until the image has it).
+    pub(crate) partitions: i32,
+    /// Partition → (leader epoch, loaded). Only partitions this broker leads.
+    pub(crate) parts: BTreeMap<i32, (i32, bool)>,
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -234,6 +247,43 @@ impl GroupService {
             writes_rx: Mutex::new(Some(rx)),
             partitions,
             retention_check_ms,
+            owned: Mutex::new(None),
+        }
+    }
+
+    /// Cluster mode: groups are served only for the `__consumer_offsets` partitions this
+    /// broker leads and has loaded (crate::cluster::coord).
+    pub(crate) fn enable_cluster(&self) {
+        *self.owned() = Some(Owned::default());
+    }
+
+    pub(crate) fn owned(&self) -> MutexGuard<'_, Option<Owned>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `__consumer_offsets` partition of `group` (Kafka's `Utils.abs(hashCode) % n`).
+    pub(crate) fn partition_of(&self, group: &str) -> i32 {
+        let n = match self.owned().as_ref() {
+            Some(o) if o.partitions > 0 => o.partitions,
+            _ => self.partitions,
+        };
+        records::partition_for(group, n)
+    }
+
+    /// NONE when this broker coordinates `group`; otherwise NOT_COORDINATOR, or
+    /// COORDINATOR_LOAD_IN_PROGRESS while its partition is being loaded (cluster mode).
+    pub(crate) fn owner_error(&self, group: &str) -> i16 {
+        let g = self.owned();
+        let Some(o) = g.as_ref() else {
+            return codes::NONE;
+        };
+        if o.partitions <= 0 {
+            return codes::NOT_COORDINATOR;
+        }
+        match o.parts.get(&records::partition_for(group, o.partitions)) {
+            Some((_, true)) => codes::NONE,
+            Some((_, false)) => codes::COORDINATOR_LOAD_IN_PROGRESS,
+            None => codes::NOT_COORDINATOR,
         }
     }
 
@@ -407,6 +457,16 @@ impl Broker {
         &self.groups
     }
 
+    /// Whether offsets may be committed for the partition: on a single node it is hosted
+    /// here; in cluster mode it exists in the topic map (it may be led by another broker).
+    fn partition_exists(&self, topic: &str, index: i32) -> bool {
+        if self.cluster().is_none() {
+            return self.partition(topic, index).is_some();
+        }
+        self.topic(topic)
+            .is_some_and(|t| usize::try_from(index).is_ok_and(|i| i < t.partitions.len()))
+    }
+
     /// Creates `__consumer_offsets` if missing and rebuilds offsets and groups from it.
     /// Blocking; called once on open.
     pub(crate) fn load_groups(&self) -> Result<(), String> {
@@ -450,11 +510,19 @@ impl Broker {
         recs: Vec<KeyValue>,
         wait_durable: bool,
     ) -> Result<(), i16> {
-        let n = self.groups().partitions;
-        let index = records::partition_for(group, n);
+        let index = self.groups().partition_of(group);
         let Some(p) = self.partition(OFFSETS_TOPIC, index) else {
-            return Err(codes::COORDINATOR_NOT_AVAILABLE);
+            return Err(if self.groups().owned().is_some() {
+                codes::NOT_COORDINATOR
+            } else {
+                codes::COORDINATOR_NOT_AVAILABLE
+            });
         };
+        // Cluster mode: acks=all, as a Produce with acks=-1 (NOT_ENOUGH_REPLICAS before
+        // anything is written).
+        if let Err(code) = crate::cluster::replica::check_before_append(&p, -1) {
+            return Err(coordinator_append_error(code));
+        }
         let now = now_ms();
         let data = {
             let rs: Vec<Record<'_>> = recs
@@ -497,6 +565,21 @@ impl Broker {
             }
         }
         self.notify_data();
+        if p.is_replicated() && wait_durable {
+            // Acknowledged only once the high watermark passes the records (acks=all).
+            if crate::cluster::replica::feed_durable(&p) {
+                self.notify_data();
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            if let Err((code, _)) = self.await_ack_all(&p, &o, deadline).await {
+                tracing::warn!(group, code, "__consumer_offsets records not replicated");
+                return Err(if code == crate::errors::REQUEST_TIMED_OUT {
+                    codes::COORDINATOR_NOT_AVAILABLE
+                } else {
+                    coordinator_append_error(code)
+                });
+            }
+        }
         Ok(())
     }
 
@@ -591,6 +674,9 @@ impl Broker {
         client_id: &str,
         peer: SocketAddr,
     ) -> Reply {
+        if let Some(refused) = crate::cluster::coord::refusal(self.groups(), version, &body) {
+            return Reply::Now(Some(refused));
+        }
         match body {
             RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
                 self.find_coordinator(r, version),
@@ -976,7 +1062,7 @@ impl Broker {
                 let code = match check {
                     CommitCheck::Error(e) => e,
                     CommitCheck::Ok if !fits(&meta) => codes::OFFSET_METADATA_TOO_LARGE,
-                    CommitCheck::Ok if self.partition(&name, p.partition_index).is_none() => {
+                    CommitCheck::Ok if !self.partition_exists(&name, p.partition_index) => {
                         codes::UNKNOWN_TOPIC_OR_PARTITION
                     }
                     CommitCheck::Ok => {

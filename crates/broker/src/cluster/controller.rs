@@ -259,7 +259,11 @@ impl ControllerService {
         let mut guard = self.active.lock().await;
         let queued_ms = queued_at.elapsed().as_millis() as u64;
         if queued_ms >= 2_000 {
-            tracing::warn!(queued_ms, ?call, "a controller call waited long for the controller lock");
+            tracing::warn!(
+                queued_ms,
+                ?call,
+                "a controller call waited long for the controller lock"
+            );
         }
         if !self.ensure_active(&q, &mut guard).await {
             return not_controller;

@@ -17,6 +17,7 @@
 
 pub mod api;
 pub mod controller;
+pub(crate) mod coord;
 pub mod props;
 pub mod publisher;
 pub mod replica;
@@ -194,6 +195,7 @@ impl Cluster {
                 fatal_tx,
                 stop_rx.clone(),
             )),
+            tokio::spawn(coord::run(Arc::clone(broker), stop_rx.clone())),
             tokio::spawn(replica::manager(
                 Arc::clone(broker),
                 Arc::clone(&cluster),
