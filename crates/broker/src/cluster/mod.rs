@@ -9,10 +9,11 @@
 //! * [`api`]: the Kafka APIs that differ in cluster mode (Metadata, admin forwarded to the
 //!   controller, NOT_LEADER_OR_FOLLOWER for partitions led elsewhere).
 //! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
+//! * [`coord`]: the group coordinator follows the leadership of `__consumer_offsets`.
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
 //! Limits: no auto-creation,
-//! no group or transaction coordinator (FindCoordinator answers COORDINATOR_NOT_AVAILABLE),
+//! no transaction coordinator (FindCoordinator(TRANSACTION) answers COORDINATOR_NOT_AVAILABLE),
 //! no controlled shutdown.
 
 pub mod api;
