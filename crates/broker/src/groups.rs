@@ -50,7 +50,12 @@ type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 const WRITE_QUEUE: usize = 4096;
 
 /// A batch of coordinator writes, with whom to tell once it is durable (`true`) or failed.
-type WriteBatch = (Vec<holdfast_groups::Write>, Option<oneshot::Sender<bool>>);
+/// The third element is the coordinator tenure the records were decided in (see `Inner`).
+type WriteBatch = (
+    Vec<holdfast_groups::Write>,
+    Option<oneshot::Sender<bool>>,
+    u64,
+);
 
 /// Orders offset commits and fetches: a turn is taken synchronously while the request is
 /// dispatched (connections dispatch their requests one after another), and the commit or
@@ -185,6 +190,12 @@ impl Drop for Turn {
 struct Inner {
     coord: Coordinator,
     waiters: HashMap<Ticket, oneshot::Sender<Completion>>,
+    /// Cluster mode: bumped whenever a partition's groups are unloaded or reloaded.
+    tenure: u64,
+    /// Cluster mode: partition of `__consumer_offsets` → the tenure it was last fenced at.
+    /// Records decided in an earlier tenure are not written for it (they belong to a
+    /// coordinator tenure that has ended, even if this node leads the partition again).
+    fenced: HashMap<i32, u64>,
 }
 
 pub struct GroupService {
@@ -240,6 +251,8 @@ impl GroupService {
             inner: Mutex::new(Inner {
                 coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
                 waiters: HashMap::new(),
+                tenure: 0,
+                fenced: HashMap::new(),
             }),
             commit_order: Arc::new(CommitOrder::default()),
             wake: Notify::new(),
@@ -289,6 +302,36 @@ impl GroupService {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cluster mode: ends the coordinator tenure of `parts` (of `n` partitions): their groups
+    /// are dropped (waiting joins answered NOT_COORDINATOR) and records decided for them
+    /// before now are never written. Returns how many groups were dropped.
+    pub(crate) fn fence_and_unload(&self, parts: &[i32], n: i32) -> usize {
+        let mut g = self.lock();
+        g.tenure += 1;
+        let t = g.tenure;
+        for p in parts {
+            g.fenced.insert(*p, t);
+        }
+        let dropped = g
+            .coord
+            .unload_groups(|grp| parts.contains(&records::partition_for(grp, n)));
+        Self::dispatch(&mut g, &self.writes_tx);
+        drop(g);
+        self.wake.notify_one();
+        dropped
+    }
+
+    /// The current coordinator tenure (see `Inner::tenure`).
+    fn tenure(&self) -> u64 {
+        self.lock().tenure
+    }
+
+    /// Whether `group`'s partition was fenced after `tenure` (its records are stale).
+    fn fenced_since(&self, group: &str, tenure: u64) -> bool {
+        let p = self.partition_of(group);
+        self.lock().fenced.get(&p).is_some_and(|f| *f > tenure)
     }
 
     /// Runs `f` on the coordinator, then delivers completions and queues writes.
@@ -347,10 +390,10 @@ impl GroupService {
                 // acknowledges only once everything queued before it is durable, as Kafka
                 // parks late followers until the store completes (found by the chaos
                 // harness's --groups workload under power cuts).
-                if let Err(e) = writes.try_send((Vec::new(), Some(a))) {
+                if let Err(e) = writes.try_send((Vec::new(), Some(a), g.tenure)) {
                     tracing::error!(error = %e, "group metadata write queue full: barrier dropped");
-                    if let tokio::sync::mpsc::error::TrySendError::Full((_, Some(a)))
-                    | tokio::sync::mpsc::error::TrySendError::Closed((_, Some(a))) = e
+                    if let tokio::sync::mpsc::error::TrySendError::Full((_, Some(a), _))
+                    | tokio::sync::mpsc::error::TrySendError::Closed((_, Some(a), _)) = e
                     {
                         let _ = a.send(false);
                     }
@@ -361,7 +404,7 @@ impl GroupService {
         // The answers that go with these records (e.g. SyncGroup once the leader's
         // assignment is stored) are sent only once the records are durable, as Kafka does.
         let (done_tx, done_rx) = oneshot::channel();
-        if let Err(e) = writes.try_send((w, Some(done_tx))) {
+        if let Err(e) = writes.try_send((w, Some(done_tx), g.tenure)) {
             tracing::error!(error = %e, "group metadata write queue full: records dropped");
         }
         tokio::spawn(async move {
@@ -509,7 +552,12 @@ impl Broker {
         group: &str,
         recs: Vec<KeyValue>,
         wait_durable: bool,
+        tenure: u64,
     ) -> Result<(), i16> {
+        if self.groups().fenced_since(group, tenure) {
+            // Decided by an earlier coordinator tenure of this partition (cluster mode).
+            return Err(codes::NOT_COORDINATOR);
+        }
         let index = self.groups().partition_of(group);
         let Some(p) = self.partition(OFFSETS_TOPIC, index) else {
             return Err(if self.groups().owned().is_some() {
@@ -600,7 +648,7 @@ impl Broker {
                 w = rx.recv() => w,
                 _ = stop.changed() => return,
             };
-            let Some((w, ack)) = w else { return };
+            let Some((w, ack, tenure)) = w else { return };
             if w.is_empty() {
                 if let Some(a) = ack {
                     let _ = a.send(last_stored);
@@ -613,7 +661,7 @@ impl Broker {
             }
             let mut ok = true;
             for (g, recs) in by_group {
-                if let Err(code) = self.append_offsets_records(&g, recs, true).await {
+                if let Err(code) = self.append_offsets_records(&g, recs, true, tenure).await {
                     tracing::error!(group = %g, code, "cannot persist group metadata");
                     ok = false;
                 }
@@ -1035,6 +1083,7 @@ impl Broker {
         version: i16,
     ) -> OffsetCommitResponse {
         let group = r.group_id.0.to_string();
+        let tenure = self.groups().tenure();
         let now = now_ms();
         let (generation, member) = if version >= 1 {
             (r.generation_id_or_member_epoch, r.member_id.to_string())
@@ -1098,7 +1147,7 @@ impl Broker {
                 .collect();
             let wait_durable = !unsafe_offsets_no_fsync();
             match self
-                .append_offsets_records(&group, recs, wait_durable)
+                .append_offsets_records(&group, recs, wait_durable, tenure)
                 .await
             {
                 Ok(()) => self.groups().with(|c| c.apply_commit(&group, ok)),

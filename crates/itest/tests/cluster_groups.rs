@@ -402,6 +402,7 @@ async fn wait_committed(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn group_coordinator_follows_leadership() -> Result<()> {
+    let started = Instant::now();
     let mut cluster = Cluster::start()?;
     let boot = cluster.bootstrap();
     let first = cluster.nodes[0].addr.clone();
@@ -427,6 +428,7 @@ async fn group_coordinator_follows_leadership() -> Result<()> {
 
     // FindCoordinator creates __consumer_offsets (RF 3 by offsets.topic.replication.factor)
     // and names the leader of the group's partition.
+    eprintln!("cluster up, topic created: {:?}", started.elapsed());
     let mut client = Client::connect(&boot, "itest", Duration::from_secs(20)).await?;
     let t0 = Instant::now();
     let coord = client.group_coordinator(GROUP).await?;
@@ -531,7 +533,12 @@ async fn group_coordinator_follows_leadership() -> Result<()> {
     eprintln!("SIGKILL of coordinator {coord} -> node {new_coord} serves the offsets after {failover:?}: {after:?}");
 
     // The members find the new coordinator and go on.
+    let tb = Instant::now();
     produce(&prod, "b", 2000).await?;
+    eprintln!(
+        "2,000 more produced (partition leaders failed over too) in {:?}",
+        tb.elapsed()
+    );
     let end_b: BTreeMap<i32, i64> = (0..PARTITIONS).map(|p| (p, 1000)).collect();
     let t3 = Instant::now();
     wait_committed(
@@ -547,10 +554,12 @@ async fn group_coordinator_follows_leadership() -> Result<()> {
         t3.elapsed()
     );
     stop.store(true, Ordering::Relaxed);
+    let tc = Instant::now();
     let mut commits = Vec::new();
     for m in members {
         commits.push(m.join().map_err(|_| anyhow::anyhow!("member panicked"))??);
     }
+    eprintln!("members closed in {:?}", tc.elapsed());
     assert!(
         commits.iter().all(|c| *c > 0),
         "both members committed: {commits:?}"

@@ -417,9 +417,7 @@ async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
         gone
     };
     if !gone.is_empty() {
-        let dropped = svc.with(|c| {
-            c.unload_groups(|g| gone.contains(&holdfast_groups::records::partition_for(g, n)))
-        });
+        let dropped = svc.fence_and_unload(&gone, n);
         tracing::info!(partitions = ?gone, groups = dropped, "group coordinator unloaded (leadership moved)");
     }
     // Load the partitions led here that are not loaded yet, once committed to their end.
@@ -443,9 +441,8 @@ async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
         let loaded = crate::handlers::blocking(move || {
             let svc = b.groups();
             // Anything left from an earlier tenure of this partition goes first.
-            svc.with(|c| {
-                c.unload_groups(|g| holdfast_groups::records::partition_for(g, n) == p2.index)
-            });
+            // Records decided in that tenure are not written any more either.
+            svc.fence_and_unload(&[p2.index], n);
             let now = now_ms();
             let mut count = 0u64;
             crate::txn::scan_internal_partition(OFFSETS_TOPIC, &p2, hw, &mut |h, key, value| {
