@@ -354,6 +354,13 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms` (cluster mode; Kafka: 30000): a follower that has not caught
     /// up to the leader's log end for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `offsets.topic.replication.factor` (cluster mode; Kafka: 3): the replication factor
+    /// `__consumer_offsets` is created with. As in Kafka, FindCoordinator answers
+    /// COORDINATOR_NOT_AVAILABLE until that many brokers are alive to create it.
+    pub offsets_topic_replication_factor: i16,
+    /// Set by `holdfast serve` in cluster mode: `__consumer_offsets` is then a replicated
+    /// cluster topic (created through the controller), never a node-local one.
+    pub cluster_mode: bool,
 }
 
 impl BrokerConfig {
@@ -382,6 +389,8 @@ impl BrokerConfig {
             broker_heartbeat_interval_ms: 2000,
             broker_session_timeout_ms: 9000,
             replica_lag_time_max_ms: 30_000,
+            offsets_topic_replication_factor: 3,
+            cluster_mode: false,
         }
     }
 
@@ -462,6 +471,9 @@ impl BrokerConfig {
             }
             "broker.session.timeout.ms" => {
                 self.broker_session_timeout_ms = parse_i64(key, value, 1)? as u64
+            }
+            "offsets.topic.replication.factor" => {
+                self.offsets_topic_replication_factor = parse_i64(key, value, 1)?.min(16) as i16
             }
             "replica.lag.time.max.ms" => {
                 self.replica_lag_time_max_ms = parse_i64(key, value, 1)? as u64

@@ -50,7 +50,12 @@ type KeyValue = (Vec<u8>, Option<Vec<u8>>);
 const WRITE_QUEUE: usize = 4096;
 
 /// A batch of coordinator writes, with whom to tell once it is durable (`true`) or failed.
-type WriteBatch = (Vec<holdfast_groups::Write>, Option<oneshot::Sender<bool>>);
+/// The third element is the coordinator tenure the records were decided in (see `Inner`).
+type WriteBatch = (
+    Vec<holdfast_groups::Write>,
+    Option<oneshot::Sender<bool>>,
+    u64,
+);
 
 /// Orders offset commits and fetches: a turn is taken synchronously while the request is
 /// dispatched (connections dispatch their requests one after another), and the commit or
@@ -185,6 +190,12 @@ impl Drop for Turn {
 struct Inner {
     coord: Coordinator,
     waiters: HashMap<Ticket, oneshot::Sender<Completion>>,
+    /// Cluster mode: bumped whenever a partition's groups are unloaded or reloaded.
+    tenure: u64,
+    /// Cluster mode: partition of `__consumer_offsets` → the tenure it was last fenced at.
+    /// Records decided in an earlier tenure are not written for it (they belong to a
+    /// coordinator tenure that has ended, even if this node leads the partition again).
+    fenced: HashMap<i32, u64>,
 }
 
 pub struct GroupService {
@@ -195,6 +206,19 @@ pub struct GroupService {
     writes_rx: Mutex<Option<mpsc::Receiver<WriteBatch>>>,
     partitions: i32,
     retention_check_ms: u64,
+    /// Cluster mode only (`None` on a single node, where every group is served here): the
+    /// partitions of `__consumer_offsets` this broker leads and has loaded or is loading
+    /// (crate::cluster::coord).
+    owned: Mutex<Option<Owned>>,
+}
+
+/// Cluster mode: the `__consumer_offsets` partitions this broker coordinates.
+#[derive(Debug, Default)]
+pub(crate) struct Owned {
+    /// Partitions of the replicated topic (0 until the image has it).
+    pub(crate) partitions: i32,
+    /// Partition → (leader epoch, loaded). Only partitions this broker leads.
+    pub(crate) parts: BTreeMap<i32, (i32, bool)>,
 }
 
 fn sb(s: &str) -> StrBytes {
@@ -227,6 +251,8 @@ impl GroupService {
             inner: Mutex::new(Inner {
                 coord: Coordinator::new(cfg, &format!("{:x}", now_ms())),
                 waiters: HashMap::new(),
+                tenure: 0,
+                fenced: HashMap::new(),
             }),
             commit_order: Arc::new(CommitOrder::default()),
             wake: Notify::new(),
@@ -234,11 +260,78 @@ impl GroupService {
             writes_rx: Mutex::new(Some(rx)),
             partitions,
             retention_check_ms,
+            owned: Mutex::new(None),
+        }
+    }
+
+    /// Cluster mode: groups are served only for the `__consumer_offsets` partitions this
+    /// broker leads and has loaded (crate::cluster::coord).
+    pub(crate) fn enable_cluster(&self) {
+        *self.owned() = Some(Owned::default());
+    }
+
+    pub(crate) fn owned(&self) -> MutexGuard<'_, Option<Owned>> {
+        self.owned.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The `__consumer_offsets` partition of `group` (Kafka's `Utils.abs(hashCode) % n`).
+    pub(crate) fn partition_of(&self, group: &str) -> i32 {
+        let n = match self.owned().as_ref() {
+            Some(o) if o.partitions > 0 => o.partitions,
+            _ => self.partitions,
+        };
+        records::partition_for(group, n)
+    }
+
+    /// NONE when this broker coordinates `group`; otherwise NOT_COORDINATOR, or
+    /// COORDINATOR_LOAD_IN_PROGRESS while its partition is being loaded (cluster mode).
+    pub(crate) fn owner_error(&self, group: &str) -> i16 {
+        let g = self.owned();
+        let Some(o) = g.as_ref() else {
+            return codes::NONE;
+        };
+        if o.partitions <= 0 {
+            return codes::NOT_COORDINATOR;
+        }
+        match o.parts.get(&records::partition_for(group, o.partitions)) {
+            Some((_, true)) => codes::NONE,
+            Some((_, false)) => codes::COORDINATOR_LOAD_IN_PROGRESS,
+            None => codes::NOT_COORDINATOR,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Cluster mode: ends the coordinator tenure of `parts` (of `n` partitions): their groups
+    /// are dropped (waiting joins answered NOT_COORDINATOR) and records decided for them
+    /// before now are never written. Returns how many groups were dropped.
+    pub(crate) fn fence_and_unload(&self, parts: &[i32], n: i32) -> usize {
+        let mut g = self.lock();
+        g.tenure += 1;
+        let t = g.tenure;
+        for p in parts {
+            g.fenced.insert(*p, t);
+        }
+        let dropped = g
+            .coord
+            .unload_groups(|grp| parts.contains(&records::partition_for(grp, n)));
+        Self::dispatch(&mut g, &self.writes_tx);
+        drop(g);
+        self.wake.notify_one();
+        dropped
+    }
+
+    /// The current coordinator tenure (see `Inner::tenure`).
+    fn tenure(&self) -> u64 {
+        self.lock().tenure
+    }
+
+    /// Whether `group`'s partition was fenced after `tenure` (its records are stale).
+    fn fenced_since(&self, group: &str, tenure: u64) -> bool {
+        let p = self.partition_of(group);
+        self.lock().fenced.get(&p).is_some_and(|f| *f > tenure)
     }
 
     /// Runs `f` on the coordinator, then delivers completions and queues writes.
@@ -297,10 +390,10 @@ impl GroupService {
                 // acknowledges only once everything queued before it is durable, as Kafka
                 // parks late followers until the store completes (found by the chaos
                 // harness's --groups workload under power cuts).
-                if let Err(e) = writes.try_send((Vec::new(), Some(a))) {
+                if let Err(e) = writes.try_send((Vec::new(), Some(a), g.tenure)) {
                     tracing::error!(error = %e, "group metadata write queue full: barrier dropped");
-                    if let tokio::sync::mpsc::error::TrySendError::Full((_, Some(a)))
-                    | tokio::sync::mpsc::error::TrySendError::Closed((_, Some(a))) = e
+                    if let tokio::sync::mpsc::error::TrySendError::Full((_, Some(a), _))
+                    | tokio::sync::mpsc::error::TrySendError::Closed((_, Some(a), _)) = e
                     {
                         let _ = a.send(false);
                     }
@@ -311,7 +404,7 @@ impl GroupService {
         // The answers that go with these records (e.g. SyncGroup once the leader's
         // assignment is stored) are sent only once the records are durable, as Kafka does.
         let (done_tx, done_rx) = oneshot::channel();
-        if let Err(e) = writes.try_send((w, Some(done_tx))) {
+        if let Err(e) = writes.try_send((w, Some(done_tx), g.tenure)) {
             tracing::error!(error = %e, "group metadata write queue full: records dropped");
         }
         tokio::spawn(async move {
@@ -407,6 +500,16 @@ impl Broker {
         &self.groups
     }
 
+    /// Whether offsets may be committed for the partition: on a single node it is hosted
+    /// here; in cluster mode it exists in the topic map (it may be led by another broker).
+    fn partition_exists(&self, topic: &str, index: i32) -> bool {
+        if self.cluster().is_none() {
+            return self.partition(topic, index).is_some();
+        }
+        self.topic(topic)
+            .is_some_and(|t| usize::try_from(index).is_ok_and(|i| i < t.partitions.len()))
+    }
+
     /// Creates `__consumer_offsets` if missing and rebuilds offsets and groups from it.
     /// Blocking; called once on open.
     pub(crate) fn load_groups(&self) -> Result<(), String> {
@@ -449,12 +552,25 @@ impl Broker {
         group: &str,
         recs: Vec<KeyValue>,
         wait_durable: bool,
+        tenure: u64,
     ) -> Result<(), i16> {
-        let n = self.groups().partitions;
-        let index = records::partition_for(group, n);
+        if self.groups().fenced_since(group, tenure) {
+            // Decided by an earlier coordinator tenure of this partition (cluster mode).
+            return Err(codes::NOT_COORDINATOR);
+        }
+        let index = self.groups().partition_of(group);
         let Some(p) = self.partition(OFFSETS_TOPIC, index) else {
-            return Err(codes::COORDINATOR_NOT_AVAILABLE);
+            return Err(if self.groups().owned().is_some() {
+                codes::NOT_COORDINATOR
+            } else {
+                codes::COORDINATOR_NOT_AVAILABLE
+            });
         };
+        // Cluster mode: acks=all, as a Produce with acks=-1 (NOT_ENOUGH_REPLICAS before
+        // anything is written).
+        if let Err(code) = crate::cluster::replica::check_before_append(&p, -1) {
+            return Err(coordinator_append_error(code));
+        }
         let now = now_ms();
         let data = {
             let rs: Vec<Record<'_>> = recs
@@ -497,6 +613,21 @@ impl Broker {
             }
         }
         self.notify_data();
+        if p.is_replicated() && wait_durable {
+            // Acknowledged only once the high watermark passes the records (acks=all).
+            if crate::cluster::replica::feed_durable(&p) {
+                self.notify_data();
+            }
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            if let Err((code, _)) = self.await_ack_all(&p, &o, deadline).await {
+                tracing::warn!(group, code, "__consumer_offsets records not replicated");
+                return Err(if code == crate::errors::REQUEST_TIMED_OUT {
+                    codes::COORDINATOR_NOT_AVAILABLE
+                } else {
+                    coordinator_append_error(code)
+                });
+            }
+        }
         Ok(())
     }
 
@@ -517,7 +648,7 @@ impl Broker {
                 w = rx.recv() => w,
                 _ = stop.changed() => return,
             };
-            let Some((w, ack)) = w else { return };
+            let Some((w, ack, tenure)) = w else { return };
             if w.is_empty() {
                 if let Some(a) = ack {
                     let _ = a.send(last_stored);
@@ -530,7 +661,7 @@ impl Broker {
             }
             let mut ok = true;
             for (g, recs) in by_group {
-                if let Err(code) = self.append_offsets_records(&g, recs, true).await {
+                if let Err(code) = self.append_offsets_records(&g, recs, true, tenure).await {
                     tracing::error!(group = %g, code, "cannot persist group metadata");
                     ok = false;
                 }
@@ -591,6 +722,9 @@ impl Broker {
         client_id: &str,
         peer: SocketAddr,
     ) -> Reply {
+        if let Some(refused) = crate::cluster::coord::refusal(self.groups(), version, &body) {
+            return Reply::Now(Some(refused));
+        }
         match body {
             RequestKind::FindCoordinator(r) => Reply::Now(Some(ResponseKind::FindCoordinator(
                 self.find_coordinator(r, version),
@@ -949,6 +1083,7 @@ impl Broker {
         version: i16,
     ) -> OffsetCommitResponse {
         let group = r.group_id.0.to_string();
+        let tenure = self.groups().tenure();
         let now = now_ms();
         let (generation, member) = if version >= 1 {
             (r.generation_id_or_member_epoch, r.member_id.to_string())
@@ -976,7 +1111,7 @@ impl Broker {
                 let code = match check {
                     CommitCheck::Error(e) => e,
                     CommitCheck::Ok if !fits(&meta) => codes::OFFSET_METADATA_TOO_LARGE,
-                    CommitCheck::Ok if self.partition(&name, p.partition_index).is_none() => {
+                    CommitCheck::Ok if !self.partition_exists(&name, p.partition_index) => {
                         codes::UNKNOWN_TOPIC_OR_PARTITION
                     }
                     CommitCheck::Ok => {
@@ -1012,7 +1147,7 @@ impl Broker {
                 .collect();
             let wait_durable = !unsafe_offsets_no_fsync();
             match self
-                .append_offsets_records(&group, recs, wait_durable)
+                .append_offsets_records(&group, recs, wait_durable, tenure)
                 .await
             {
                 Ok(()) => self.groups().with(|c| c.apply_commit(&group, ok)),

@@ -495,7 +495,7 @@ impl Broker {
     /// leader state says the batch is below the HW with enough replicas in the ISR
     /// (`check_after_append`); NOT_ENOUGH_REPLICAS_AFTER_APPEND or NOT_LEADER_OR_FOLLOWER
     /// otherwise. Woken by every HW move (`notify_data`).
-    async fn await_ack_all(
+    pub(crate) async fn await_ack_all(
         &self,
         p: &Arc<Partition>,
         o: &Appended,

@@ -285,6 +285,14 @@ impl Broker {
         let flusher = Flusher::start().map_err(BrokerError::Flusher)?;
         let mut topics = BTreeMap::new();
         for tm in meta.load_topics()? {
+            if config.cluster_mode && tm.name == crate::groups::OFFSETS_TOPIC {
+                // A node-local `__consumer_offsets` of an earlier version (never served in
+                // cluster mode): forgotten; its directories lack `partition.metadata`, so the
+                // publisher deletes them before the replicated topic opens there.
+                tracing::warn!("forgetting a node-local __consumer_offsets (cluster mode)");
+                meta.remove_topic(&tm.name)?;
+                continue;
+            }
             let log_config =
                 build_log_config(&config.log_defaults, &tm.config).map_err(|source| {
                     BrokerError::Config {
@@ -334,7 +342,12 @@ impl Broker {
             txns,
             cluster: OnceLock::new(),
         });
-        broker.load_groups().map_err(BrokerError::Groups)?;
+        if broker.config.cluster_mode {
+            // Loaded per partition as this node becomes its leader (cluster::coord).
+            broker.groups().enable_cluster();
+        } else {
+            broker.load_groups().map_err(BrokerError::Groups)?;
+        }
         broker.load_txns().map_err(BrokerError::Groups)?;
         Ok(broker)
     }

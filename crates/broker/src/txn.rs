@@ -284,36 +284,7 @@ impl Broker {
             return Err(format!("{name} is missing"));
         };
         for p in &topic.partitions {
-            let hw = p.high_watermark();
-            let mut st = p.lock();
-            let Some(log) = st.log.as_mut() else { continue };
-            let mut offset = log.log_start_offset();
-            // Bounded: every pass moves `offset` forward or stops.
-            while offset < hw {
-                let slice = log
-                    .read(offset, 1 << 20, hw, true)
-                    .map_err(|e| format!("reading {name}-{}: {e}", p.index))?;
-                if slice.is_empty() {
-                    break;
-                }
-                let bytes = slice
-                    .read_bytes()
-                    .map_err(|e| format!("reading {name}-{}: {e}", p.index))?;
-                let mut next = offset;
-                for fr in holdfast_log::batch::frames(&bytes) {
-                    let (h, b) = fr.map_err(|e| format!("{name}-{}: {e}", p.index))?;
-                    next = h.last_offset() + 1;
-                    holdfast_log::batch::for_each_stored_record(&h, b, |r| {
-                        f(&h, r.key, r.value);
-                        Ok(())
-                    })
-                    .map_err(|e| format!("{name}-{}: {e}", p.index))?;
-                }
-                if next <= offset {
-                    break;
-                }
-                offset = next;
-            }
+            scan_internal_partition(name, p, p.high_watermark(), &mut f)?;
         }
         Ok(())
     }
@@ -1119,4 +1090,47 @@ impl Broker {
             _ => Reply::Now(None),
         }
     }
+}
+
+/// Reads every record of one partition of an internal topic below `hw`, in order (blocking;
+/// holds the partition lock).
+pub(crate) fn scan_internal_partition(
+    name: &str,
+    p: &Partition,
+    hw: i64,
+    f: &mut impl FnMut(&holdfast_log::batch::BatchHeader, Option<&[u8]>, Option<&[u8]>),
+) -> Result<(), String> {
+    let mut st = p.lock();
+    let Some(log) = st.log.as_mut() else {
+        return Ok(());
+    };
+    let mut offset = log.log_start_offset();
+
+    // Bounded: every pass moves `offset` forward or stops.
+    while offset < hw {
+        let slice = log
+            .read(offset, 1 << 20, hw, true)
+            .map_err(|e| format!("reading {name}-{}: {e}", p.index))?;
+        if slice.is_empty() {
+            break;
+        }
+        let bytes = slice
+            .read_bytes()
+            .map_err(|e| format!("reading {name}-{}: {e}", p.index))?;
+        let mut next = offset;
+        for fr in holdfast_log::batch::frames(&bytes) {
+            let (h, b) = fr.map_err(|e| format!("{name}-{}: {e}", p.index))?;
+            next = h.last_offset() + 1;
+            holdfast_log::batch::for_each_stored_record(&h, b, |r| {
+                f(&h, r.key, r.value);
+                Ok(())
+            })
+            .map_err(|e| format!("{name}-{}: {e}", p.index))?;
+        }
+        if next <= offset {
+            break;
+        }
+        offset = next;
+    }
+    Ok(())
 }

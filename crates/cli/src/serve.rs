@@ -241,6 +241,8 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
     if cluster_start.is_some() {
         // Topics are created through the controller only (v0).
         cfg.auto_create_topics = false;
+        // `__consumer_offsets` is a replicated cluster topic (broker::cluster::coord).
+        cfg.cluster_mode = true;
     }
     let heartbeat_interval_ms = cfg.broker_heartbeat_interval_ms;
     let session_timeout_ms = cfg.broker_session_timeout_ms;

@@ -23,7 +23,9 @@ pub mod codes {
     pub const UNKNOWN_SERVER_ERROR: i16 = -1;
     pub const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     pub const OFFSET_METADATA_TOO_LARGE: i16 = 12;
+    pub const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
     pub const COORDINATOR_NOT_AVAILABLE: i16 = 15;
+    pub const NOT_COORDINATOR: i16 = 16;
     pub const ILLEGAL_GENERATION: i16 = 22;
     pub const INCONSISTENT_GROUP_PROTOCOL: i16 = 23;
     pub const INVALID_GROUP_ID: i16 = 24;
@@ -1636,6 +1638,32 @@ impl Coordinator {
     /// Number of groups (bounded by `max_groups`).
     pub fn group_count(&self) -> usize {
         self.groups.len()
+    }
+
+    /// Drops every group `unload` selects, e.g. because this broker no longer leads its
+    /// partition of `__consumer_offsets` (cluster mode: the coordinator moved). Members
+    /// waiting in JoinGroup/SyncGroup are answered NOT_COORDINATOR, so they rediscover the
+    /// coordinator. Returns how many groups were dropped.
+    pub fn unload_groups(&mut self, unload: impl Fn(&str) -> bool) -> usize {
+        let ids: Vec<String> = self.groups.keys().filter(|g| unload(g)).cloned().collect();
+        for id in &ids {
+            let Some(g) = self.groups.remove(id) else {
+                continue;
+            };
+            for m in g.members.values() {
+                if let Some(t) = m.join_ticket {
+                    self.completions
+                        .push(Completion::Join(t, err_join(codes::NOT_COORDINATOR, &m.id)));
+                }
+                if let Some(t) = m.sync_ticket {
+                    self.completions
+                        .push(Completion::Sync(t, err_sync(codes::NOT_COORDINATOR)));
+                }
+            }
+        }
+        // Writes queued for those groups are not this broker's to make any more.
+        self.writes.retain(|w| !unload(&w.group));
+        ids.len()
     }
 }
 

@@ -476,3 +476,21 @@ fn offset_delete_refuses_only_subscribed_topics_of_a_group_with_members() {
         Err(NON_EMPTY_GROUP)
     );
 }
+
+#[test]
+fn unload_groups_answers_waiting_joins_not_coordinator() {
+    let mut c = Coordinator::new(Config::default(), "t");
+    let a = join_id(&mut c, "moved", 0);
+    let t = wait(c.join(req("moved", &a), 1));
+    let b = join_id(&mut c, "kept", 0);
+    let _ = wait(c.join(req("kept", &b), 1));
+    let _ = c.take_writes();
+    assert_eq!(c.unload_groups(|g| g == "moved"), 1);
+    let j = joins(&mut c);
+    assert_eq!(j.len(), 1);
+    assert_eq!(j[0].0, t);
+    assert_eq!(j[0].1.error, codes::NOT_COORDINATOR);
+    assert!(c.describe("moved").is_none());
+    assert!(c.describe("kept").is_some());
+    assert_eq!(c.group_count(), 1);
+}

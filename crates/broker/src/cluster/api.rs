@@ -9,8 +9,8 @@
 //! * Produce, Fetch, ListOffsets, OffsetForLeaderEpoch and DeleteRecords run the single-node
 //!   handlers, which only see partitions this broker leads (`Broker::partition`); a partition
 //!   that exists in the image but is led elsewhere is answered NOT_LEADER_OR_FOLLOWER.
-//! * v0 limits: FindCoordinator answers COORDINATOR_NOT_AVAILABLE
-//!   (coordinators move with partition leadership in a later step).
+//! * FindCoordinator: groups are coordinated by the leader of their `__consumer_offsets`
+//!   partition (`super::coord`); transactions not yet (COORDINATOR_NOT_AVAILABLE).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -40,9 +40,6 @@ const NOT_CONTROLLER: i16 = 41;
 /// Longest hold of a request that arrives before the node caught up with the metadata log
 /// (a restart waits for the previous incarnation's session to expire, 3 s in tests).
 const CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
-
-const COORDINATOR_V0_MESSAGE: &str = "Holdfast cluster mode v0 has no group or transaction \
-     coordinator: coordinators move with partition leadership in a later step.";
 
 fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
@@ -84,9 +81,14 @@ pub async fn intercept(
         RequestKind::CreatePartitions(r) => Ok(Reply::Now(Some(ResponseKind::CreatePartitions(
             create_partitions(&cluster, r).await,
         )))),
-        RequestKind::FindCoordinator(r) => Ok(Reply::Now(Some(ResponseKind::FindCoordinator(
-            find_coordinator(r, version),
-        )))),
+        RequestKind::FindCoordinator(r) => {
+            let b = Arc::clone(broker);
+            Ok(Reply::Later(Box::pin(async move {
+                Some(ResponseKind::FindCoordinator(
+                    super::coord::find_coordinator(&b, &cluster, r, version).await,
+                ))
+            })))
+        }
         RequestKind::InitProducerId(r)
             if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) =>
         {
@@ -240,6 +242,7 @@ fn metadata(
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.name));
         mt.topic_id = Uuid::from_u128(t.id.0);
+        mt.is_internal = t.name == crate::groups::OFFSETS_TOPIC;
         mt.partitions = t
             .partitions
             .iter()
@@ -330,37 +333,6 @@ fn describe_cluster(cluster: &Cluster) -> kafka_protocol::messages::DescribeClus
         .collect();
     r.cluster_id = sb(&cluster.cluster_id);
     r.controller_id = controller_id(cluster);
-    r
-}
-
-fn find_coordinator(
-    req: kafka_protocol::messages::FindCoordinatorRequest,
-    version: i16,
-) -> kafka_protocol::messages::FindCoordinatorResponse {
-    use kafka_protocol::messages::find_coordinator_response::Coordinator;
-    let mut r = kafka_protocol::messages::FindCoordinatorResponse::default();
-    if version >= 4 {
-        r.coordinators = req
-            .coordinator_keys
-            .into_iter()
-            .map(|key| {
-                let mut c = Coordinator::default();
-                c.key = key;
-                c.node_id = BrokerId(-1);
-                c.port = -1;
-                c.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-                c.error_message = Some(sb(COORDINATOR_V0_MESSAGE));
-                c
-            })
-            .collect();
-    } else {
-        r.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-        if version >= 1 {
-            r.error_message = Some(sb(COORDINATOR_V0_MESSAGE));
-        }
-        r.node_id = BrokerId(-1);
-        r.port = -1;
-    }
     r
 }
 

@@ -9,14 +9,16 @@
 //! * [`api`]: the Kafka APIs that differ in cluster mode (Metadata, admin forwarded to the
 //!   controller, NOT_LEADER_OR_FOLLOWER for partitions led elsewhere).
 //! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
+//! * [`coord`]: the group coordinator follows the leadership of `__consumer_offsets`.
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
 //! Limits: no auto-creation,
-//! no group or transaction coordinator (FindCoordinator answers COORDINATOR_NOT_AVAILABLE),
+//! no transaction coordinator (FindCoordinator(TRANSACTION) answers COORDINATOR_NOT_AVAILABLE),
 //! no controlled shutdown.
 
 pub mod api;
 pub mod controller;
+pub(crate) mod coord;
 pub mod props;
 pub mod publisher;
 pub mod replica;
@@ -202,6 +204,7 @@ impl Cluster {
                 fatal_tx,
                 stop_rx.clone(),
             )),
+            tokio::spawn(coord::run(Arc::clone(broker), stop_rx.clone())),
             tokio::spawn(replica::manager(
                 Arc::clone(broker),
                 Arc::clone(&cluster),

@@ -199,7 +199,8 @@ fn reconcile(
     }
     let mut next = BTreeMap::new();
     for t in image.topics.values() {
-        if is_local_internal(&t.name) {
+        // `__consumer_offsets` is a cluster topic (created by the group coordinator, coord.rs).
+        if is_local_internal(&t.name) && t.name != crate::groups::OFFSETS_TOPIC {
             tracing::warn!(topic = %t.name, "the metadata image has a topic with a node-local internal name; ignored");
             continue;
         }
