@@ -354,6 +354,13 @@ pub struct BrokerConfig {
     /// `replica.lag.time.max.ms` (cluster mode; Kafka: 30000): a follower that has not caught
     /// up to the leader's log end for this long leaves the ISR.
     pub replica_lag_time_max_ms: u64,
+    /// `auto.leader.rebalance.enable` (cluster mode, read by the active controller; Kafka:
+    /// true): leadership moves back to preferred replicas that are in the ISR.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (Kafka: 300), in milliseconds.
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `leader.imbalance.per.broker.percentage` (Kafka: 10).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl BrokerConfig {
@@ -382,6 +389,9 @@ impl BrokerConfig {
             broker_heartbeat_interval_ms: 2000,
             broker_session_timeout_ms: 9000,
             replica_lag_time_max_ms: 30_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 
@@ -462,6 +472,17 @@ impl BrokerConfig {
             }
             "broker.session.timeout.ms" => {
                 self.broker_session_timeout_ms = parse_i64(key, value, 1)? as u64
+            }
+            "auto.leader.rebalance.enable" => {
+                self.auto_leader_rebalance_enable = parse_bool(key, value)?
+            }
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_imbalance_check_interval_ms =
+                    (parse_i64(key, value, 1)? as u64).saturating_mul(1000)
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                self.leader_imbalance_per_broker_percentage =
+                    parse_i64(key, value, 0)?.min(100) as u32
             }
             "replica.lag.time.max.ms" => {
                 self.replica_lag_time_max_ms = parse_i64(key, value, 1)? as u64

@@ -1168,8 +1168,7 @@ impl Controller {
                 if elections >= self.config.max_elections_per_imbalance {
                     return;
                 }
-                let (Some(t), Some(p)) = (image.topics.get(&tid), image.partition(tid, pid))
-                else {
+                let (Some(t), Some(p)) = (image.topics.get(&tid), image.partition(tid, pid)) else {
                     continue;
                 };
                 // Only a partition with a leader whose preferred replica is in its ISR.

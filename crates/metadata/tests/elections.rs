@@ -9,7 +9,11 @@ use holdfast_metadata::{ControllerConfig, ControllerRequest, Record, TopicId};
 
 /// The leader of `topic`/`partition` sets the ISR to `isr`; returns the error code.
 fn set_isr(c: &mut Cluster, topic: TopicId, partition: i32, isr: &[i32]) -> i16 {
-    let p = c.image.partition(topic, partition).expect("partition").clone();
+    let p = c
+        .image
+        .partition(topic, partition)
+        .expect("partition")
+        .clone();
     let req = ControllerRequest::AlterPartition {
         broker_id: p.leader,
         broker_epoch: c.image.brokers[&p.leader].epoch,
@@ -128,7 +132,10 @@ fn preferred_election_outcomes_and_codes() {
     assert_eq!(c.elect(ElectionType::Preferred, "t", p), codes::NONE);
     let now = c.image.partition(id, p).expect("p").clone();
     assert_eq!(now.leader, b);
-    assert!(now.leader_epoch > epoch, "a new leader bumps the leader epoch");
+    assert!(
+        now.leader_epoch > epoch,
+        "a new leader bumps the leader epoch"
+    );
     assert_eq!(
         c.elect(ElectionType::Preferred, "t", p),
         codes::ELECTION_NOT_NEEDED
@@ -201,7 +208,10 @@ fn unclean_election_prefers_the_isr_and_records_a_loss_only_when_unclean() {
     c.heartbeat(f2);
     c.tick();
     let p = c.image.partition(id, 0).expect("p").clone();
-    assert_eq!(p.leader, -1, "no clean candidate: offline (min ISR 1, no ELR)");
+    assert_eq!(
+        p.leader, -1,
+        "no clean candidate: offline (min ISR 1, no ELR)"
+    );
     // No live replica at all would be ELIGIBLE_LEADERS_NOT_AVAILABLE: fence the others too.
     for b in [f1, f2] {
         c.heartbeat_full(b, true, false);

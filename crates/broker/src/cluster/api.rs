@@ -75,6 +75,9 @@ pub async fn intercept(
         RequestKind::CreatePartitions(r) => Ok(Reply::Now(Some(ResponseKind::CreatePartitions(
             create_partitions(&cluster, r).await,
         )))),
+        RequestKind::ElectLeaders(r) => Ok(Reply::Now(Some(ResponseKind::ElectLeaders(
+            super::ops::elect_leaders(&cluster, r, version).await,
+        )))),
         RequestKind::FindCoordinator(r) => Ok(Reply::Now(Some(ResponseKind::FindCoordinator(
             find_coordinator(r, version),
         )))),
@@ -362,6 +365,11 @@ fn forward_error(e: super::ClusterError) -> (i16, String) {
         super::ClusterError::Timeout => (ec::REQUEST_TIMED_OUT, e.to_string()),
         other => (NOT_CONTROLLER, other.to_string()),
     }
+}
+
+/// [`forward`] for other modules of the cluster.
+pub(crate) async fn forward_call(cluster: &Cluster, call: &Call) -> Result<Answer, (i16, String)> {
+    forward(cluster, call).await
 }
 
 /// Sends `call` and waits until the answer is applied locally.
