@@ -11,7 +11,7 @@
 //! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
-//! * [`ops`]: ElectLeaders.
+//! * [`ops`]: leader elections as operations (ElectLeaders).
 //!
 //! Controlled shutdown ([`Cluster::controlled_shutdown`]) runs while the broker still serves:
 //! the controller moves its leaderships first, then the listener stops.
@@ -116,8 +116,6 @@ pub struct Cluster {
     broker_epoch: AtomicI64,
     /// Set once a controlled shutdown began: heartbeats ask for it from then on.
     shutting_down: AtomicBool,
-    /// Set once the controller answered `should_shut_down`.
-    shutdown_confirmed: AtomicBool,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     stop_tx: watch::Sender<bool>,
@@ -130,8 +128,9 @@ pub struct Cluster {
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(25);
 
 /// Longest wait for the controller to confirm a controlled shutdown (Kafka's KRaft broker
-/// waits up to 5 minutes; producers' default `delivery.timeout.ms` is 2 minutes).
-const SHUTDOWN_WAIT: Duration = Duration::from_secs(30);
+/// waits up to 5 minutes). Short, because the last node of a cluster whose quorum is gone
+/// waits it out in full; moving leaderships takes milliseconds when a controller is there.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 impl Cluster {
     /// Starts the quorum member, the controller service, the publisher and the broker
@@ -189,7 +188,6 @@ impl Cluster {
             reconciled_rx,
             broker_epoch: AtomicI64::new(-1),
             shutting_down: AtomicBool::new(false),
-            shutdown_confirmed: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             stop_tx,
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -392,7 +390,6 @@ impl Cluster {
                         moved = Some(d);
                     }
                     if should_shut_down {
-                        self.shutdown_confirmed.store(true, Ordering::SeqCst);
                         tracing::info!(
                             ms = started.elapsed().as_millis() as u64,
                             "controlled shutdown confirmed by the controller"
@@ -412,15 +409,16 @@ impl Cluster {
         }
     }
 
-    /// Stops the background tasks, after a controlled shutdown unless one was confirmed
-    /// already (see [`Cluster::controlled_shutdown`]; here, with the listener closed, it
-    /// still takes the broker out of the ISRs). With replication factor 1 the broker's
+    /// Stops the background tasks, after a controlled shutdown unless one was tried already
+    /// (see [`Cluster::controlled_shutdown`]; here, with the listener closed, it still takes
+    /// the broker out of the ISRs). With replication factor 1 the broker's
     /// partitions are then leaderless until it returns; its next start registers at once (no
     /// duplicate-registration wait).
     pub async fn shutdown(&self) {
         let _ = self.stop_tx.send(true);
         let epoch = self.broker_epoch();
-        if epoch >= 0 && !self.shutdown_confirmed.load(Ordering::SeqCst) {
+        // A controlled shutdown already tried (confirmed or timed out): no second wait.
+        if epoch >= 0 && !self.shutting_down.swap(true, Ordering::SeqCst) {
             let started = std::time::Instant::now();
             let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
             loop {
