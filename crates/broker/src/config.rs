@@ -361,6 +361,13 @@ pub struct BrokerConfig {
     /// Set by `holdfast serve` in cluster mode: `__consumer_offsets` is then a replicated
     /// cluster topic (created through the controller), never a node-local one.
     pub cluster_mode: bool,
+    /// `auto.leader.rebalance.enable` (cluster mode, read by the active controller; Kafka:
+    /// true): leadership moves back to preferred replicas that are in the ISR.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds` (Kafka: 300), in milliseconds.
+    pub leader_imbalance_check_interval_ms: u64,
+    /// `leader.imbalance.per.broker.percentage` (Kafka: 10).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl BrokerConfig {
@@ -391,6 +398,9 @@ impl BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             offsets_topic_replication_factor: 3,
             cluster_mode: false,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 
@@ -474,6 +484,17 @@ impl BrokerConfig {
             }
             "offsets.topic.replication.factor" => {
                 self.offsets_topic_replication_factor = parse_i64(key, value, 1)?.min(16) as i16
+            }
+            "auto.leader.rebalance.enable" => {
+                self.auto_leader_rebalance_enable = parse_bool(key, value)?
+            }
+            "leader.imbalance.check.interval.seconds" => {
+                self.leader_imbalance_check_interval_ms =
+                    (parse_i64(key, value, 1)? as u64).saturating_mul(1000)
+            }
+            "leader.imbalance.per.broker.percentage" => {
+                self.leader_imbalance_per_broker_percentage =
+                    parse_i64(key, value, 0)?.min(100) as u32
             }
             "replica.lag.time.max.ms" => {
                 self.replica_lag_time_max_ms = parse_i64(key, value, 1)? as u64

@@ -212,6 +212,9 @@ impl Broker {
             RequestKind::DescribeCluster(_) => {
                 Reply::Now(Some(ResponseKind::DescribeCluster(self.describe_cluster())))
             }
+            RequestKind::ElectLeaders(r) => Reply::Now(Some(ResponseKind::ElectLeaders(
+                crate::cluster::ops::elect_leaders_single(self, r),
+            ))),
             _ => {
                 // The codec only lets through APIs of the supported table.
                 tracing::error!(

@@ -38,6 +38,11 @@ pub const PRODUCER_FENCED: &str = "producer_fenced";
 /// Not in `REASONS` (no pre-registered metric series on single nodes).
 pub const REPLICA_TRUNCATION: &str = "replica_truncation";
 
+/// Cluster mode: a leader was elected from outside the ISR and ELR (ElectLeaders UNCLEAN, or
+/// `unclean.leader.election.enable=true`): what only the old ISR had is lost. Recorded by the
+/// controller that decided it. Not in `REASONS` either.
+pub const UNCLEAN_ELECTION: &str = "unclean_election";
+
 pub const REASONS: [&str; 5] = [
     RETENTION_UNCONSUMED,
     FETCH_BELOW_LOG_START,

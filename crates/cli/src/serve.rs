@@ -298,9 +298,23 @@ pub fn run(args: ServeArgs) -> anyhow::Result<()> {
             }
         };
         let (fatal_tx, mut fatal_rx) = tokio::sync::oneshot::channel::<String>();
+        let cluster_stop = cluster.clone();
         let stop = async move {
             tokio::select! {
-                _ = shutdown_signal() => {}
+                _ = shutdown_signal() => {
+                    // Cluster mode: the controller moves this broker's leaderships while the
+                    // listener still serves, so clients follow them (bounded).
+                    if let Some(c) = &cluster_stop {
+                        let started = std::time::Instant::now();
+                        let (moved, confirmed) = c.controlled_shutdown().await;
+                        tracing::info!(
+                            moved_ms = moved.map(|d| d.as_millis() as u64),
+                            confirmed,
+                            ms = started.elapsed().as_millis() as u64,
+                            "controlled shutdown done; stopping the listener"
+                        );
+                    }
+                }
                 reason = fatal => { let _ = fatal_tx.send(reason); }
             }
         };

@@ -161,6 +161,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         | ApiKey::EndTxn
         | ApiKey::TxnOffsetCommit => 3,
         ApiKey::DescribeProducers | ApiKey::DescribeTransactions | ApiKey::ListTransactions => 0,
+        ApiKey::ElectLeaders => 2,
         _ => i16::MAX,
     }
 }
@@ -643,6 +644,18 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
         ApiKey::ConsumerGroupDescribe => {
             w.array(false, |w| w.string())?;
             w.skip(1)?; // include_authorized_operations
+        }
+        ApiKey::ElectLeaders => {
+            if v >= 1 {
+                w.skip(1)?; // election_type
+            }
+            // topic_partitions: null means every partition.
+            w.array(true, |w| {
+                w.string()?;
+                w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
+            w.skip(4)?; // timeout_ms
         }
         _ => return Err(Malformed("no structural check for this API")),
     }

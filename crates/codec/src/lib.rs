@@ -66,6 +66,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
+    (ApiKey::ElectLeaders, 0, 2),
 ];
 
 /// The version range we support for `key`, if any.
@@ -817,6 +818,18 @@ mod tests {
                         r.group_ids = vec![GroupId(S::from_static_str("g")); 2];
                         r.include_authorized_operations = true;
                         RequestKind::ConsumerGroupDescribe(r)
+                    }
+                    ApiKey::ElectLeaders => {
+                        let mut r = ElectLeadersRequest::default();
+                        if v >= 1 {
+                            r.election_type = 1;
+                        }
+                        let mut tp = elect_leaders_request::TopicPartitions::default();
+                        tp.topic = name();
+                        tp.partitions = vec![0, 2];
+                        r.topic_partitions = Some(vec![tp.clone(), tp]);
+                        r.timeout_ms = 30_000;
+                        RequestKind::ElectLeaders(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

@@ -75,6 +75,16 @@ pub struct ControllerConfig {
     pub producer_id_block_size: i32,
     /// Leaderless partitions tried per tick for opted-in unclean elections.
     pub max_unclean_elections_per_tick: usize,
+    /// `auto.leader.rebalance.enable`: periodically move leadership back to preferred
+    /// replicas that are in the ISR.
+    pub auto_leader_rebalance_enable: bool,
+    /// `leader.imbalance.check.interval.seconds`, in milliseconds.
+    pub leader_imbalance_check_interval_ms: i64,
+    /// `leader.imbalance.per.broker.percentage`: a broker's partitions are rebalanced when
+    /// more than this share of those it is preferred for are led by another replica.
+    pub leader_imbalance_per_broker_percentage: u32,
+    /// Preferred elections per rebalance pass (Kafka's `maxElectionsPerImbalance`, 1000).
+    pub max_elections_per_imbalance: usize,
 }
 
 impl Default for ControllerConfig {
@@ -90,6 +100,10 @@ impl Default for ControllerConfig {
             max_configs_per_request: 1_000,
             producer_id_block_size: 1_000,
             max_unclean_elections_per_tick: 1_000,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
+            max_elections_per_imbalance: 1_000,
         }
     }
 }
@@ -590,6 +604,8 @@ pub struct Controller {
     config: ControllerConfig,
     heartbeats: BTreeMap<i32, HeartbeatState>,
     rng: fastrand::Rng,
+    /// When the last leader-imbalance check ran (`None`: not yet in this term).
+    last_imbalance_check_ms: Option<i64>,
 }
 
 /// `r` is an acceptable leader / ISR member: registered, unfenced, not shutting down.
@@ -665,6 +681,7 @@ impl Controller {
             config,
             heartbeats: BTreeMap::new(),
             rng: fastrand::Rng::with_seed(seed),
+            last_imbalance_check_ms: None,
         }
     }
 
@@ -1105,7 +1122,71 @@ impl Controller {
             &leaderless,
             &mut records,
         );
+        if records.is_empty() && self.config.auto_leader_rebalance_enable {
+            let last = *self.last_imbalance_check_ms.get_or_insert(now_ms);
+            if now_ms.saturating_sub(last) >= self.config.leader_imbalance_check_interval_ms {
+                self.last_imbalance_check_ms = Some(now_ms);
+                self.balance_partition_leaders(image, &mut records);
+            }
+        }
         records
+    }
+
+    /// One auto-rebalance pass (`auto.leader.rebalance.enable`): for every broker whose
+    /// imbalance ratio (partitions it is the preferred replica of but does not lead, over
+    /// the partitions it is the preferred replica of) exceeds
+    /// `leader.imbalance.per.broker.percentage`, a preferred election for each of those
+    /// partitions that has a leader and the (active) preferred replica in its ISR (Kafka's
+    /// `maybeBalancePartitionLeaders`, with the ZooKeeper controller's per-broker threshold).
+    /// At most `max_elections_per_imbalance` partitions per pass.
+    pub fn balance_partition_leaders(&self, image: &MetadataImage, records: &mut Vec<Record>) {
+        // preferred broker -> (partitions it is preferred for, those led elsewhere)
+        let mut per_broker: BTreeMap<i32, (usize, Vec<(TopicId, i32)>)> = BTreeMap::new();
+        for (tid, pid, p) in image.partitions() {
+            let Some(&preferred) = p.replicas.first() else {
+                continue;
+            };
+            let e = per_broker.entry(preferred).or_default();
+            e.0 += 1;
+            if p.leader != preferred {
+                e.1.push((tid, pid));
+            }
+        }
+        let threshold = u64::from(self.config.leader_imbalance_per_broker_percentage);
+        let mut elections = 0;
+        for (&preferred, (total, imbalanced)) in &per_broker {
+            assert!(imbalanced.len() <= *total);
+            // ratio > percentage / 100, in integers
+            if imbalanced.is_empty() || (imbalanced.len() as u64) * 100 <= threshold * *total as u64
+            {
+                continue;
+            }
+            if !is_active(image, preferred) {
+                continue;
+            }
+            for &(tid, pid) in imbalanced {
+                if elections >= self.config.max_elections_per_imbalance {
+                    return;
+                }
+                let (Some(t), Some(p)) = (image.topics.get(&tid), image.partition(tid, pid)) else {
+                    continue;
+                };
+                // Only a partition with a leader whose preferred replica is in its ISR.
+                if p.leader == NO_LEADER || !p.isr.contains(&preferred) {
+                    continue;
+                }
+                let acceptable = |r: i32| is_active(image, r);
+                let min_isr = effective_min_isr(image, &t.name, p.replicas.len());
+                if let Some(built) = PartitionChangeBuilder::new(p, tid, pid, &acceptable, min_isr)
+                    .election(Election::Preferred)
+                    .build()
+                {
+                    debug_assert_eq!(built.change.leader, p.replicas.first().copied());
+                    built.push_into(records);
+                    elections += 1;
+                }
+            }
+        }
     }
 
     fn default_replication_factor(&self, image: &MetadataImage) -> i16 {
@@ -1383,6 +1464,7 @@ impl Controller {
         election: ElectionType,
         partitions: Option<Vec<(String, i32)>>,
     ) -> Result<(Vec<Record>, ControllerResponse), ControllerError> {
+        let all = partitions.is_none();
         let wanted: Vec<(String, i32)> = match partitions {
             Some(list) => list,
             None => image
@@ -1438,6 +1520,10 @@ impl Controller {
                     None => codes::ELIGIBLE_LEADERS_NOT_AVAILABLE,
                 }
             })();
+            // Kafka: electing every partition does not list those already led as wanted.
+            if all && error == codes::ELECTION_NOT_NEEDED {
+                continue;
+            }
             results.push(ElectResult {
                 topic,
                 partition,

@@ -81,6 +81,9 @@ pub async fn intercept(
         RequestKind::CreatePartitions(r) => Ok(Reply::Now(Some(ResponseKind::CreatePartitions(
             create_partitions(&cluster, r).await,
         )))),
+        RequestKind::ElectLeaders(r) => Ok(Reply::Now(Some(ResponseKind::ElectLeaders(
+            super::ops::elect_leaders(&cluster, r, version).await,
+        )))),
         RequestKind::FindCoordinator(r) => {
             let b = Arc::clone(broker);
             Ok(Reply::Later(Box::pin(async move {
@@ -343,6 +346,11 @@ fn forward_error(e: super::ClusterError) -> (i16, String) {
         super::ClusterError::Timeout => (ec::REQUEST_TIMED_OUT, e.to_string()),
         other => (NOT_CONTROLLER, other.to_string()),
     }
+}
+
+/// [`forward`] for other modules of the cluster.
+pub(crate) async fn forward_call(cluster: &Cluster, call: &Call) -> Result<Answer, (i16, String)> {
+    forward(cluster, call).await
 }
 
 /// Sends `call` and waits until the answer is applied locally.

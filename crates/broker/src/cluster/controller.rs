@@ -80,6 +80,11 @@ pub(crate) enum Call {
         partition_epoch: i32,
         new_isr: Vec<(i32, i64)>,
     },
+    /// ElectLeaders; `partitions` None: every partition.
+    ElectLeaders {
+        unclean: bool,
+        partitions: Option<Vec<(String, i32)>>,
+    },
 }
 
 /// One created topic.
@@ -123,6 +128,8 @@ pub(crate) enum Answer {
         partition_epoch: i32,
         isr: Vec<i32>,
     },
+    /// ElectLeaders: (topic, partition, error code) per partition.
+    Elected(Vec<(String, i32, i16)>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -232,6 +239,8 @@ impl ControllerService {
                 Ok((index, resp)) => {
                     if !resp.is_empty() {
                         tracing::warn!(index, outcome = %String::from_utf8_lossy(&resp), "proposed record did not apply");
+                    } else {
+                        self.ledger_unclean_election(&r);
                     }
                     last = index;
                 }
@@ -242,6 +251,44 @@ impl ControllerService {
             }
         }
         Some(last)
+    }
+
+    /// A committed unclean election goes to the loss ledger of the controller that decided
+    /// it (once: at proposal, never on a replay of the metadata log). The offsets lost are
+    /// not known here: the new leader's followers truncate to its log (each such cut below a
+    /// high watermark is a `replica_truncation` event on that follower).
+    fn ledger_unclean_election(&self, r: &Record) {
+        let Record::UncleanElection {
+            topic,
+            partition,
+            new_leader,
+            old_leader_epoch,
+            isr_before,
+            elr_before,
+        } = r
+        else {
+            return;
+        };
+        let name = self
+            .image()
+            .topics
+            .get(topic)
+            .map_or_else(|| format!("{topic:?}"), |t| t.name.clone());
+        crate::ledger::record(crate::ledger::Event {
+            time_ms: now_ms(),
+            reason: crate::ledger::UNCLEAN_ELECTION,
+            topic: name,
+            partition: *partition,
+            from_offset: -1,
+            to_offset: -1,
+            records: 0,
+            group: None,
+            detail: format!(
+                "unclean leader election: broker {new_leader} leads after leader epoch \
+                 {old_leader_epoch} (ISR before {isr_before:?}, ELR before {elr_before:?}); \
+                 records it lacks are lost"
+            ),
+        });
     }
 
     async fn serve(&self, call: Call) -> Envelope {
@@ -347,6 +394,12 @@ impl ControllerService {
                 partition_epoch: r.partition_epoch,
                 isr: r.isr,
             },
+            ControllerResponse::ElectLeaders(results) => Answer::Elected(
+                results
+                    .into_iter()
+                    .map(|r| (r.topic, r.partition, r.error))
+                    .collect(),
+            ),
             other => Answer::Error {
                 code: holdfast_metadata::codes::INVALID_REQUEST,
                 message: format!("unexpected controller response {other:?}"),
@@ -489,6 +542,17 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
                 )
                 .collect(),
             leader_recovery: holdfast_metadata::LeaderRecovery::Recovered,
+        },
+        Call::ElectLeaders {
+            unclean,
+            partitions,
+        } => ControllerRequest::ElectLeaders {
+            election: if unclean {
+                holdfast_metadata::controller::ElectionType::Unclean
+            } else {
+                holdfast_metadata::controller::ElectionType::Preferred
+            },
+            partitions,
         },
     })
 }

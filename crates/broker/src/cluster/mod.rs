@@ -10,15 +10,19 @@
 //!   controller, NOT_LEADER_OR_FOLLOWER for partitions led elsewhere).
 //! * [`replica`]: partition replication (follower fetchers, leader state, AlterPartition).
 //! * [`coord`]: the group coordinator follows the leadership of `__consumer_offsets`.
+//! * [`ops`]: leader elections as operations (ElectLeaders).
 //! * the broker lifecycle (registration, heartbeats) lives here.
 //!
+//! Controlled shutdown ([`Cluster::controlled_shutdown`]) runs while the broker still serves:
+//! the controller moves its leaderships first, then the listener stops.
+//!
 //! Limits: no auto-creation,
-//! no transaction coordinator (FindCoordinator(TRANSACTION) answers COORDINATOR_NOT_AVAILABLE),
-//! no controlled shutdown.
+//! no transaction coordinator (FindCoordinator(TRANSACTION) answers COORDINATOR_NOT_AVAILABLE).
 
 pub mod api;
 pub mod controller;
 pub(crate) mod coord;
+pub mod ops;
 pub mod props;
 pub mod publisher;
 pub mod replica;
@@ -26,7 +30,7 @@ pub mod sm;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -117,6 +121,8 @@ pub struct Cluster {
     /// from an image older than what clients already saw (a topic missing, a stale leader), or
     /// with an empty broker list.
     caught_up: watch::Sender<bool>,
+    /// Set once a controlled shutdown began: heartbeats ask for it from then on.
+    shutting_down: AtomicBool,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     stop_tx: watch::Sender<bool>,
@@ -128,7 +134,9 @@ pub struct Cluster {
 /// Deadline of one forwarded admin operation (Kafka's default request timeout is 30 s).
 pub(crate) const ADMIN_TIMEOUT: Duration = Duration::from_secs(25);
 
-/// Longest wait for the controller to confirm a controlled shutdown.
+/// Longest wait for the controller to confirm a controlled shutdown (Kafka's KRaft broker
+/// waits up to 5 minutes). Short, because the last node of a cluster whose quorum is gone
+/// waits it out in full; moving leaderships takes milliseconds when a controller is there.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
 
 impl Cluster {
@@ -144,6 +152,12 @@ impl Cluster {
         let (sm, image_rx) = sm::MetadataSm::new();
         let controller_config = ControllerConfig {
             session_timeout_ms: cfg.session_timeout_ms as i64,
+            auto_leader_rebalance_enable: broker.config.auto_leader_rebalance_enable,
+            leader_imbalance_check_interval_ms: broker.config.leader_imbalance_check_interval_ms
+                as i64,
+            leader_imbalance_per_broker_percentage: broker
+                .config
+                .leader_imbalance_per_broker_percentage,
             ..ControllerConfig::default()
         };
         let svc = Arc::new(ControllerService::new(
@@ -182,6 +196,7 @@ impl Cluster {
             reconciled_rx,
             broker_epoch: AtomicI64::new(-1),
             caught_up: watch::channel(false).0,
+            shutting_down: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             stop_tx,
             tasks: std::sync::Mutex::new(Vec::new()),
@@ -339,15 +354,90 @@ impl Cluster {
         Ok(id)
     }
 
-    /// Stops the background tasks, after telling the controller (Kafka's controlled
-    /// shutdown, in its v0 form): heartbeats with `want_shutdown` until the controller answers
-    /// `should_shut_down` (it has moved the broker out of every ISR and fenced it), at most
-    /// `SHUTDOWN_WAIT`. With replication factor 1 the broker's partitions are then leaderless
-    /// until it returns; its next start registers at once (no duplicate-registration wait).
+    /// Kafka's controlled shutdown, run while the broker still serves clients: heartbeats
+    /// with `want_shutdown` until the controller answers `should_shut_down`, at most
+    /// `SHUTDOWN_WAIT`. The controller first moves every leadership of this broker to another
+    /// ISR member (new leader epochs) and takes it out of the ISRs; the publisher demotes the
+    /// local partitions as the image arrives, so clients get NOT_LEADER_OR_FOLLOWER (pending
+    /// acks=all requests too) and go to the new leaders while this listener is still up. Once
+    /// every other active broker has applied the moves, the controller fences this broker
+    /// and answers `should_shut_down`.
+    ///
+    /// Returns how long the moves took (until the local image shows this broker leading
+    /// nothing) and whether the controller confirmed.
+    pub async fn controlled_shutdown(&self) -> (Option<Duration>, bool) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+        let epoch = self.broker_epoch();
+        if epoch < 0 {
+            return (None, false);
+        }
+        let started = std::time::Instant::now();
+        let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
+        let leads_nothing =
+            |image: &MetadataImage| !image.partitions().any(|(_, _, p)| p.leader == self.node_id);
+        let mut moved: Option<Duration> = None;
+        let mut image_rx = self.image_rx.clone();
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                tracing::warn!("controlled shutdown not confirmed in time; stopping anyway");
+                return (moved, false);
+            }
+            let call = Call::Heartbeat {
+                id: self.node_id,
+                broker_epoch: epoch,
+                metadata_offset: self.image().last_applied as i64,
+                want_shutdown: true,
+            };
+            match self.call(&call, left).await {
+                Ok(Envelope {
+                    index,
+                    answer:
+                        Answer::Heartbeat {
+                            should_shut_down, ..
+                        },
+                }) => {
+                    if moved.is_none()
+                        && self.wait_reconciled(index, left).await
+                        && leads_nothing(&self.image())
+                    {
+                        let d = started.elapsed();
+                        tracing::info!(
+                            ms = d.as_millis() as u64,
+                            "controlled shutdown: leadership moved to other replicas"
+                        );
+                        moved = Some(d);
+                    }
+                    if should_shut_down {
+                        tracing::info!(
+                            ms = started.elapsed().as_millis() as u64,
+                            "controlled shutdown confirmed by the controller"
+                        );
+                        return (moved, true);
+                    }
+                }
+                other => {
+                    tracing::warn!(result = ?other, "controlled shutdown heartbeat failed; stopping anyway");
+                    return (moved, false);
+                }
+            }
+            // The next heartbeat as soon as the image moves (the others' progress is what
+            // the controller waits for), at least every 100 ms.
+            let wait = Duration::from_millis(100).min(left);
+            let _ = tokio::time::timeout(wait, image_rx.changed()).await;
+        }
+    }
+
+    /// Stops the background tasks, after a controlled shutdown unless one was tried already
+    /// (see [`Cluster::controlled_shutdown`]; here, with the listener closed, it still takes
+    /// the broker out of the ISRs). With replication factor 1 the broker's
+    /// partitions are then leaderless until it returns; its next start registers at once (no
+    /// duplicate-registration wait).
     pub async fn shutdown(&self) {
         let _ = self.stop_tx.send(true);
         let epoch = self.broker_epoch();
-        if epoch >= 0 {
+        // A controlled shutdown already tried (confirmed or timed out): no second wait.
+        if epoch >= 0 && !self.shutting_down.swap(true, Ordering::SeqCst) {
             let started = std::time::Instant::now();
             let deadline = tokio::time::Instant::now() + SHUTDOWN_WAIT;
             loop {
@@ -482,7 +572,8 @@ async fn lifecycle(
                         id: cfg.node_id,
                         broker_epoch: epoch,
                         metadata_offset: offset,
-                        want_shutdown: false,
+                        // Once a controlled shutdown began, every heartbeat asks for it.
+                        want_shutdown: cluster.shutting_down.load(Ordering::SeqCst),
                     },
                     call_timeout,
                 )
