@@ -115,10 +115,29 @@ fn murmur2(data: &[u8]) -> i32 {
     h as i32
 }
 
+/// How long `topic_leaders` waits for a topic to appear in Metadata: a topic just created
+/// reaches every broker's metadata a moment later (Apache Kafka answered
+/// UNKNOWN_TOPIC_OR_PARTITION to a produce right after a successful CreateTopics in a test).
+/// Kafka's producer waits for metadata too (`max.block.ms`).
+const METADATA_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Partition count and leader per partition of `topic`.
 async fn topic_leaders(client: &mut Client, topic: &str) -> anyhow::Result<BTreeMap<i32, i32>> {
-    let md = client.metadata(Some(vec![topic.to_string()])).await?;
-    let t = md.topics.first().context("Metadata returned no topic")?;
+    let deadline = std::time::Instant::now() + METADATA_WAIT;
+    let t = loop {
+        let md = client.metadata(Some(vec![topic.to_string()])).await?;
+        let t = md
+            .topics
+            .into_iter()
+            .next()
+            .context("Metadata returned no topic")?;
+        // UNKNOWN_TOPIC_OR_PARTITION (3) and LEADER_NOT_AVAILABLE (5) may be transient.
+        if (t.error_code == 3 || t.error_code == 5) && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        }
+        break t;
+    };
     check(t.error_code, None, || {
         format!("topic {topic} (create it with `holdfast topic create {topic}`)")
     })?;
