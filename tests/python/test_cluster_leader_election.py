@@ -98,3 +98,53 @@ def test_kafka_leader_election_preferred_all_topic_partitions(cluster):
     # An explicit partition already led by its preferred replica.
     r = leader_election(others, "--election-type", "preferred", "--topic", t, "--partition", "0")
     assert "Valid replica already elected for partitions %s-0" % t in r.stdout, r.stdout + r.stderr
+
+
+def metadata_quorum(bootstrap, *args):
+    cmd = [JAVA, "-Xmx256m", "-XX:TieredStopAtLevel=1", "-cp", os.path.join(LIB, "*"),
+           "org.apache.kafka.tools.MetadataQuorumCommand", "--bootstrap-server", bootstrap, *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def fields(text):
+    out = {}
+    for line in text.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            out[k.strip()] = v.strip()
+    return out
+
+
+def test_kafka_metadata_quorum_describe(cluster):
+    """`kafka-metadata-quorum.sh describe --status / --replication` (DescribeQuorum, API 55):
+    the Raft leader, its term, a high watermark that grows with metadata changes, three
+    voters; the leader is the controller Metadata reports."""
+    bootstrap = ",".join(n.bootstrap for n in cluster)
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    wait_until(lambda: broker_count(admin) == 3, timeout=60, what="three unfenced brokers")
+    r = metadata_quorum(bootstrap, "describe", "--status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    st = fields(r.stdout)
+    leader = int(st["LeaderId"])
+    assert leader in (1, 2, 3), r.stdout
+    assert int(st["LeaderEpoch"]) >= 1, r.stdout
+    hw = int(st["HighWatermark"])
+    assert hw > 0, r.stdout
+    for i in (1, 2, 3):
+        assert '"id": %d' % i in st["CurrentVoters"], r.stdout
+    assert st["CurrentObservers"] == "[]", r.stdout
+    assert admin.describe_cluster().result(30).controller.id == leader
+    # A metadata change moves the high watermark.
+    t = unique_topic("quorum")
+    admin.create_topics([NewTopic(t, 1, 3)])[t].result(60)
+    r = metadata_quorum(bootstrap, "describe", "--status")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert int(fields(r.stdout)["HighWatermark"]) > hw, r.stdout
+    r = metadata_quorum(bootstrap, "describe", "--replication")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = [l.split() for l in r.stdout.splitlines()[1:] if l.strip()]
+    assert sorted(int(row[0]) for row in rows) == [1, 2, 3], r.stdout
+    status = {int(row[0]): row[-1] for row in rows}
+    assert status[leader] == "Leader", r.stdout
+    assert sorted(s for i, s in status.items() if i != leader) == ["Follower", "Follower"], r.stdout
+    print("kafka-metadata-quorum describe --replication:\n" + r.stdout)

@@ -215,6 +215,9 @@ impl Broker {
             RequestKind::ElectLeaders(r) => Reply::Now(Some(ResponseKind::ElectLeaders(
                 crate::cluster::ops::elect_leaders_single(self, r),
             ))),
+            RequestKind::DescribeQuorum(_) => Reply::Now(Some(ResponseKind::DescribeQuorum(
+                crate::cluster::ops::describe_quorum_single(),
+            ))),
             _ => {
                 // The codec only lets through APIs of the supported table.
                 tracing::error!(

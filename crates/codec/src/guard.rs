@@ -162,6 +162,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         | ApiKey::TxnOffsetCommit => 3,
         ApiKey::DescribeProducers | ApiKey::DescribeTransactions | ApiKey::ListTransactions => 0,
         ApiKey::ElectLeaders => 2,
+        ApiKey::DescribeQuorum => 0,
         _ => i16::MAX,
     }
 }
@@ -656,6 +657,16 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                 w.tagged_fields()
             })?;
             w.skip(4)?; // timeout_ms
+        }
+        ApiKey::DescribeQuorum => {
+            w.array(false, |w| {
+                w.string()?; // topic_name
+                w.array(false, |w| {
+                    w.skip(4)?; // partition_index
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
         }
         _ => return Err(Malformed("no structural check for this API")),
     }

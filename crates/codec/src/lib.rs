@@ -67,6 +67,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeQuorum, 0, 2),
 ];
 
 /// The version range we support for `key`, if any.
@@ -830,6 +831,16 @@ mod tests {
                         r.topic_partitions = Some(vec![tp.clone(), tp]);
                         r.timeout_ms = 30_000;
                         RequestKind::ElectLeaders(r)
+                    }
+                    ApiKey::DescribeQuorum => {
+                        let mut r = DescribeQuorumRequest::default();
+                        let mut t = describe_quorum_request::TopicData::default();
+                        t.topic_name = name();
+                        let mut p = describe_quorum_request::PartitionData::default();
+                        p.partition_index = 0;
+                        t.partitions = vec![p];
+                        r.topics = vec![t];
+                        RequestKind::DescribeQuorum(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

@@ -166,6 +166,24 @@ pub enum QuorumError {
     Raft(String),
 }
 
+/// A snapshot of [`Quorum::status`]. Indexes are Raft log indexes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct QuorumStatus {
+    pub node_id: u64,
+    pub term: u64,
+    pub leader: Option<u64>,
+    /// The last index appended to this node's log.
+    pub last_log_index: Option<u64>,
+    /// The last index applied to this node's state machine (committed, on the leader).
+    pub last_applied_index: Option<u64>,
+    pub voters: BTreeSet<u64>,
+    pub learners: BTreeSet<u64>,
+    /// On the leader: per member (itself included), the last index known to match its log.
+    pub matched_index: Option<BTreeMap<u64, Option<u64>>>,
+    /// On the leader: time since a quorum last acknowledged it.
+    pub millis_since_quorum_ack: Option<u64>,
+}
+
 /// A running quorum member (voter or learner).
 pub struct Quorum {
     node_id: u64,
@@ -432,6 +450,29 @@ impl Quorum {
             }
             Err(RaftError::Fatal(e)) => Err(fatal(e)),
             Err(e) => Err(QuorumError::Raft(e.to_string())),
+        }
+    }
+
+    /// The quorum as this node sees it (Kafka's DescribeQuorum): term, leader, its own log,
+    /// the membership, and, on the leader only, how far each member's log matches.
+    pub fn status(&self) -> QuorumStatus {
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
+        let membership = m.membership_config.membership();
+        QuorumStatus {
+            node_id: self.node_id,
+            term: m.current_term,
+            leader: m.current_leader,
+            last_log_index: m.last_log_index,
+            last_applied_index: m.last_applied.map(|l| l.index),
+            voters: membership.voter_ids().collect(),
+            learners: membership.learner_ids().collect(),
+            matched_index: m.replication.as_ref().map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map(|l| l.index)))
+                    .collect()
+            }),
+            millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
     }
 

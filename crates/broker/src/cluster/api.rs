@@ -84,6 +84,11 @@ pub async fn intercept(
         RequestKind::ElectLeaders(r) => Ok(Reply::Now(Some(ResponseKind::ElectLeaders(
             super::ops::elect_leaders(&cluster, r, version).await,
         )))),
+        RequestKind::DescribeQuorum(r) => Ok(Reply::Later(Box::pin(async move {
+            Some(ResponseKind::DescribeQuorum(
+                super::ops::describe_quorum(&cluster, r).await,
+            ))
+        }))),
         RequestKind::FindCoordinator(r) => {
             let b = Arc::clone(broker);
             Ok(Reply::Later(Box::pin(async move {

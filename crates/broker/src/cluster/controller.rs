@@ -85,6 +85,8 @@ pub(crate) enum Call {
         unclean: bool,
         partitions: Option<Vec<(String, i32)>>,
     },
+    /// DescribeQuorum: the Raft leader's view of the metadata quorum.
+    DescribeQuorum,
 }
 
 /// One created topic.
@@ -130,6 +132,8 @@ pub(crate) enum Answer {
     },
     /// ElectLeaders: (topic, partition, error code) per partition.
     Elected(Vec<(String, i32, i16)>),
+    /// DescribeQuorum, from the Raft leader.
+    Quorum(holdfast_quorum::QuorumStatus),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -301,6 +305,13 @@ impl ControllerService {
         };
         if !self.is_leader(&q) {
             return not_controller;
+        }
+        if matches!(call, Call::DescribeQuorum) {
+            // Read-only and about the quorum itself: no controller state, no lock.
+            return Envelope {
+                index: self.image().last_applied,
+                answer: Answer::Quorum(q.status()),
+            };
         }
         let queued_at = std::time::Instant::now();
         let mut guard = self.active.lock().await;
@@ -554,6 +565,12 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
             },
             partitions,
         },
+        Call::DescribeQuorum => {
+            return Err(Answer::Error {
+                code: holdfast_metadata::codes::INVALID_REQUEST,
+                message: "DescribeQuorum is answered before the controller".into(),
+            })
+        }
     })
 }
 

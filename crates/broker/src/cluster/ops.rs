@@ -124,6 +124,102 @@ pub(crate) async fn elect_leaders(
     }
 }
 
+/// The metadata log's topic name in DescribeQuorum (Kafka's `__cluster_metadata`, partition 0).
+pub(crate) const METADATA_TOPIC: &str = "__cluster_metadata";
+
+/// DescribeQuorum (API 55) on a cluster node: the Raft leader's view, fetched through the
+/// controller channel (Kafka forwards it to the active controller too). Raft log index `i`
+/// is reported as offset `i`, so a log end offset is the last index + 1; the high watermark
+/// is the leader's applied (committed) index + 1. Per-follower fetch times are not tracked:
+/// followers report -1 (unknown), as Kafka does for a replica it has not heard from.
+pub(crate) async fn describe_quorum(
+    cluster: &Cluster,
+    req: kafka_protocol::messages::DescribeQuorumRequest,
+) -> kafka_protocol::messages::DescribeQuorumResponse {
+    use kafka_protocol::messages::describe_quorum_response::{
+        PartitionData, ReplicaState, TopicData,
+    };
+    use kafka_protocol::messages::{BrokerId, DescribeQuorumResponse};
+    let mut resp = DescribeQuorumResponse::default();
+    let valid = req.topics.len() == 1
+        && req.topics[0].topic_name.0.as_str() == METADATA_TOPIC
+        && req.topics[0].partitions.len() == 1
+        && req.topics[0].partitions[0].partition_index == 0;
+    if !valid {
+        resp.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION;
+        resp.error_message = Some(StrBytes::from_static_str(
+            "DescribeQuorum only describes __cluster_metadata partition 0",
+        ));
+        return resp;
+    }
+    let mut part = PartitionData::default();
+    part.partition_index = 0;
+    match cluster
+        .call(&Call::DescribeQuorum, super::ADMIN_TIMEOUT)
+        .await
+    {
+        Ok(env) => match env.answer {
+            Answer::Quorum(q) => {
+                let now = crate::state::now_ms();
+                let leader_end = q.last_log_index.map_or(0, |i| i as i64 + 1);
+                let state = |id: u64| {
+                    let mut r = ReplicaState::default();
+                    r.replica_id = BrokerId(id as i32);
+                    if Some(id) == q.leader {
+                        r.log_end_offset = leader_end;
+                        r.last_fetch_timestamp = now;
+                        r.last_caught_up_timestamp = now;
+                    } else {
+                        r.log_end_offset = q
+                            .matched_index
+                            .as_ref()
+                            .and_then(|m| m.get(&id).copied().flatten())
+                            .map_or(-1, |i| i as i64 + 1);
+                        r.last_fetch_timestamp = -1;
+                        r.last_caught_up_timestamp = -1;
+                    }
+                    r
+                };
+                part.leader_id = BrokerId(q.leader.map_or(-1, |l| l as i32));
+                part.leader_epoch = i32::try_from(q.term).unwrap_or(i32::MAX);
+                part.high_watermark = q.last_applied_index.map_or(0, |i| i as i64 + 1);
+                part.current_voters = q.voters.iter().map(|id| state(*id)).collect();
+                part.observers = q.learners.iter().map(|id| state(*id)).collect();
+            }
+            other => {
+                part.error_code = ec::UNKNOWN_SERVER_ERROR;
+                part.error_message = Some(StrBytes::from_string(format!(
+                    "unexpected controller answer {other:?}"
+                )));
+            }
+        },
+        Err(e) => {
+            part.error_code = ec::NOT_LEADER_OR_FOLLOWER;
+            part.error_message = Some(StrBytes::from_string(format!(
+                "the metadata quorum leader did not answer: {e}"
+            )));
+            part.leader_id = BrokerId(-1);
+            part.leader_epoch = -1;
+        }
+    }
+    let mut topic = TopicData::default();
+    topic.topic_name = tn(METADATA_TOPIC);
+    topic.partitions = vec![part];
+    resp.topics = vec![topic];
+    resp
+}
+
+/// DescribeQuorum on a single node: there is no metadata quorum (Kafka's ZooKeeper-mode
+/// brokers did not implement the API either).
+pub(crate) fn describe_quorum_single() -> kafka_protocol::messages::DescribeQuorumResponse {
+    let mut resp = kafka_protocol::messages::DescribeQuorumResponse::default();
+    resp.error_code = ec::INVALID_REQUEST;
+    resp.error_message = Some(StrBytes::from_static_str(
+        "this broker runs alone: there is no metadata quorum",
+    ));
+    resp
+}
+
 /// ElectLeaders on a single node: every partition has one replica, which leads it.
 pub(crate) fn elect_leaders_single(
     broker: &Broker,
