@@ -133,7 +133,7 @@ pub(crate) enum Answer {
     /// ElectLeaders: (topic, partition, error code) per partition.
     Elected(Vec<(String, i32, i16)>),
     /// DescribeQuorum, from the Raft leader.
-    Quorum(holdfast_quorum::QuorumStatus),
+    Quorum(Box<holdfast_quorum::QuorumStatus>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -310,7 +310,7 @@ impl ControllerService {
             // Read-only and about the quorum itself: no controller state, no lock.
             return Envelope {
                 index: self.image().last_applied,
-                answer: Answer::Quorum(q.status()),
+                answer: Answer::Quorum(Box::new(q.status())),
             };
         }
         let queued_at = std::time::Instant::now();
