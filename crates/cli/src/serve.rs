@@ -41,7 +41,9 @@ pub struct ServeArgs {
     #[arg(long, env = "HOLDFAST_CONTROLLER_QUORUM_VOTERS", value_name = "VOTERS")]
     controller_quorum_voters: Option<String>,
     /// Cluster mode: address of this node's quorum (controller) listener; default: its
-    /// entry in `--controller-quorum-voters`.
+    /// entry in `--controller-quorum-voters`. A node not among the voters runs as a
+    /// broker-only node (Kafka's `process.roles=broker`) and must be given this address: the
+    /// Raft leader replicates the metadata log to it there, as a learner.
     #[arg(long, env = "HOLDFAST_CONTROLLER_LISTEN", value_name = "ADDR")]
     controller_listen: Option<String>,
 }
@@ -214,17 +216,13 @@ fn cluster_start(args: &ServeArgs) -> anyhow::Result<Option<ClusterStart>> {
         Some(a) => cluster::resolve(a).context("--controller-listen")?,
         None => *voters.get(&(args.node_id as u64)).with_context(|| {
             format!(
-                "node {} is not a voter: give --controller-listen (broker-only nodes are not in v0)",
+                "node {} is not a voter, so it runs as a broker-only node: give it \
+                 --controller-listen (the address the metadata quorum replicates to it at)",
                 args.node_id
             )
         })?,
     };
-    if !voters.contains_key(&(args.node_id as u64)) {
-        bail!(
-            "node {} is not in --controller-quorum-voters; every node is a voter in cluster mode v0",
-            args.node_id
-        );
-    }
+
     if props.bootstrap && !voters.contains_key(&(props.node_id as u64)) {
         bail!("the bootstrap node must be a voter");
     }

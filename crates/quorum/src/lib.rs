@@ -376,10 +376,23 @@ impl Quorum {
     ) -> Result<Vec<u8>, QuorumError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut leader_rx = self.leader_rx.clone();
+        // A node that is not (yet) a member, e.g. a broker-only node before the controller
+        // added it as a learner, learns of no leader from Raft: it asks the configured voters
+        // in turn and follows their hints.
+        let voters: Vec<u64> = self.voters.keys().copied().collect();
+        let mut next_voter = 0usize;
+        let mut hint: Option<u64> = None;
         loop {
             let leader = *leader_rx.borrow_and_update();
-            let mut hint = None;
-            match leader {
+            let target = match leader.or(hint.take()) {
+                Some(id) => Some(id),
+                None if voters.is_empty() => None,
+                None => {
+                    next_voter = next_voter.wrapping_add(1);
+                    Some(voters[next_voter % voters.len()])
+                }
+            };
+            match target {
                 Some(id) if id == self.node_id => return Ok(self.app.handle(request).await),
                 Some(id) => {
                     if let Some(addr) = self.leader_addr(id) {
@@ -390,13 +403,14 @@ impl Quorum {
                             Ok(f) if f.kind == net::Kind::NotLeader => {
                                 hint = serde_json::from_slice::<Option<u64>>(&f.body)
                                     .ok()
-                                    .flatten();
+                                    .flatten()
+                                    .filter(|h| *h != id);
                             }
                             Ok(f) => {
                                 tracing::warn!(kind = ?f.kind, "unexpected reply to an app request")
                             }
                             Err(e) => {
-                                tracing::debug!(leader = id, error = %e, "app request to the leader failed")
+                                tracing::debug!(node = id, error = %e, "app request failed")
                             }
                         }
                     }
@@ -406,11 +420,10 @@ impl Quorum {
             if tokio::time::Instant::now() >= deadline {
                 return Err(QuorumError::Timeout);
             }
-            tracing::debug!(
-                ?leader,
-                ?hint,
-                "waiting for a leader to serve an app request"
-            );
+            if hint.is_some() {
+                continue;
+            }
+            tracing::debug!(?leader, "waiting for a leader to serve an app request");
             // Wait for a leader change, but retry at least every 100 ms (the leader we know of
             // may be unreachable while nobody has noticed yet).
             let pause = tokio::time::Instant::now() + Duration::from_millis(100);
@@ -435,11 +448,17 @@ impl Quorum {
         self.applied_rx.clone()
     }
 
-    /// On the leader: add a non-voting member and wait until it has caught up.
-    pub async fn add_learner(&self, node_id: u64, addr: SocketAddr) -> Result<(), QuorumError> {
+    /// On the leader: add a non-voting member (committed as a membership change); with
+    /// `wait_caught_up`, also wait until it has caught up.
+    pub async fn add_learner(
+        &self,
+        node_id: u64,
+        addr: SocketAddr,
+        wait_caught_up: bool,
+    ) -> Result<(), QuorumError> {
         match self
             .raft
-            .add_learner(node_id, BasicNode::new(addr.to_string()), true)
+            .add_learner(node_id, BasicNode::new(addr.to_string()), wait_caught_up)
             .await
         {
             Ok(_) => Ok(()),
@@ -474,6 +493,18 @@ impl Quorum {
             }),
             millis_since_quorum_ack: m.millis_since_quorum_ack,
         }
+    }
+
+    /// Every member (voters and learners) with its address, as replicated.
+    pub fn members(&self) -> BTreeMap<u64, String> {
+        self.raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, n)| (*id, n.addr.clone()))
+            .collect()
     }
 
     /// The voter ids of the replicated membership.

@@ -397,7 +397,7 @@ async fn learner_receives_the_log() -> Result<()> {
     }
     c.start(4).await?; // not a voter, not bootstrapping
     let addr4 = c.addrs[&4];
-    c.node(leader).add_learner(4, addr4).await?;
+    c.node(leader).add_learner(4, addr4, true).await?;
     let mut last = 0;
     for i in 0..5 {
         last = c

@@ -42,6 +42,10 @@ pub(crate) enum Call {
         incarnation: u128,
         listeners: Vec<Endpoint>,
         durable_restart: bool,
+        /// A broker-only node (not a voter): its quorum address, where the Raft leader
+        /// replicates the metadata log to it once the controller has added it as a learner.
+        #[serde(default)]
+        controller_listen: Option<String>,
     },
     Heartbeat {
         id: i32,
@@ -295,6 +299,32 @@ impl ControllerService {
         });
     }
 
+    /// A broker-only node registering: make it a learner of the metadata quorum (a Raft
+    /// membership change) unless it is one already at that address. Voters are left alone.
+    async fn add_learner(&self, q: &Quorum, id: i32, addr: &str) -> Result<(), Answer> {
+        let node = id as u64;
+        if q.voter_ids().contains(&node) {
+            return Ok(());
+        }
+        if q.members().get(&node).is_some_and(|a| a == addr) {
+            return Ok(());
+        }
+        let sa: std::net::SocketAddr = addr.parse().map_err(|e| Answer::Error {
+            code: holdfast_metadata::codes::INVALID_REQUEST,
+            message: format!("broker {id}: bad controller listener {addr:?}: {e}"),
+        })?;
+        match q.add_learner(node, sa, false).await {
+            Ok(()) => {
+                tracing::info!(node = id, %addr, "broker-only node added to the metadata quorum as a learner");
+                Ok(())
+            }
+            Err(e) => {
+                tracing::warn!(node = id, error = %e, "could not add a learner");
+                Err(Answer::NotController)
+            }
+        }
+    }
+
     async fn serve(&self, call: Call) -> Envelope {
         let not_controller = Envelope {
             index: 0,
@@ -305,6 +335,19 @@ impl ControllerService {
         };
         if !self.is_leader(&q) {
             return not_controller;
+        }
+        if let Call::Register {
+            id,
+            controller_listen: Some(addr),
+            ..
+        } = &call
+        {
+            if let Err(answer) = self.add_learner(&q, *id, addr).await {
+                return Envelope {
+                    index: self.image().last_applied,
+                    answer,
+                };
+            }
         }
         if matches!(call, Call::DescribeQuorum) {
             // Read-only and about the quorum itself: no controller state, no lock.
@@ -464,6 +507,7 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
             incarnation,
             listeners,
             durable_restart,
+            ..
         } => ControllerRequest::RegisterBroker {
             id,
             incarnation,

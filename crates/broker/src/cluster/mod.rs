@@ -517,6 +517,9 @@ async fn lifecycle(
         .log_defaults
         .flush_policy
         .ack_waits_for_fsync();
+    // A broker-only node (not a voter) asks to be added to the quorum as a learner.
+    let broker_only = (!cfg.voters.contains_key(&(cfg.node_id as u64)))
+        .then(|| cfg.controller_listen.to_string());
     let interval = Duration::from_millis(cfg.heartbeat_interval_ms.max(10));
     let fenced_interval = interval.min(Duration::from_millis(250));
     let call_timeout = Duration::from_millis(cfg.session_timeout_ms.max(1000));
@@ -530,6 +533,7 @@ async fn lifecycle(
                     incarnation,
                     listeners: listeners.clone(),
                     durable_restart,
+                    controller_listen: broker_only.clone(),
                 },
                 call_timeout,
             )
