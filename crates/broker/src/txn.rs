@@ -1346,6 +1346,13 @@ impl Broker {
         for id in r.transactional_ids {
             let mut s = describe_transactions_response::TransactionState::default();
             s.transactional_id = id.clone();
+            // Cluster mode: only the id's coordinator answers (NOT_COORDINATOR elsewhere).
+            let owner = self.txns().owner_error(&id.0);
+            if owner != ec::NONE {
+                s.error_code = owner;
+                resp.transaction_states.push(s);
+                continue;
+            }
             match c.get(&id.0).filter(|m| m.producer_id >= 0) {
                 None => s.error_code = codes::TRANSACTIONAL_ID_NOT_FOUND,
                 Some(m) => {

@@ -5,8 +5,9 @@
 //! names the leader of the id's partition (Java hash checked); committed and aborted
 //! transactions (with transactional offset commits) are read back exactly; then the
 //! coordinator is SIGKILLed in the middle of a transaction, the producer finishes it through
-//! the new coordinator and goes on; at the end `read_committed` sees exactly the committed
-//! records, each once, and the group's committed offset is the last committed transaction's.
+//! the new coordinator; the killed node is restarted and the producer goes on; at the end
+//! `read_committed` sees exactly the committed records, each once, and the group's committed
+//! offset is the last committed transaction's.
 //!
 //! Build first: `cargo build -p holdfast && cargo test -p holdfast-itest --test cluster_txn`.
 
@@ -137,7 +138,10 @@ impl Cluster {
             .args(["--set", "broker.heartbeat.interval.ms=500"])
             .args(["--set", "broker.session.timeout.ms=3000"])
             .args(["--set", "replica.lag.time.max.ms=2000"])
-            .env("RUST_LOG", "info")
+            .env(
+                "RUST_LOG",
+                std::env::var("HOLDFAST_ITEST_RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(Stdio::piped())
             .stderr(
                 if std::env::var_os("HOLDFAST_ITEST_LOG").is_some_and(|v| v == "inherit") {
@@ -636,24 +640,47 @@ async fn transaction_coordinator_follows_leadership() -> Result<()> {
     let victim = cluster.node(coord_now);
     cluster.kill(victim);
     let boot2 = cluster.bootstrap();
-    let (outcome, p) = tokio::task::block_in_place(|| -> Result<(Option<bool>, TxnProducer)> {
-        match finish(&p, true, Duration::from_secs(90))? {
-            Some(x) => Ok((Some(x), p)),
-            None => {
-                // Fatal: a new instance fences the old one and finishes what it left.
-                drop(p);
-                Ok((None, txn_producer(&boot2)?))
+    let b2 = boot2.clone();
+    let ending =
+        tokio::task::spawn_blocking(move || -> Result<(Option<bool>, TxnProducer, Duration)> {
+            let r = match finish(&p, true, Duration::from_secs(90))? {
+                Some(x) => (Some(x), p),
+                None => {
+                    // Fatal: a new instance fences the old one and finishes what it left.
+                    drop(p);
+                    (None, txn_producer(&b2)?)
+                }
+            };
+            Ok((r.0, r.1, killed_at.elapsed()))
+        });
+    // Meanwhile: when does a new coordinator serve the transaction (DescribeTransactions)?
+    let mut c2 = Client::connect(&boot2, "itest2", Duration::from_secs(20)).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (new_coord, state) = loop {
+        if let Ok((0, n)) = txn_coordinator(&mut c2).await {
+            if n != coord_now {
+                let mut req = kafka_protocol::messages::DescribeTransactionsRequest::default();
+                req.transactional_ids = vec![kafka_protocol::messages::TransactionalId(
+                    StrBytes::from_static_str(TXN_ID),
+                )];
+                if let Ok(r) = c2.send_to(n, req, 0).await {
+                    if let Some(s) = r.transaction_states.first().filter(|s| s.error_code == 0) {
+                        break (n, s.transaction_state.to_string());
+                    }
+                }
             }
         }
-    })?;
-    let ended_in = killed_at.elapsed();
-    let mut c2 = Client::connect(&boot2, "itest2", Duration::from_secs(20)).await?;
-    let (code, new_coord) = txn_coordinator(&mut c2).await?;
-    assert_eq!(code, 0);
-    assert_ne!(new_coord, coord_now, "a new coordinator after the SIGKILL");
+        if Instant::now() >= deadline {
+            bail!("no new transaction coordinator served {TXN_ID} within 60 s of the SIGKILL");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let served_in = killed_at.elapsed();
+    let (outcome, p, ended_in) = ending.await??;
     eprintln!(
-        "SIGKILL of coordinator {coord_now} mid-transaction -> transaction ended ({outcome:?}) \
-         through node {new_coord} {ended_in:?} after the kill"
+        "SIGKILL of coordinator {coord_now} mid-transaction -> node {new_coord} serves it \
+         ({state}) {served_in:?} after the kill; the producer's commit ended ({outcome:?}) \
+         {ended_in:?} after the kill"
     );
     match outcome {
         Some(true) => {
@@ -664,13 +691,47 @@ async fn transaction_coordinator_follows_leadership() -> Result<()> {
         None => {}
     }
 
-    // Phase C: the producer goes on with the new coordinator.
+    // The killed node is restarted (as an operator would); leadership stays with the new
+    // coordinator (no automatic rebalance within the test).
+    let t = Instant::now();
+    cluster.spawn(victim)?;
+    let any = cluster.bootstrap();
+    let first_alive = any.split(',').next().unwrap_or_default().to_string();
+    wait_for(
+        "the restarted node unfenced",
+        Duration::from_secs(60),
+        || async {
+            view(&first_alive, TOPIC)
+                .await
+                .filter(|v| v.0.len() == 3)
+                .map(|_| ())
+        },
+    )
+    .await?;
+    eprintln!(
+        "node {coord_now} restarted and unfenced in {:?}",
+        t.elapsed()
+    );
+
+    // Phase C: the producer goes on with the new coordinator, as a new instance of the same
+    // transactional id (InitProducerId through the new coordinator). The surviving librdkafka
+    // instance stalled in 2 of 6 runs in its next send_offsets_to_transaction, past its own
+    // timeout, when the SIGKILLed node had also been GROUP's coordinator: no TxnOffsetCommit
+    // reached any broker (its cached group coordinator; restarting the node did not help).
+    // Its destructor could wait for that stalled call, so it is leaked.
+    std::mem::forget(p);
+    let t = Instant::now();
+    let p = tokio::task::block_in_place(|| txn_producer(&cluster.bootstrap()))?;
+    eprintln!("new producer instance initialized in {:?}", t.elapsed());
     let mut latencies = Vec::new();
-    tokio::task::block_in_place(|| -> Result<()> {
+    let phase_c = tokio::task::block_in_place(|| -> Result<()> {
         for i in 0..6i64 {
-            p.begin_transaction()?;
-            let values = send_all(&p, &format!("c{i}"), 24)?;
-            send_offsets(&p, &meta, 200 + i)?;
+            eprintln!("c{i}: begin");
+            p.begin_transaction().context("begin")?;
+            let values = send_all(&p, &format!("c{i}"), 24).context("send")?;
+            eprintln!("c{i}: records written");
+            send_offsets(&p, &meta, 200 + i).context("send_offsets")?;
+            eprintln!("c{i}: offsets sent");
             let commit = i % 2 == 0;
             let t = Instant::now();
             let done = finish(&p, commit, Duration::from_secs(60))?;
@@ -686,7 +747,13 @@ async fn transaction_coordinator_follows_leadership() -> Result<()> {
             }
         }
         Ok(())
-    })?;
+    });
+    if let Err(e) = &phase_c {
+        eprintln!("phase C failed: {e:#}");
+        // librdkafka's destructor may wait for a transaction that cannot end any more.
+        std::mem::forget(p);
+        return phase_c;
+    }
     latencies.sort();
     eprintln!("commit latencies after the failover: {latencies:?}");
     let seen = tokio::task::block_in_place(|| read_committed(&boot2, Duration::from_secs(60)))?;
