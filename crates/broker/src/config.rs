@@ -358,6 +358,10 @@ pub struct BrokerConfig {
     /// `__consumer_offsets` is created with. As in Kafka, FindCoordinator answers
     /// COORDINATOR_NOT_AVAILABLE until that many brokers are alive to create it.
     pub offsets_topic_replication_factor: i16,
+    /// `transaction.state.log.replication.factor` (cluster mode; Kafka: 3): the replication
+    /// factor `__transaction_state` is created with (min ISR 2 from the controller for RF
+    /// ≥ 3, Kafka's `transaction.state.log.min.isr` default).
+    pub txn_topic_replication_factor: i16,
     /// Set by `holdfast serve` in cluster mode: `__consumer_offsets` is then a replicated
     /// cluster topic (created through the controller), never a node-local one.
     pub cluster_mode: bool,
@@ -397,6 +401,7 @@ impl BrokerConfig {
             broker_session_timeout_ms: 9000,
             replica_lag_time_max_ms: 30_000,
             offsets_topic_replication_factor: 3,
+            txn_topic_replication_factor: 3,
             cluster_mode: false,
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_ms: 300_000,
@@ -481,6 +486,9 @@ impl BrokerConfig {
             }
             "broker.session.timeout.ms" => {
                 self.broker_session_timeout_ms = parse_i64(key, value, 1)? as u64
+            }
+            "transaction.state.log.replication.factor" => {
+                self.txn_topic_replication_factor = parse_i64(key, value, 1)?.min(16) as i16
             }
             "offsets.topic.replication.factor" => {
                 self.offsets_topic_replication_factor = parse_i64(key, value, 1)?.min(16) as i16

@@ -418,10 +418,6 @@ impl GroupService {
         });
     }
 
-    pub(crate) fn partitions(&self) -> i32 {
-        self.partitions
-    }
-
     /// Applies a record of `__consumer_offsets` while loading.
     pub(crate) fn load(&self, key: &[u8], value: Option<&[u8]>, now: i64) {
         let mut g = self.lock();
@@ -437,7 +433,7 @@ impl GroupService {
 /// coordinator maps append errors (`GroupMetadataManager.storeOffsets` /
 /// `CoordinatorRuntime`): retriable coordinator errors instead of the storage error, so the
 /// client re-discovers the coordinator and retries.
-fn coordinator_append_error(code: i16) -> i16 {
+pub(crate) fn coordinator_append_error(code: i16) -> i16 {
     const UNKNOWN_TOPIC_OR_PARTITION: i16 = 3;
     const NOT_LEADER_OR_FOLLOWER: i16 = 6;
     const MESSAGE_TOO_LARGE: i16 = 10;
@@ -502,7 +498,7 @@ impl Broker {
 
     /// Whether offsets may be committed for the partition: on a single node it is hosted
     /// here; in cluster mode it exists in the topic map (it may be led by another broker).
-    fn partition_exists(&self, topic: &str, index: i32) -> bool {
+    pub(crate) fn partition_exists(&self, topic: &str, index: i32) -> bool {
         if self.cluster().is_none() {
             return self.partition(topic, index).is_some();
         }

@@ -110,7 +110,13 @@ impl Broker {
         match body {
             RequestKind::ApiVersions(_) => Reply::Now(Some(ResponseKind::ApiVersions(
                 holdfast_codec::api_versions_response_with_features(
-                    self.config.transaction_version,
+                    // Cluster mode: transactions version 2 would have partition leaders add
+                    // partitions to transactions coordinated elsewhere (not done yet).
+                    if self.cluster().is_some() {
+                        self.config.transaction_version.min(1)
+                    } else {
+                        self.config.transaction_version
+                    },
                 ),
             ))),
             RequestKind::Metadata(r) => {
@@ -426,6 +432,11 @@ impl Broker {
                                 .err()
                                 .unwrap_or(ec::NOT_LEADER_OR_FOLLOWER);
                             Err((code, None))
+                        }
+                        // Cluster mode: the transaction coordinator is usually another node;
+                        // KIP-890 verification against it is not done (Kafka before 3.6).
+                        Some(p) if b.cluster().is_some() => {
+                            append_records(&p, records, now, |_| Ok(())).map(|o| (o, p))
                         }
                         Some(p) => append_records(&p, records, now, |h| {
                             b.txns()
@@ -1219,6 +1230,19 @@ pub(crate) struct Appended {
     pub(crate) leader_epoch: i32,
     log_append_time_ms: i64,
     log_start_offset: i64,
+}
+
+impl Appended {
+    /// A transaction marker appended at `first_offset` (WriteTxnMarkers).
+    pub(crate) fn of_marker(first_offset: i64, durable_end: i64, leader_epoch: i32) -> Appended {
+        Appended {
+            first_offset,
+            durable_end,
+            leader_epoch,
+            log_append_time_ms: -1,
+            log_start_offset: -1,
+        }
+    }
 }
 
 pub(crate) type ProduceResult = Result<Appended, (i16, Option<String>)>;

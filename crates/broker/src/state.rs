@@ -285,11 +285,13 @@ impl Broker {
         let flusher = Flusher::start().map_err(BrokerError::Flusher)?;
         let mut topics = BTreeMap::new();
         for tm in meta.load_topics()? {
-            if config.cluster_mode && tm.name == crate::groups::OFFSETS_TOPIC {
+            if config.cluster_mode
+                && (tm.name == crate::groups::OFFSETS_TOPIC || tm.name == crate::txn::TXN_TOPIC)
+            {
                 // A node-local `__consumer_offsets` of an earlier version (never served in
                 // cluster mode): forgotten; its directories lack `partition.metadata`, so the
                 // publisher deletes them before the replicated topic opens there.
-                tracing::warn!("forgetting a node-local __consumer_offsets (cluster mode)");
+                tracing::warn!(topic = %tm.name, "forgetting a node-local internal topic (cluster mode)");
                 meta.remove_topic(&tm.name)?;
                 continue;
             }
@@ -345,10 +347,12 @@ impl Broker {
         if broker.config.cluster_mode {
             // Loaded per partition as this node becomes its leader (cluster::coord).
             broker.groups().enable_cluster();
+            // Likewise for `__transaction_state` (cluster::txn).
+            broker.txns().enable_cluster();
         } else {
             broker.load_groups().map_err(BrokerError::Groups)?;
+            broker.load_txns().map_err(BrokerError::Groups)?;
         }
-        broker.load_txns().map_err(BrokerError::Groups)?;
         Ok(broker)
     }
 
@@ -673,10 +677,6 @@ impl Broker {
     }
 
     /// Partitions of `__consumer_offsets`.
-    pub(crate) fn groups_partitions(&self) -> i32 {
-        self.groups.partitions()
-    }
-
     /// Allocates a producer id from a persisted block (blocking when a new block is needed).
     pub fn allocate_producer_id(&self) -> Result<i64, MetaError> {
         let mut ids = lock(&self.producer_ids);

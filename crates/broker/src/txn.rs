@@ -59,6 +59,8 @@ fn crash_after_prepare() -> bool {
 }
 
 const OPERATION_NOT_ATTEMPTED: i16 = 55;
+const COORDINATOR_LOAD_IN_PROGRESS: i16 = 14;
+const NOT_COORDINATOR: i16 = 16;
 pub(crate) const UNSTABLE_OFFSET_COMMIT: i16 = 88;
 /// How long a coordinator write may wait for durability before the request fails.
 const PERSIST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -94,6 +96,10 @@ pub struct TxnService {
     /// timeout (or one its coordinator does not know: a hanging transaction).
     pub lso_stuck_total: AtomicU64,
     lso_stuck_reported: Mutex<HashSet<(String, i32, i64)>>,
+    /// Cluster mode only (`None` on a single node): the `__transaction_state` partitions this
+    /// broker leads and has loaded or is loading (crate::cluster::txn). Lock order: `coord`
+    /// first, then `owned`.
+    owned: Mutex<Option<crate::groups::Owned>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -112,7 +118,67 @@ impl TxnService {
             wake: Notify::new(),
             lso_stuck_total: AtomicU64::new(0),
             lso_stuck_reported: Mutex::new(HashSet::new()),
+            owned: Mutex::new(None),
         }
+    }
+
+    /// Cluster mode: transactional ids are served only for the `__transaction_state`
+    /// partitions this broker leads and has loaded (crate::cluster::txn).
+    pub(crate) fn enable_cluster(&self) {
+        *self.owned() = Some(crate::groups::Owned::default());
+    }
+
+    pub(crate) fn owned(&self) -> MutexGuard<'_, Option<crate::groups::Owned>> {
+        lock(&self.owned)
+    }
+
+    pub(crate) fn coord_lock(&self) -> MutexGuard<'_, Coordinator> {
+        self.coord()
+    }
+
+    pub(crate) fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// The `__transaction_state` partition of `transactional_id`
+    /// (`Utils.abs(hashCode) % partitions`, as Kafka).
+    pub(crate) fn partition_of(&self, transactional_id: &str) -> i32 {
+        let n = match self.owned().as_ref() {
+            Some(o) if o.partitions > 0 => o.partitions,
+            _ => self.partitions,
+        };
+        group_records::partition_for(transactional_id, n)
+    }
+
+    /// NONE when this broker coordinates `transactional_id`; otherwise NOT_COORDINATOR, or
+    /// COORDINATOR_LOAD_IN_PROGRESS while its partition is being loaded (cluster mode).
+    pub(crate) fn owner_error(&self, transactional_id: &str) -> i16 {
+        let g = self.owned();
+        let Some(o) = g.as_ref() else {
+            return ec::NONE;
+        };
+        if o.partitions <= 0 {
+            return NOT_COORDINATOR;
+        }
+        match o.parts.get(&group_records::partition_for(
+            transactional_id,
+            o.partitions,
+        )) {
+            Some((_, true)) => ec::NONE,
+            Some((_, false)) => COORDINATOR_LOAD_IN_PROGRESS,
+            None => NOT_COORDINATOR,
+        }
+    }
+
+    /// Cluster mode: transactional offsets waiting for a marker of groups whose
+    /// `__consumer_offsets` partition is unloaded here are dropped (the new group
+    /// coordinator loads them from the log).
+    pub(crate) fn drop_pending_offsets(&self, unload: impl Fn(&str) -> bool) {
+        let mut pending = lock(&self.pending_offsets);
+        for v in pending.values_mut() {
+            v.retain(|o| !unload(&o.group));
+        }
+        pending.retain(|_, v| !v.is_empty());
     }
 
     fn coord(&self) -> MutexGuard<'_, Coordinator> {
@@ -151,7 +217,7 @@ impl TxnService {
     }
 
     /// After loading: transactional offsets still open become pending again.
-    fn adopt_loaded(&self) {
+    pub(crate) fn adopt_loaded(&self) {
         let loading = std::mem::take(&mut *lock(&self.loading));
         let mut pending = lock(&self.pending_offsets);
         for (pid, recs) in loading {
@@ -219,6 +285,7 @@ pub fn is_txn_api(key: ApiKey) -> bool {
             | ApiKey::AddOffsetsToTxn
             | ApiKey::EndTxn
             | ApiKey::TxnOffsetCommit
+            | ApiKey::WriteTxnMarkers
             | ApiKey::DescribeTransactions
             | ApiKey::ListTransactions
             | ApiKey::DescribeProducers
@@ -295,6 +362,11 @@ impl Broker {
         p: &Arc<Partition>,
         data: Vec<u8>,
     ) -> Result<(), i16> {
+        // Cluster mode: acks=all, as a Produce with acks=-1 (NOT_ENOUGH_REPLICAS before
+        // anything is written); errors mapped as Kafka's coordinators do.
+        if let Err(code) = crate::cluster::replica::check_before_append(p, -1) {
+            return Err(crate::groups::coordinator_append_error(code));
+        }
         let p2 = Arc::clone(p);
         let appended =
             blocking(move || append_records(&p2, Some(Bytes::from(data)), now_ms(), |_| Ok(())))
@@ -302,7 +374,11 @@ impl Broker {
                 .ok_or(ec::COORDINATOR_NOT_AVAILABLE)?;
         let o = appended.map_err(|(code, msg)| {
             tracing::error!(topic = %p.topic, partition = p.index, code, ?msg, "internal append failed");
-            ec::COORDINATOR_NOT_AVAILABLE
+            if p.is_replicated() {
+                crate::groups::coordinator_append_error(code)
+            } else {
+                ec::COORDINATOR_NOT_AVAILABLE
+            }
         })?;
         if p.waits_fsync() {
             match tokio::time::timeout(PERSIST_TIMEOUT, p.durable().wait_for(o.durable_end)).await {
@@ -315,16 +391,43 @@ impl Broker {
             }
         }
         self.notify_data();
+        if p.is_replicated() {
+            // Acknowledged only once the high watermark passes the records (acks=all).
+            if crate::cluster::replica::feed_durable(p) {
+                self.notify_data();
+            }
+            let deadline = tokio::time::Instant::now() + PERSIST_TIMEOUT;
+            if let Err((code, _)) = self.await_ack_all(p, &o, deadline).await {
+                tracing::warn!(topic = %p.topic, partition = p.index, code, "internal records not replicated");
+                return Err(if code == ec::REQUEST_TIMED_OUT {
+                    ec::COORDINATOR_NOT_AVAILABLE
+                } else {
+                    crate::groups::coordinator_append_error(code)
+                });
+            }
+        }
         Ok(())
     }
 
     /// Persists a transition in `__transaction_state`, then makes it current.
     async fn persist(self: &Arc<Self>, t: &Transition) -> Result<(), i16> {
         let id = t.transactional_id();
-        let index = group_records::partition_for(id, self.txns().partitions);
-        let result = match self.partition(TXN_TOPIC, index) {
-            None => Err(ec::COORDINATOR_NOT_AVAILABLE),
-            Some(p) => {
+        let index = self.txns().partition_of(id);
+        // Cluster mode: the tenure (leader epoch of the loaded partition) this transition
+        // was decided in; `None` on a single node.
+        let tenure: Option<Option<(i32, bool)>> = self
+            .txns()
+            .owned()
+            .as_ref()
+            .map(|o| o.parts.get(&index).copied());
+        let result = match (tenure, self.partition(TXN_TOPIC, index)) {
+            (Some(None) | Some(Some((_, false))), _) => Err(NOT_COORDINATOR),
+            (Some(_), None) => Err(NOT_COORDINATOR),
+            (None, None) => Err(ec::COORDINATOR_NOT_AVAILABLE),
+            (Some(Some((epoch, true))), Some(p)) if p.leader_epoch() != epoch => {
+                Err(NOT_COORDINATOR)
+            }
+            (_, Some(p)) => {
                 let key = holdfast_txn::records::key(id);
                 let value = holdfast_txn::records::value(&t.target);
                 let data = batch(
@@ -343,14 +446,29 @@ impl Broker {
                 self.append_internal(&p, data).await
             }
         };
-        self.txns().coord().complete(t, result.is_ok());
+        let result = {
+            let mut c = self.txns().coord();
+            // Under the coordinator lock (taken before `owned` by the loader too): a
+            // partition unloaded meanwhile must not get this transition back.
+            let still = match tenure {
+                None => true,
+                Some(now) => self
+                    .txns()
+                    .owned()
+                    .as_ref()
+                    .is_some_and(|o| o.parts.get(&index).copied() == now),
+            };
+            let result = if still { result } else { Err(NOT_COORDINATOR) };
+            c.complete(t, result.is_ok());
+            result
+        };
         self.txns().wake.notify_one();
         result
     }
 
     /// Writes a tombstone for an expired transactional id.
     async fn persist_tombstone(self: &Arc<Self>, id: &str) -> Result<(), i16> {
-        let index = group_records::partition_for(id, self.txns().partitions);
+        let index = self.txns().partition_of(id);
         let p = self
             .partition(TXN_TOPIC, index)
             .ok_or(ec::COORDINATOR_NOT_AVAILABLE)?;
@@ -398,9 +516,51 @@ impl Broker {
             (TxnState::PrepareAbort, None) => MarkerKind::Abort,
             _ => return Ok(()),
         };
-        let b = Arc::clone(self);
         let parts: Vec<(String, i32)> = meta.partitions.iter().cloned().collect();
         let (pid, epoch) = (meta.producer_id, meta.producer_epoch);
+        match self.cluster().cloned() {
+            // Cluster mode: WriteTxnMarkers to every partition's leader; the group
+            // coordinator applies transactional offsets when its marker is written.
+            Some(cluster) => {
+                let coordinator_epoch = self
+                    .partition(TXN_TOPIC, self.txns().partition_of(transactional_id))
+                    .map_or(0, |p| p.leader_epoch());
+                crate::cluster::txn::send_markers(
+                    &cluster,
+                    pid,
+                    epoch,
+                    kind == MarkerKind::Commit,
+                    coordinator_epoch,
+                    parts,
+                )
+                .await?;
+            }
+            None => self.write_markers_locally(pid, epoch, kind, parts).await?,
+        }
+        self.notify_data();
+        let done = self
+            .txns()
+            .coord()
+            .markers_written(transactional_id, now_ms());
+        if let Some(t) = done {
+            self.persist(&t)
+                .await
+                .map_err(|code| format!("persisting completion: error {code}"))?;
+        }
+        tracing::debug!(transactional_id, ?kind, pid, epoch, "transaction completed");
+        Ok(())
+    }
+
+    /// Single node: appends the markers to the local partitions, waits until they are
+    /// durable, then applies (COMMIT) or drops the transaction's pending offsets.
+    async fn write_markers_locally(
+        self: &Arc<Self>,
+        pid: i64,
+        epoch: i16,
+        kind: MarkerKind,
+        parts: Vec<(String, i32)>,
+    ) -> Result<(), String> {
+        let b = Arc::clone(self);
         let written = blocking(move || {
             let now = now_ms();
             let mut waits = Vec::new();
@@ -447,18 +607,161 @@ impl Broker {
                 self.groups().with(|c| c.apply_commit(&g, offs));
             }
         }
-        self.notify_data();
-        let done = self
-            .txns()
-            .coord()
-            .markers_written(transactional_id, now_ms());
-        if let Some(t) = done {
-            self.persist(&t)
-                .await
-                .map_err(|code| format!("persisting completion: error {code}"))?;
-        }
-        tracing::debug!(transactional_id, ?kind, pid, epoch, "transaction completed");
         Ok(())
+    }
+
+    /// WriteTxnMarkers (API 27), sent by a transaction coordinator to the leader of each
+    /// partition of a transaction: appends the COMMIT/ABORT control batch as leader (with
+    /// its leader epoch), waits until it is durable and, in cluster mode, until the high
+    /// watermark passes it (it replicates like any batch). For a `__consumer_offsets`
+    /// partition the transaction's pending offsets of its groups then take effect (COMMIT)
+    /// or vanish (ABORT).
+    async fn write_txn_markers(
+        self: Arc<Self>,
+        r: WriteTxnMarkersRequest,
+    ) -> WriteTxnMarkersResponse {
+        use write_txn_markers_response::{
+            WritableTxnMarkerPartitionResult, WritableTxnMarkerResult, WritableTxnMarkerTopicResult,
+        };
+        let mut resp = WriteTxnMarkersResponse::default();
+        for m in r.markers {
+            let kind = if m.transaction_result {
+                MarkerKind::Commit
+            } else {
+                MarkerKind::Abort
+            };
+            let (pid, epoch) = (m.producer_id.0, m.producer_epoch);
+            let mut mr = WritableTxnMarkerResult::default();
+            mr.producer_id = m.producer_id;
+            for t in m.topics {
+                let mut tr = WritableTxnMarkerTopicResult::default();
+                tr.name = t.name.clone();
+                for index in t.partition_indexes {
+                    let code = self
+                        .write_one_marker(&t.name.0, index, pid, epoch, kind, m.coordinator_epoch)
+                        .await;
+                    if code != ec::NONE {
+                        tracing::debug!(topic = %t.name.0.as_str(), partition = index, producer_id = pid, code, "marker not written");
+                    }
+                    let mut pr = WritableTxnMarkerPartitionResult::default();
+                    pr.partition_index = index;
+                    pr.error_code = code;
+                    tr.partitions.push(pr);
+                }
+                mr.topics.push(tr);
+            }
+            resp.markers.push(mr);
+        }
+        resp
+    }
+
+    async fn write_one_marker(
+        self: &Arc<Self>,
+        topic: &str,
+        index: i32,
+        pid: i64,
+        epoch: i16,
+        kind: MarkerKind,
+        coordinator_epoch: i32,
+    ) -> i16 {
+        const NOT_LEADER_OR_FOLLOWER: i16 = 6;
+        let Some(p) = self.partition(topic, index) else {
+            let exists = self
+                .topic(topic)
+                .is_some_and(|t| usize::try_from(index).is_ok_and(|i| i < t.partitions.len()));
+            return if exists && self.cluster().is_some() {
+                NOT_LEADER_OR_FOLLOWER
+            } else {
+                ec::UNKNOWN_TOPIC_OR_PARTITION
+            };
+        };
+        if let Err(code) = crate::cluster::replica::check_before_append(&p, -1) {
+            return code;
+        }
+        let p2 = Arc::clone(&p);
+        let appended = blocking(move || {
+            let mut st = p2.lock();
+            // Cluster mode: the role changes under this lock (see `append_records`).
+            if p2.is_replicated() && !p2.is_leader() {
+                return Err(NOT_LEADER_OR_FOLLOWER);
+            }
+            let leader_epoch = st.leader_epoch;
+            let Some(log) = st.log.as_mut() else {
+                return Err(ec::UNKNOWN_TOPIC_OR_PARTITION);
+            };
+            let r = log.append_marker(pid, epoch, kind, coordinator_epoch, leader_epoch, now_ms());
+            p2.refresh(log);
+            drop(st);
+            match r {
+                Ok(o) => Ok(crate::handlers::Appended::of_marker(
+                    o.first_offset,
+                    o.durable_end,
+                    leader_epoch,
+                )),
+                Err(e) => {
+                    tracing::warn!(topic = %p2.topic, partition = p2.index, producer_id = pid, error = %e, "marker refused");
+                    Err(e.kafka_error_code())
+                }
+            }
+        })
+        .await;
+        let o = match appended {
+            None => return ec::UNKNOWN_SERVER_ERROR,
+            Some(Err(code)) => return code,
+            Some(Ok(o)) => o,
+        };
+        if p.waits_fsync() {
+            match tokio::time::timeout(PERSIST_TIMEOUT, p.durable().wait_for(o.durable_end)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::error!(topic = %p.topic, partition = p.index, error = %e, "marker fsync failed");
+                    return ec::KAFKA_STORAGE_ERROR;
+                }
+                Err(_) => return ec::REQUEST_TIMED_OUT,
+            }
+        }
+        self.notify_data();
+        if p.is_replicated() {
+            if crate::cluster::replica::feed_durable(&p) {
+                self.notify_data();
+            }
+            let deadline = tokio::time::Instant::now() + PERSIST_TIMEOUT;
+            if let Err((code, _)) = self.await_ack_all(&p, &o, deadline).await {
+                return code;
+            }
+        }
+        if topic == OFFSETS_TOPIC {
+            // The marker is committed: this partition's transactional offsets of `pid`
+            // take effect (or vanish).
+            let mine: Vec<PendingOffset> = {
+                let mut pending = lock(&self.txns().pending_offsets);
+                let Some(v) = pending.get_mut(&pid) else {
+                    return ec::NONE;
+                };
+                let (mine, rest): (Vec<_>, Vec<_>) = std::mem::take(v)
+                    .into_iter()
+                    .partition(|o| self.groups().partition_of(&o.group) == index);
+                *v = rest;
+                if v.is_empty() {
+                    pending.remove(&pid);
+                }
+                mine
+            };
+            if kind == MarkerKind::Commit {
+                let mut by_group: BTreeMap<String, Vec<(String, i32, OffsetValue)>> =
+                    BTreeMap::new();
+                for o in mine {
+                    by_group
+                        .entry(o.group)
+                        .or_default()
+                        .push((o.topic, o.partition, o.value));
+                }
+                for (g, offs) in by_group {
+                    self.groups().with(|c| c.apply_commit(&g, offs));
+                }
+            }
+        }
+        ec::NONE
     }
 
     /// Aborts timed-out transactions, finishes prepared ones, watches last stable offsets.
@@ -510,6 +813,11 @@ impl Broker {
     /// Reports partitions whose last stable offset is held back by a transaction past its
     /// timeout, or by one the coordinator does not know (a hanging transaction).
     fn check_stuck_lso(&self, now: i64) {
+        if self.cluster().is_some() {
+            // A partition's transactions are coordinated by other nodes too: this node's
+            // coordinator cannot tell a hanging transaction from another coordinator's.
+            return;
+        }
         let grace = self.txns().check_interval_ms as i64;
         for t in self.all_topics() {
             for p in &t.partitions {
@@ -562,6 +870,89 @@ impl Broker {
 
     // ------------------------------------------------------------------ requests
 
+    /// Cluster mode: a producer id from a block the controller allocated (unique across the
+    /// cluster), taken before the coordinator's decision because that is not async.
+    async fn fresh_producer_id(&self) -> Option<Result<i64, String>> {
+        let c = self.cluster()?;
+        Some(c.allocate_producer_id().await.map_err(|e| e.to_string()))
+    }
+
+    /// The id for the coordinator's `allocate`: the prefetched one in cluster mode, else
+    /// the node's own blocks.
+    fn take_producer_id(&self, fresh: Option<Result<i64, String>>) -> Result<i64, String> {
+        match fresh {
+            Some(r) => r,
+            None => self.allocate_producer_id().map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Cluster mode: the answer to a transaction request for a transactional id (or, for
+    /// TxnOffsetCommit, a group) this broker does not coordinate; `None` to serve it.
+    fn txn_refusal(&self, version: i16, body: &RequestKind) -> Option<ResponseKind> {
+        self.cluster()?;
+        let code = match body {
+            RequestKind::AddPartitionsToTxn(r) => {
+                self.txns().owner_error(&r.v3_and_below_transactional_id.0)
+            }
+            RequestKind::AddOffsetsToTxn(r) => self.txns().owner_error(&r.transactional_id.0),
+            RequestKind::EndTxn(r) => self.txns().owner_error(&r.transactional_id.0),
+            RequestKind::TxnOffsetCommit(r) => self.groups().owner_error(&r.group_id.0),
+            _ => ec::NONE,
+        };
+        if code == ec::NONE {
+            return None;
+        }
+        let _ = version;
+        Some(match body {
+            RequestKind::AddPartitionsToTxn(r) => {
+                let mut resp = AddPartitionsToTxnResponse::default();
+                for t in &r.v3_and_below_topics {
+                    let mut tr =
+                        add_partitions_to_txn_response::AddPartitionsToTxnTopicResult::default();
+                    tr.name = t.name.clone();
+                    for p in &t.partitions {
+                        let mut pr = add_partitions_to_txn_response::AddPartitionsToTxnPartitionResult::default();
+                        pr.partition_index = *p;
+                        pr.partition_error_code = code;
+                        tr.results_by_partition.push(pr);
+                    }
+                    resp.results_by_topic_v3_and_below.push(tr);
+                }
+                ResponseKind::AddPartitionsToTxn(resp)
+            }
+            RequestKind::AddOffsetsToTxn(_) => {
+                let mut resp = AddOffsetsToTxnResponse::default();
+                resp.error_code = code;
+                ResponseKind::AddOffsetsToTxn(resp)
+            }
+            RequestKind::EndTxn(_) => {
+                let mut resp = EndTxnResponse::default();
+                resp.error_code = code;
+                resp.producer_id = ProducerId(-1);
+                resp.producer_epoch = -1;
+                ResponseKind::EndTxn(resp)
+            }
+            RequestKind::TxnOffsetCommit(r) => {
+                let mut resp = TxnOffsetCommitResponse::default();
+                for t in &r.topics {
+                    let mut tr =
+                        txn_offset_commit_response::TxnOffsetCommitResponseTopic::default();
+                    tr.name = t.name.clone();
+                    for p in &t.partitions {
+                        let mut pr =
+                            txn_offset_commit_response::TxnOffsetCommitResponsePartition::default();
+                        pr.partition_index = p.partition_index;
+                        pr.error_code = code;
+                        tr.partitions.push(pr);
+                    }
+                    resp.topics.push(tr);
+                }
+                ResponseKind::TxnOffsetCommit(resp)
+            }
+            _ => return None,
+        })
+    }
+
     pub(crate) async fn txn_init_producer_id(
         self: Arc<Self>,
         r: InitProducerIdRequest,
@@ -577,12 +968,18 @@ impl Broker {
             .unwrap_or_default();
         let expected =
             (version >= 3 && r.producer_id.0 >= 0).then_some((r.producer_id.0, r.producer_epoch));
+        let owner = self.txns().owner_error(&id);
+        if owner != ec::NONE {
+            resp.error_code = owner;
+            return resp;
+        }
+        let fresh = self.fresh_producer_id().await;
         let b = Arc::clone(&self);
         let timeout_ms = r.transaction_timeout_ms;
         let decided = blocking(move || {
             let mut c = b.txns().coord();
             c.init_producer_id(&id, timeout_ms, expected, now_ms(), || {
-                b.allocate_producer_id()
+                b.take_producer_id(fresh)
             })
         })
         .await;
@@ -641,7 +1038,7 @@ impl Broker {
         for t in &r.v3_and_below_topics {
             let name = t.name.0.to_string();
             for p in &t.partitions {
-                if self.partition(&name, *p).is_none() || name == TXN_TOPIC {
+                if !self.partition_exists(&name, *p) || name == TXN_TOPIC {
                     unknown.insert((name.clone(), *p));
                 }
                 wanted.push((name.clone(), *p));
@@ -690,7 +1087,7 @@ impl Broker {
         r: AddOffsetsToTxnRequest,
         version: i16,
     ) -> AddOffsetsToTxnResponse {
-        let index = group_records::partition_for(&r.group_id.0, self.groups_partitions());
+        let index = self.groups().partition_of(&r.group_id.0);
         let decided = self.txns().coord().add_partitions(
             &r.transactional_id.0,
             r.producer_id.0,
@@ -714,6 +1111,11 @@ impl Broker {
         let id = r.transactional_id.0.to_string();
         // Transactions version 2 (KIP-890): EndTxn v5 ends with the epoch bumped.
         let bump = version >= 5;
+        let fresh = if bump {
+            self.fresh_producer_id().await
+        } else {
+            None
+        };
         let b = Arc::clone(&self);
         let id2 = id.clone();
         let decided = blocking(move || {
@@ -726,7 +1128,7 @@ impl Broker {
                     bump,
                 },
                 now_ms(),
-                || b.allocate_producer_id(),
+                || b.take_producer_id(fresh),
             )
         })
         .await;
@@ -799,7 +1201,7 @@ impl Broker {
         let group = r.group_id.0.to_string();
         let pid = r.producer_id.0;
         let epoch = r.producer_epoch;
-        let index = group_records::partition_for(&group, self.groups_partitions());
+        let index = self.groups().partition_of(&group);
         let now = now_ms();
         let implicit = if version >= 5 {
             self.add_partitions_implicitly(
@@ -813,7 +1215,15 @@ impl Broker {
             Ok(())
         };
         // The group's offsets partition must be in the transaction (AddOffsetsToTxn).
-        let verified = implicit.and_then(|()| self.txns().verify(pid, epoch, OFFSETS_TOPIC, index));
+        // Cluster mode: the transaction coordinator is usually another node; not verified
+        // against it (Kafka before KIP-890 did not either).
+        let verified = implicit.and_then(|()| {
+            if self.cluster().is_some() {
+                Ok(())
+            } else {
+                self.txns().verify(pid, epoch, OFFSETS_TOPIC, index)
+            }
+        });
         let mut code = match verified {
             Ok(()) => ec::NONE,
             Err(codes::INVALID_PRODUCER_EPOCH) => fenced_code(codes::PRODUCER_FENCED, version, 3),
@@ -842,7 +1252,7 @@ impl Broker {
         for t in &r.topics {
             let name = t.name.0.to_string();
             for p in &t.partitions {
-                if self.partition(&name, p.partition_index).is_none() {
+                if !self.partition_exists(&name, p.partition_index) {
                     unknown.insert((name.clone(), p.partition_index));
                     continue;
                 }
@@ -936,6 +1346,13 @@ impl Broker {
         for id in r.transactional_ids {
             let mut s = describe_transactions_response::TransactionState::default();
             s.transactional_id = id.clone();
+            // Cluster mode: only the id's coordinator answers (NOT_COORDINATOR elsewhere).
+            let owner = self.txns().owner_error(&id.0);
+            if owner != ec::NONE {
+                s.error_code = owner;
+                resp.transaction_states.push(s);
+                continue;
+            }
             match c.get(&id.0).filter(|m| m.producer_id >= 0) {
                 None => s.error_code = codes::TRANSACTIONAL_ID_NOT_FOUND,
                 Some(m) => {
@@ -1056,6 +1473,9 @@ impl Broker {
 
     /// Handles a transaction API request.
     pub async fn handle_txn(self: &Arc<Self>, version: i16, body: RequestKind) -> Reply {
+        if let Some(refused) = self.txn_refusal(version, &body) {
+            return Reply::Now(Some(refused));
+        }
         let b = Arc::clone(self);
         match body {
             RequestKind::AddPartitionsToTxn(r) => Reply::Later(Box::pin(async move {
@@ -1075,6 +1495,9 @@ impl Broker {
                 Some(ResponseKind::TxnOffsetCommit(
                     b.txn_offset_commit(r, version).await,
                 ))
+            })),
+            RequestKind::WriteTxnMarkers(r) => Reply::Later(Box::pin(async move {
+                Some(ResponseKind::WriteTxnMarkers(b.write_txn_markers(r).await))
             })),
             RequestKind::DescribeTransactions(r) => Reply::Now(Some(
                 ResponseKind::DescribeTransactions(self.describe_transactions(r)),

@@ -160,6 +160,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         | ApiKey::AddOffsetsToTxn
         | ApiKey::EndTxn
         | ApiKey::TxnOffsetCommit => 3,
+        ApiKey::WriteTxnMarkers => 1,
         ApiKey::DescribeProducers | ApiKey::DescribeTransactions | ApiKey::ListTransactions => 0,
         ApiKey::ElectLeaders => 2,
         ApiKey::DescribeQuorum => 0,
@@ -573,6 +574,19 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
             w.array(false, |w| {
                 w.string()?;
                 w.array(false, |w| w.skip(4))?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::WriteTxnMarkers => {
+            w.array(false, |w| {
+                // producer_id, producer_epoch, transaction_result
+                w.skip(8 + 2 + 1)?;
+                w.array(false, |w| {
+                    w.string()?;
+                    w.array(false, |w| w.skip(4))?;
+                    w.tagged_fields()
+                })?;
+                w.skip(4)?; // coordinator_epoch
                 w.tagged_fields()
             })?;
         }

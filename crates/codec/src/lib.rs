@@ -63,6 +63,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::AddOffsetsToTxn, 0, 4),
     (ApiKey::EndTxn, 0, 5),
     (ApiKey::TxnOffsetCommit, 0, 5),
+    (ApiKey::WriteTxnMarkers, 1, 1),
     (ApiKey::DescribeProducers, 0, 0),
     (ApiKey::DescribeTransactions, 0, 0),
     (ApiKey::ListTransactions, 0, 1),
@@ -751,6 +752,16 @@ mod tests {
                         r.transactional_id = TransactionalId(S::from_static_str("x"));
                         r.group_id = GroupId(S::from_static_str("g"));
                         RequestKind::AddOffsetsToTxn(r)
+                    }
+                    ApiKey::WriteTxnMarkers => {
+                        let mut r = WriteTxnMarkersRequest::default();
+                        let mut t = write_txn_markers_request::WritableTxnMarkerTopic::default();
+                        t.name = name();
+                        t.partition_indexes = vec![0, 1];
+                        let mut m = write_txn_markers_request::WritableTxnMarker::default();
+                        m.topics = vec![t.clone(), t];
+                        r.markers = vec![m.clone(), m];
+                        RequestKind::WriteTxnMarkers(r)
                     }
                     ApiKey::EndTxn => {
                         let mut r = EndTxnRequest::default();

@@ -565,6 +565,18 @@ impl Coordinator {
         }
     }
 
+    /// Cluster mode: drops every transactional id for which `unload` is true (its
+    /// `__transaction_state` partition is led elsewhere now). Returns how many were dropped.
+    /// Pending transitions of those ids complete as no-ops ([`Coordinator::complete`] of an
+    /// unknown id with `persisted == false`), so callers report their writes failed.
+    pub fn unload(&mut self, unload: impl Fn(&str) -> bool) -> usize {
+        let before = self.txns.len();
+        self.txns.retain(|id, _| !unload(id));
+        let txns = &self.txns;
+        self.by_producer.retain(|_, id| txns.contains_key(id));
+        before - self.txns.len()
+    }
+
     /// The earliest moment a transaction can time out, for the timer.
     pub fn next_deadline(&self) -> Option<i64> {
         self.txns

@@ -459,3 +459,24 @@ fn mutated_records_never_panic() {
         let _ = c2.load_record(&v, Some(&key));
     }
 }
+
+#[test]
+fn unload_drops_only_the_chosen_ids_and_their_producer_ids() {
+    let mut c = coord();
+    let (pa, _) = init(&mut c, "a", 0);
+    let out = c
+        .init_producer_id::<()>("b", 60_000, None, 0, || Ok(8))
+        .expect("alloc")
+        .expect("init");
+    let InitOutcome::Write(t) = out else {
+        panic!("unexpected {out:?}")
+    };
+    c.complete(&t, true);
+    assert_eq!(c.unload(|id| id == "a"), 1);
+    assert!(c.get("a").is_none());
+    assert_eq!(c.transactional_id_of(pa), None);
+    assert_eq!(c.transactional_id_of(8), Some("b"));
+    assert_eq!(c.len(), 1);
+    // Nothing left to unload.
+    assert_eq!(c.unload(|id| id == "a"), 0);
+}

@@ -10,7 +10,8 @@
 //!   handlers, which only see partitions this broker leads (`Broker::partition`); a partition
 //!   that exists in the image but is led elsewhere is answered NOT_LEADER_OR_FOLLOWER.
 //! * FindCoordinator: groups are coordinated by the leader of their `__consumer_offsets`
-//!   partition (`super::coord`); transactions not yet (COORDINATOR_NOT_AVAILABLE).
+//!   partition (`super::coord`), transactional ids by the leader of their
+//!   `__transaction_state` partition (`super::txn`).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -97,14 +98,13 @@ pub async fn intercept(
                 ))
             })))
         }
-        RequestKind::InitProducerId(r)
-            if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty()) =>
+        // Transactional: the transaction coordinator (crate::txn), which refuses ids whose
+        // `__transaction_state` partition is not led and loaded here (super::txn).
+        body @ RequestKind::InitProducerId(_)
+            if matches!(&body, RequestKind::InitProducerId(r)
+                if r.transactional_id.as_ref().is_some_and(|t| !t.0.is_empty())) =>
         {
-            let mut resp = kafka_protocol::messages::InitProducerIdResponse::default();
-            resp.error_code = ec::COORDINATOR_NOT_AVAILABLE;
-            resp.producer_id = (-1).into();
-            resp.producer_epoch = -1;
-            Ok(Reply::Now(Some(ResponseKind::InitProducerId(resp))))
+            Err(body)
         }
         RequestKind::InitProducerId(_) => Ok(Reply::Later(Box::pin(async move {
             let mut resp = kafka_protocol::messages::InitProducerIdResponse::default();
@@ -250,7 +250,7 @@ fn metadata(
         let mut mt = MetadataResponseTopic::default();
         mt.name = Some(tn(&t.name));
         mt.topic_id = Uuid::from_u128(t.id.0);
-        mt.is_internal = t.name == crate::groups::OFFSETS_TOPIC;
+        mt.is_internal = t.name == crate::groups::OFFSETS_TOPIC || t.name == crate::txn::TXN_TOPIC;
         mt.partitions = t
             .partitions
             .iter()

@@ -17,8 +17,9 @@
 //! * Writes go through the replicated partition and are acknowledged once the high watermark
 //!   passes them (`Broker::append_offsets_records`: acks=all).
 //!
-//! Transactions are not coordinated in cluster mode yet: FindCoordinator(TRANSACTION) answers
-//! COORDINATOR_NOT_AVAILABLE.
+//! The transaction coordinator follows `__transaction_state` the same way (`super::txn`,
+//! which reuses [`locate`] and [`create_internal_topic`]). Transactional offset commits
+//! are loaded here like on a single node: pending until their marker, applied on COMMIT.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +39,6 @@ use crate::state::{now_ms, Broker, Partition};
 /// How often the leadership of the local `__consumer_offsets` partitions is checked (also
 /// woken by every data notification, which HW moves and role changes send).
 const WATCH_INTERVAL: Duration = Duration::from_millis(100);
-
-const TXN_MESSAGE: &str = "Holdfast cluster mode has no transaction coordinator yet.";
 
 fn sb(s: &str) -> StrBytes {
     StrBytes::from_string(s.to_string())
@@ -188,7 +187,7 @@ pub(crate) fn refusal(
 }
 
 /// One key's answer: (node id, host, port) or (error code, message).
-type Found = Result<(i32, String, i32), (i16, String)>;
+pub(crate) type Found = Result<(i32, String, i32), (i16, String)>;
 
 /// FindCoordinator in cluster mode: the leader of the group's `__consumer_offsets`
 /// partition, creating the topic through the controller when the image has none yet.
@@ -207,7 +206,7 @@ pub(crate) async fn find_coordinator(
     for k in &keys {
         found.push(match req.key_type {
             0 => locate_group(broker, cluster, k).await,
-            1 => Err((ec::COORDINATOR_NOT_AVAILABLE, TXN_MESSAGE.to_string())),
+            1 => super::txn::locate_txn(broker, cluster, k).await,
             _ => Err((
                 ec::INVALID_REQUEST,
                 "Unknown coordinator key type.".to_string(),
@@ -263,66 +262,75 @@ pub(crate) async fn find_coordinator(
 }
 
 async fn locate_group(broker: &Arc<Broker>, cluster: &Arc<Cluster>, group: &str) -> Found {
-    let unavailable = |m: &str| Err((ec::COORDINATOR_NOT_AVAILABLE, m.to_string()));
     if cluster.image().topic_by_name(OFFSETS_TOPIC).is_none() {
-        create_offsets_topic(broker, cluster).await?;
+        let cfg = &broker.config;
+        create_internal_topic(
+            cluster,
+            OFFSETS_TOPIC,
+            cfg.offsets_topic_partitions,
+            cfg.offsets_topic_replication_factor,
+        )
+        .await?;
     }
+    locate(cluster, OFFSETS_TOPIC, group)
+}
+
+/// The leader of `key`'s partition of the internal topic `topic`
+/// (`Utils.abs(key.hashCode) % partitions`), from the local image.
+pub(crate) fn locate(cluster: &Cluster, topic: &str, key: &str) -> Found {
+    let unavailable = |m: String| Err((ec::COORDINATOR_NOT_AVAILABLE, m));
     let image = cluster.image();
-    let Some(t) = image.topic_by_name(OFFSETS_TOPIC) else {
-        return unavailable("__consumer_offsets is being created");
+    let Some(t) = image.topic_by_name(topic) else {
+        return unavailable(format!("{topic} is being created"));
     };
     let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX);
-    let p = holdfast_groups::records::partition_for(group, n);
+    let p = holdfast_groups::records::partition_for(key, n);
     let Some(reg) = usize::try_from(p).ok().and_then(|i| t.partitions.get(i)) else {
-        return unavailable("no such __consumer_offsets partition");
+        return unavailable(format!("no such {topic} partition"));
     };
     if reg.leader < 0 {
-        return unavailable("the group's __consumer_offsets partition has no leader");
+        return unavailable(format!("the key's {topic} partition has no leader"));
     }
     let Some(l) = image
         .brokers
         .get(&reg.leader)
         .and_then(|b| b.listeners.first())
     else {
-        return unavailable("the coordinator has no listener in the metadata");
+        return unavailable("the coordinator has no listener in the metadata".into());
     };
     Ok((reg.leader, l.host.clone(), i32::from(l.port)))
 }
 
-/// Creates `__consumer_offsets` through the controller (an existing topic is fine) and waits
-/// until the result is applied here.
-async fn create_offsets_topic(
-    broker: &Arc<Broker>,
+/// Creates an internal compacted topic (`__consumer_offsets`, `__transaction_state`) through
+/// the controller (an existing topic is fine) and waits until the result is applied here.
+pub(crate) async fn create_internal_topic(
     cluster: &Arc<Cluster>,
+    name: &str,
+    partitions: i32,
+    replication_factor: i16,
 ) -> Result<(), (i16, String)> {
-    let cfg = &broker.config;
     let configs = vec![
         ("cleanup.policy".to_string(), "compact".to_string()),
         ("segment.bytes".to_string(), (100 * 1024 * 1024).to_string()),
     ];
     let call = Call::CreateTopics {
-        topics: vec![(
-            OFFSETS_TOPIC.to_string(),
-            cfg.offsets_topic_partitions,
-            cfg.offsets_topic_replication_factor,
-            configs,
-        )],
+        topics: vec![(name.to_string(), partitions, replication_factor, configs)],
         validate_only: false,
     };
     let unavailable = |m: String| (ec::COORDINATOR_NOT_AVAILABLE, m);
     let env = cluster
         .call(&call, super::ADMIN_TIMEOUT)
         .await
-        .map_err(|e| unavailable(format!("creating __consumer_offsets: {e}")))?;
+        .map_err(|e| unavailable(format!("creating {name}: {e}")))?;
     match &env.answer {
         Answer::Topics(outcomes) => {
             for o in outcomes {
                 const TOPIC_ALREADY_EXISTS: i16 = 36;
                 if o.error != ec::NONE && o.error != TOPIC_ALREADY_EXISTS {
-                    // E.g. fewer alive brokers than offsets.topic.replication.factor.
-                    tracing::warn!(code = o.error, message = ?o.message, "cannot create __consumer_offsets");
+                    // E.g. fewer alive brokers than the replication factor.
+                    tracing::warn!(topic = name, code = o.error, message = ?o.message, "cannot create an internal topic");
                     return Err(unavailable(format!(
-                        "cannot create __consumer_offsets: {}",
+                        "cannot create {name}: {}",
                         o.message.clone().unwrap_or_default()
                     )));
                 }
@@ -330,7 +338,7 @@ async fn create_offsets_topic(
         }
         Answer::Error { code, message } => {
             return Err(unavailable(format!(
-                "cannot create __consumer_offsets ({code}): {message}"
+                "cannot create {name} ({code}): {message}"
             )))
         }
         _ => {}
@@ -339,14 +347,13 @@ async fn create_offsets_topic(
         .wait_reconciled(env.index, super::ADMIN_TIMEOUT)
         .await
     {
-        return Err(unavailable(
-            "__consumer_offsets not applied here yet".into(),
-        ));
+        return Err(unavailable(format!("{name} not applied here yet")));
     }
     tracing::info!(
-        partitions = cfg.offsets_topic_partitions,
-        replication_factor = cfg.offsets_topic_replication_factor,
-        "__consumer_offsets created"
+        topic = name,
+        partitions,
+        replication_factor,
+        "internal topic created"
     );
     Ok(())
 }
@@ -368,8 +375,8 @@ pub(crate) async fn run(broker: Arc<Broker>, mut stop: watch::Receiver<bool>) {
 }
 
 /// The leader epoch of each local partition this broker leads.
-fn led(broker: &Broker) -> (i32, Vec<(Arc<Partition>, i32)>) {
-    let Some(t) = broker.topic(OFFSETS_TOPIC) else {
+pub(crate) fn led(broker: &Broker, topic: &str) -> (i32, Vec<(Arc<Partition>, i32)>) {
+    let Some(t) = broker.topic(topic) else {
         return (0, Vec::new());
     };
     let n = i32::try_from(t.partitions.len()).unwrap_or(i32::MAX);
@@ -384,7 +391,7 @@ fn led(broker: &Broker) -> (i32, Vec<(Arc<Partition>, i32)>) {
 
 async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
     let svc = broker.groups();
-    let (n, led) = led(broker);
+    let (n, led) = led(broker, OFFSETS_TOPIC);
     // Partitions to unload: not led any more, or led in another epoch (re-elected: reload).
     let gone: Vec<i32> = {
         let mut g = svc.owned();
@@ -418,6 +425,9 @@ async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
     };
     if !gone.is_empty() {
         let dropped = svc.fence_and_unload(&gone, n);
+        broker.txns().drop_pending_offsets(|g| {
+            gone.contains(&holdfast_groups::records::partition_for(g, n))
+        });
         tracing::info!(partitions = ?gone, groups = dropped, "group coordinator unloaded (leadership moved)");
     }
     // Load the partitions led here that are not loaded yet, once committed to their end.
@@ -443,18 +453,38 @@ async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
             // Anything left from an earlier tenure of this partition goes first.
             // Records decided in that tenure are not written any more either.
             svc.fence_and_unload(&[p2.index], n);
+            let txns = b.txns();
+            txns.drop_pending_offsets(|g| {
+                holdfast_groups::records::partition_for(g, n) == p2.index
+            });
             let now = now_ms();
             let mut count = 0u64;
-            crate::txn::scan_internal_partition(OFFSETS_TOPIC, &p2, hw, &mut |h, key, value| {
-                let Some(k) = key else { return };
-                // No transactions in cluster mode yet: transactional offsets are skipped.
-                if h.is_control() || h.is_transactional() {
-                    return;
-                }
-                svc.load(k, value, now);
-                count += 1;
-            })
-            .map(|()| count)
+            let scanned = crate::txn::scan_internal_partition(
+                OFFSETS_TOPIC,
+                &p2,
+                hw,
+                &mut |h, key, value| {
+                    let Some(k) = key else { return };
+                    if h.is_control() {
+                        // A transaction marker: its offsets apply (COMMIT) or vanish.
+                        if let Some(kind) = holdfast_log::MarkerKind::from_control_key(k) {
+                            for (k, v) in txns.loaded_marker(h.producer_id, kind) {
+                                svc.load(&k, v.as_deref(), now);
+                                count += 1;
+                            }
+                        }
+                    } else if h.is_transactional() {
+                        // Pending until its marker (below, or a WriteTxnMarkers later).
+                        txns.loaded_txn_offset(h.producer_id, k, value);
+                    } else {
+                        svc.load(k, value, now);
+                        count += 1;
+                    }
+                },
+            );
+            // Offsets of transactions still open at the HW wait for their marker.
+            txns.adopt_loaded();
+            scanned.map(|()| count)
         })
         .await
         .ok_or("the load task failed")??;

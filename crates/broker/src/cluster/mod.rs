@@ -27,6 +27,7 @@ pub mod props;
 pub mod publisher;
 pub mod replica;
 pub mod sm;
+pub(crate) mod txn;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -220,6 +221,7 @@ impl Cluster {
                 stop_rx.clone(),
             )),
             tokio::spawn(coord::run(Arc::clone(broker), stop_rx.clone())),
+            tokio::spawn(txn::run(Arc::clone(broker), stop_rx.clone())),
             tokio::spawn(replica::manager(
                 Arc::clone(broker),
                 Arc::clone(&cluster),

@@ -199,8 +199,12 @@ fn reconcile(
     }
     let mut next = BTreeMap::new();
     for t in image.topics.values() {
-        // `__consumer_offsets` is a cluster topic (created by the group coordinator, coord.rs).
-        if is_local_internal(&t.name) && t.name != crate::groups::OFFSETS_TOPIC {
+        // `__consumer_offsets` and `__transaction_state` are cluster topics (created by the
+        // coordinators, coord.rs and txn.rs).
+        if is_local_internal(&t.name)
+            && t.name != crate::groups::OFFSETS_TOPIC
+            && t.name != crate::txn::TXN_TOPIC
+        {
             tracing::warn!(topic = %t.name, "the metadata image has a topic with a node-local internal name; ignored");
             continue;
         }
