@@ -153,6 +153,11 @@ pub fn build_log_config(
             "retention.protect.max.bytes" => {
                 parse_i64(k, v, 0)?;
             }
+            // Reassignment throttles (crate::cluster::throttle), read from the image.
+            "leader.replication.throttled.replicas" | "follower.replication.throttled.replicas" => {
+                crate::cluster::throttle::validate_throttled_replicas(v)
+                    .map_err(|m| invalid(k, v, m))?;
+            }
             "segment.bytes" => c.segment_bytes = parse_i64(k, v, 14)? as u64,
             "segment.ms" => c.segment_ms = parse_i64(k, v, 1)?,
             _ => return Err(ConfigError::UnknownKey(key.clone())),
@@ -372,6 +377,8 @@ pub struct BrokerConfig {
     pub leader_imbalance_check_interval_ms: u64,
     /// `leader.imbalance.per.broker.percentage` (Kafka: 10).
     pub leader_imbalance_per_broker_percentage: u32,
+    /// `broker.rack` (cluster mode): replicas of a new partition go to distinct racks.
+    pub rack: Option<String>,
 }
 
 impl BrokerConfig {
@@ -406,6 +413,7 @@ impl BrokerConfig {
             auto_leader_rebalance_enable: true,
             leader_imbalance_check_interval_ms: 300_000,
             leader_imbalance_per_broker_percentage: 10,
+            rack: None,
         }
     }
 
@@ -413,6 +421,12 @@ impl BrokerConfig {
     pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
         match key {
             "node.id" | "broker.id" => self.node_id = parse_i64(key, value, 0)? as i32,
+            "broker.rack" => {
+                if value.len() > 255 {
+                    return Err(invalid(key, value, "at most 255 bytes"));
+                }
+                self.rack = (!value.is_empty()).then(|| value.to_string());
+            }
             "num.partitions" => {
                 self.num_partitions = parse_i64(key, value, 1)?.min(i32::MAX as i64) as i32
             }

@@ -221,6 +221,18 @@ impl Broker {
             RequestKind::ElectLeaders(r) => Reply::Now(Some(ResponseKind::ElectLeaders(
                 crate::cluster::ops::elect_leaders_single(self, r),
             ))),
+            RequestKind::AlterPartitionReassignments(r) => {
+                Reply::Now(Some(ResponseKind::AlterPartitionReassignments(
+                    crate::cluster::reassign::alter_partition_reassignments_single(
+                        self, r, version,
+                    ),
+                )))
+            }
+            RequestKind::ListPartitionReassignments(_) => {
+                Reply::Now(Some(ResponseKind::ListPartitionReassignments(
+                    kafka_protocol::messages::ListPartitionReassignmentsResponse::default(),
+                )))
+            }
             RequestKind::DescribeQuorum(_) => Reply::Now(Some(ResponseKind::DescribeQuorum(
                 crate::cluster::ops::describe_quorum_single(),
             ))),
@@ -844,7 +856,14 @@ impl Broker {
                     if res.resource_name.as_str().is_empty()
                         || res.resource_name.as_str() == self.config.node_id.to_string() =>
                 {
-                    Ok(self.broker_config_entries())
+                    let mut entries = self.broker_config_entries();
+                    if let Some(c) = self.cluster() {
+                        for (k, v, source) in c.dynamic_broker_configs() {
+                            entries.retain(|(name, _, _)| *name != k);
+                            entries.push((k, v, source));
+                        }
+                    }
+                    Ok(entries)
                 }
                 BROKER => Err((
                     ec::INVALID_REQUEST,
@@ -936,6 +955,48 @@ impl Broker {
         resp
     }
 
+    /// IncrementalAlterConfigs on a BROKER resource in cluster mode: SET and DELETE of the
+    /// dynamic broker configs (`crate::cluster::throttle::DYNAMIC_BROKER_CONFIGS`).
+    fn alter_broker_configs(
+        &self,
+        name: &str,
+        configs: &[kafka_protocol::messages::incremental_alter_configs_request::AlterableConfig],
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        let Some(cluster) = self.cluster() else {
+            return Err((
+                ec::INVALID_REQUEST,
+                "Only topic configs can be altered.".to_string(),
+            ));
+        };
+        let broker = if name.is_empty() {
+            None
+        } else {
+            Some(
+                name.parse::<i32>()
+                    .map_err(|_| (ec::INVALID_REQUEST, format!("Invalid broker id {name:?}")))?,
+            )
+        };
+        let mut set = BTreeMap::new();
+        let mut delete = Vec::new();
+        for c in configs {
+            let key = c.name.as_str().to_string();
+            match (c.config_operation, c.value.as_ref()) {
+                (0, Some(v)) => {
+                    set.insert(key, v.as_str().to_string());
+                }
+                (1, _) => delete.push(key),
+                (op, _) => {
+                    return Err((
+                        ec::INVALID_CONFIG,
+                        format!("Operation {op} is not valid for {key}"),
+                    ))
+                }
+            }
+        }
+        cluster.set_broker_configs_blocking(broker, set, delete, validate_only)
+    }
+
     fn incremental_alter_configs(
         &self,
         req: kafka_protocol::messages::IncrementalAlterConfigsRequest,
@@ -947,7 +1008,9 @@ impl Broker {
             r.resource_type = res.resource_type;
             r.resource_name = res.resource_name.clone();
             let name = res.resource_name.as_str().to_string();
-            let result = if res.resource_type != RESOURCE_TOPIC {
+            let result = if res.resource_type == RESOURCE_BROKER && self.cluster().is_some() {
+                self.alter_broker_configs(&name, &res.configs, req.validate_only)
+            } else if res.resource_type != RESOURCE_TOPIC {
                 Err((
                     ec::INVALID_REQUEST,
                     "Only topic configs can be altered.".to_string(),
@@ -1214,6 +1277,7 @@ fn config_type(name: &str) -> i8 {
 /// clients treat as retriable. Advertised because librdkafka ties features (LZ4) to it.
 /// Kafka's ConfigResource type of a topic.
 const RESOURCE_TOPIC: i8 = 2;
+const RESOURCE_BROKER: i8 = 4;
 
 /// (name, value, config source) of a described config.
 type ConfigEntry = (String, String, i8);

@@ -164,6 +164,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::DescribeProducers | ApiKey::DescribeTransactions | ApiKey::ListTransactions => 0,
         ApiKey::ElectLeaders => 2,
         ApiKey::DescribeQuorum => 0,
+        ApiKey::AlterPartitionReassignments | ApiKey::ListPartitionReassignments => 0,
         _ => i16::MAX,
     }
 }
@@ -679,6 +680,29 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                     w.skip(4)?; // partition_index
                     w.tagged_fields()
                 })?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::AlterPartitionReassignments => {
+            w.skip(4)?; // timeout_ms
+            if v >= 1 {
+                w.skip(1)?; // allow_replication_factor_change
+            }
+            w.array(false, |w| {
+                w.string()?; // name
+                w.array(false, |w| {
+                    w.skip(4)?; // partition_index
+                    w.array(true, |w| w.skip(4))?; // replicas: null cancels
+                    w.tagged_fields()
+                })?;
+                w.tagged_fields()
+            })?;
+        }
+        ApiKey::ListPartitionReassignments => {
+            w.skip(4)?; // timeout_ms
+            w.array(true, |w| {
+                w.string()?; // name
+                w.array(false, |w| w.skip(4))?; // partition_indexes
                 w.tagged_fields()
             })?;
         }

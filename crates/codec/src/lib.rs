@@ -69,6 +69,8 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListTransactions, 0, 1),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeQuorum, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 1),
+    (ApiKey::ListPartitionReassignments, 0, 0),
 ];
 
 /// The version range we support for `key`, if any.
@@ -852,6 +854,35 @@ mod tests {
                         t.partitions = vec![p];
                         r.topics = vec![t];
                         RequestKind::DescribeQuorum(r)
+                    }
+                    ApiKey::AlterPartitionReassignments => {
+                        let mut r = AlterPartitionReassignmentsRequest::default();
+                        r.timeout_ms = 30_000;
+                        if v >= 1 {
+                            r.allow_replication_factor_change = false;
+                        }
+                        let mut p0 =
+                            alter_partition_reassignments_request::ReassignablePartition::default();
+                        p0.partition_index = 0;
+                        p0.replicas = Some(vec![BrokerId(4), BrokerId(2), BrokerId(3)]);
+                        let mut p1 = p0.clone();
+                        p1.partition_index = 1;
+                        p1.replicas = None; // cancel
+                        let mut t =
+                            alter_partition_reassignments_request::ReassignableTopic::default();
+                        t.name = name();
+                        t.partitions = vec![p0, p1];
+                        r.topics = vec![t.clone(), t];
+                        RequestKind::AlterPartitionReassignments(r)
+                    }
+                    ApiKey::ListPartitionReassignments => {
+                        let mut r = ListPartitionReassignmentsRequest::default();
+                        r.timeout_ms = 30_000;
+                        let mut t = list_partition_reassignments_request::ListPartitionReassignmentsTopics::default();
+                        t.name = name();
+                        t.partition_indexes = vec![0, 1];
+                        r.topics = Some(vec![t.clone(), t]);
+                        RequestKind::ListPartitionReassignments(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

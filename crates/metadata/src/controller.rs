@@ -46,6 +46,8 @@ pub mod codes {
     pub const BROKER_ID_NOT_REGISTERED: i16 = 102;
     pub const INELIGIBLE_REPLICA: i16 = 107;
     pub const NEW_LEADER_ELECTED: i16 = 108;
+    pub const INVALID_REPLICA_ASSIGNMENT: i16 = 39;
+    pub const NO_REASSIGNMENT_IN_PROGRESS: i16 = 85;
 }
 
 /// Kafka's config names read by the controller.
@@ -125,6 +127,9 @@ pub struct NewTopic {
     /// -1: the default replication factor.
     pub replication_factor: i16,
     pub configs: Vec<(String, String)>,
+    /// A manual replica assignment (partition `i` gets `assignments[i]`); then `partitions`
+    /// and `replication_factor` must be -1 (Kafka's CreateTopics rule).
+    pub assignments: Option<Vec<Vec<i32>>>,
 }
 
 /// ElectLeaders' election type.
@@ -197,6 +202,13 @@ pub enum ControllerRequest {
     UnregisterBroker {
         id: i32,
     },
+    /// AlterPartitionReassignments: per partition, the target replicas (`None`: cancel).
+    AlterPartitionReassignments {
+        partitions: Vec<(String, i32, Option<Vec<i32>>)>,
+        /// KIP-860: false refuses a target whose replica count differs from the current
+        /// (original) replica count with INVALID_REPLICATION_FACTOR.
+        allow_replication_factor_change: bool,
+    },
 }
 
 /// BrokerHeartbeat's answer.
@@ -248,6 +260,15 @@ pub struct ElectResult {
     pub error: i16,
 }
 
+/// AlterPartitionReassignments' per-partition answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReassignResult {
+    pub topic: String,
+    pub partition: i32,
+    pub error: i16,
+    pub message: Option<String>,
+}
+
 /// The answer to send once the returned records are committed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ControllerResponse {
@@ -268,6 +289,8 @@ pub enum ControllerResponse {
     },
     ElectLeaders(Vec<ElectResult>),
     UnregisterBroker,
+    /// AlterPartitionReassignments: per partition, in request order.
+    Reassignments(Vec<ReassignResult>),
 }
 
 /// A request refused as a whole.
@@ -342,7 +365,9 @@ impl BuiltChange {
 
 /// Computes one `PartitionChange` from a partition and targets, as Kafka's
 /// `PartitionChangeBuilder` with ELR enabled and "balanced recovery" (electing the last
-/// known leader) disabled. Replica reassignment is not supported yet (replicas never change).
+/// known leader) disabled. An ongoing reassignment (non-empty `adding` / `removing`)
+/// completes in [`PartitionChangeBuilder::build`] once the target ISR holds every target
+/// replica (Kafka's `completeReassignmentIfNeeded`).
 pub struct PartitionChangeBuilder<'a> {
     partition: &'a PartitionReg,
     topic: TopicId,
@@ -355,6 +380,9 @@ pub struct PartitionChangeBuilder<'a> {
     target_last_known_elr: Vec<i32>,
     unclean_shutdown_replicas: Vec<i32>,
     target_leader_recovery: LeaderRecovery,
+    target_replicas: Vec<i32>,
+    target_adding: Vec<i32>,
+    target_removing: Vec<i32>,
 }
 
 impl<'a> PartitionChangeBuilder<'a> {
@@ -378,7 +406,24 @@ impl<'a> PartitionChangeBuilder<'a> {
             target_last_known_elr: partition.last_known_elr.clone(),
             unclean_shutdown_replicas: Vec::new(),
             target_leader_recovery: partition.leader_recovery,
+            target_replicas: partition.replicas.clone(),
+            target_adding: partition.adding.clone(),
+            target_removing: partition.removing.clone(),
         }
+    }
+
+    /// The replica list to set, with the replicas being added and removed (a reassignment:
+    /// `replicas` is the target followed by the replicas being removed).
+    pub fn target_assignment(
+        mut self,
+        replicas: Vec<i32>,
+        adding: Vec<i32>,
+        removing: Vec<i32>,
+    ) -> Self {
+        self.target_replicas = replicas;
+        self.target_adding = adding;
+        self.target_removing = removing;
+        self
     }
 
     pub fn election(mut self, election: Election) -> Self {
@@ -414,7 +459,7 @@ impl<'a> PartitionChangeBuilder<'a> {
 
     /// Kafka's `electLeader` (call after the ELR targets are computed, as `build` does).
     pub fn elect_leader(&self) -> ElectionResult {
-        let replicas = &self.partition.replicas;
+        let replicas = &self.target_replicas;
         if self.election == Election::Preferred {
             if let Some(&first) = replicas.first() {
                 if self.is_valid_new_leader(first) {
@@ -486,9 +531,9 @@ impl<'a> PartitionChangeBuilder<'a> {
             .chain(self.partition.isr.iter())
             .copied()
             .collect();
+        // Kept in target replica order; a replica leaving the assignment is never eligible.
         let in_order = |set: &dyn Fn(i32) -> bool| -> Vec<i32> {
-            self.partition
-                .replicas
+            self.target_replicas
                 .iter()
                 .copied()
                 .filter(|r| set(*r))
@@ -511,10 +556,41 @@ impl<'a> PartitionChangeBuilder<'a> {
         self.target_last_known_elr = new_lk;
     }
 
+    /// Kafka's `PartitionReassignmentReplicas.maybeCompleteReassignment`: when a
+    /// reassignment is in progress and the target ISR, without the replicas being removed,
+    /// is non-empty and holds every remaining replica, the replicas become the target and
+    /// the adding / removing lists are cleared.
+    fn complete_reassignment_if_needed(&mut self) {
+        if self.target_adding.is_empty() && self.target_removing.is_empty() {
+            return;
+        }
+        let removing = &self.target_removing;
+        let isr: Vec<i32> = self
+            .target_isr
+            .iter()
+            .copied()
+            .filter(|r| !removing.contains(r))
+            .collect();
+        let replicas: Vec<i32> = self
+            .target_replicas
+            .iter()
+            .copied()
+            .filter(|r| !removing.contains(r))
+            .collect();
+        if isr.is_empty() || replicas.is_empty() || !replicas.iter().all(|r| isr.contains(r)) {
+            return;
+        }
+        self.target_isr = isr;
+        self.target_replicas = replicas;
+        self.target_adding.clear();
+        self.target_removing.clear();
+    }
+
     /// The change, or `None` when nothing would change (Kafka's `build`).
     pub fn build(mut self) -> Option<BuiltChange> {
         let p = self.partition;
         let mut change = PartitionChange::new(self.topic, self.partition_id, p.partition_epoch);
+        self.complete_reassignment_if_needed();
         self.populate_target_elr();
 
         // tryElection
@@ -544,6 +620,12 @@ impl<'a> PartitionChangeBuilder<'a> {
             }
         }
 
+        // A replica leaving the assignment is fenced by a leader epoch bump (Kafka's
+        // triggerLeaderEpochBumpForReplicaReassignmentIfNeeded).
+        if change.leader.is_none() && !p.replicas.iter().all(|r| self.target_replicas.contains(r)) {
+            change.leader = Some(p.leader);
+        }
+
         // maybeUpdateRecordElr (without the "last known leader" mode)
         if change.isr.is_some() {
             self.target_elr.clear();
@@ -562,6 +644,15 @@ impl<'a> PartitionChangeBuilder<'a> {
         }
         if self.target_leader_recovery != p.leader_recovery && change.leader_recovery.is_none() {
             change.leader_recovery = Some(self.target_leader_recovery);
+        }
+        if self.target_replicas != p.replicas {
+            change.replicas = Some(self.target_replicas.clone());
+        }
+        if self.target_adding != p.adding {
+            change.adding = Some(self.target_adding.clone());
+        }
+        if self.target_removing != p.removing {
+            change.removing = Some(self.target_removing.clone());
         }
         if change.is_noop() {
             None
@@ -824,6 +915,55 @@ impl Controller {
                 election,
                 partitions,
             } => self.elect_leaders(image, election, partitions),
+            ControllerRequest::AlterPartitionReassignments {
+                partitions,
+                allow_replication_factor_change,
+            } => {
+                if partitions.len() > self.config.max_items_per_request {
+                    return Err(ControllerError::InvalidRequest(format!(
+                        "{} partitions in one request",
+                        partitions.len()
+                    )));
+                }
+                let mut records = Vec::new();
+                let mut results = Vec::with_capacity(partitions.len());
+                // A working image: a partition named twice sees the first change.
+                let mut working = image.clone();
+                for (topic, partition, target) in partitions {
+                    let (error, message) = match alter_partition_reassignment(
+                        &working,
+                        &topic,
+                        partition,
+                        target,
+                        allow_replication_factor_change,
+                    ) {
+                        Ok(built) => {
+                            if let Some(built) = built {
+                                let mut recs = Vec::new();
+                                built.push_into(&mut recs);
+                                for r in recs {
+                                    let index = working.last_applied + 1;
+                                    working.apply(index, &r).map_err(|e| {
+                                        ControllerError::InvalidRequest(format!(
+                                            "reassignment of {topic}-{partition}: {e}"
+                                        ))
+                                    })?;
+                                    records.push(r);
+                                }
+                            }
+                            (codes::NONE, None)
+                        }
+                        Err((code, message)) => (code, Some(message)),
+                    };
+                    results.push(ReassignResult {
+                        topic,
+                        partition,
+                        error,
+                        message,
+                    });
+                }
+                Ok((records, ControllerResponse::Reassignments(results)))
+            }
             ControllerRequest::UnregisterBroker { id } => {
                 let b = image
                     .brokers
@@ -1275,10 +1415,18 @@ impl Controller {
                         format!("topic {:?} already exists", t.name),
                     ));
                 }
-                let partitions = if t.partitions == -1 {
-                    self.config.default_num_partitions
-                } else {
-                    t.partitions
+                if t.assignments.is_some() && (t.partitions != -1 || t.replication_factor != -1) {
+                    return Err((
+                        codes::INVALID_REQUEST,
+                        "Both numPartitions or replicationFactor and replicasAssignments were set. \
+                         Both cannot be used at the same time."
+                            .into(),
+                    ));
+                }
+                let partitions = match &t.assignments {
+                    Some(a) => i32::try_from(a.len()).unwrap_or(i32::MAX),
+                    None if t.partitions == -1 => self.config.default_num_partitions,
+                    None => t.partitions,
                 };
                 if partitions < 1 || partitions > self.config.max_partitions_per_topic {
                     return Err((
@@ -1292,10 +1440,10 @@ impl Controller {
                         "the cluster's partition limit is reached".into(),
                     ));
                 }
-                let rf = if t.replication_factor == -1 {
-                    self.default_replication_factor(image)
-                } else {
-                    t.replication_factor
+                let rf = match &t.assignments {
+                    Some(a) => a.first().map_or(0, |r| r.len()) as i16,
+                    None if t.replication_factor == -1 => self.default_replication_factor(image),
+                    None => t.replication_factor,
                 };
                 if rf < 1 {
                     return Err((
@@ -1311,9 +1459,12 @@ impl Controller {
                 if rf >= 3 && !configs.iter().any(|(k, _)| k == MIN_INSYNC_REPLICAS) {
                     configs.push((MIN_INSYNC_REPLICAS.to_string(), "2".to_string()));
                 }
-                let assignments = self
-                    .assignments(&brokers, partitions as usize, rf as usize)
-                    .map_err(|m| (codes::INVALID_REPLICATION_FACTOR, m))?;
+                let assignments = match &t.assignments {
+                    Some(manual) => manual_assignments(image, manual)?,
+                    None => self
+                        .assignments(&brokers, partitions as usize, rf as usize)
+                        .map_err(|m| (codes::INVALID_REPLICATION_FACTOR, m))?,
+                };
                 let id = self.new_topic_id(image, &ids_taken);
                 Ok((id, assignments, configs))
             })();
@@ -1601,6 +1752,200 @@ pub fn generate_leader_and_isr_updates(
 }
 
 /// AlterPartition for one partition: Kafka's `validateAlterPartitionData`, then the change.
+/// Checks a replica list given by a user (Kafka's `validateManualPartitionAssignment`):
+/// non-empty, bounded, no broker twice, every broker registered.
+fn validate_manual_replicas(image: &MetadataImage, replicas: &[i32]) -> Result<(), (i16, String)> {
+    if replicas.is_empty() {
+        return Err((
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            "The manual partition assignment includes an empty replica list.".into(),
+        ));
+    }
+    if replicas.len() > crate::image::MAX_REPLICAS_PER_PARTITION {
+        return Err((
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            format!("{} replicas is too many.", replicas.len()),
+        ));
+    }
+    let mut seen = BTreeSet::new();
+    for r in replicas {
+        if !seen.insert(*r) {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!("The manual partition assignment includes the replica {r} more than once."),
+            ));
+        }
+        if !image.brokers.contains_key(r) {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!("The manual partition assignment includes broker {r}, but no such broker is registered."),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The partitions of a manually assigned new topic (Kafka's `ReplicationControlManager
+/// .createTopic` with assignments): every list valid and of the same length; the ISR is the
+/// active replicas, led by the first; a partition with no active replica is refused.
+fn manual_assignments(
+    image: &MetadataImage,
+    manual: &[Vec<i32>],
+) -> Result<Vec<PartitionAssignment>, (i16, String)> {
+    let rf = manual.first().map_or(0, Vec::len);
+    let mut out = Vec::with_capacity(manual.len());
+    for (i, replicas) in manual.iter().enumerate() {
+        validate_manual_replicas(image, replicas)?;
+        if replicas.len() != rf {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                "All partitions in the manual partition assignment must have the same number of replicas.".into(),
+            ));
+        }
+        let isr: Vec<i32> = replicas
+            .iter()
+            .copied()
+            .filter(|r| is_active(image, *r))
+            .collect();
+        let Some(&leader) = isr.first() else {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!("All brokers specified in the manual partition assignment for partition {i} are fenced or in controlled shutdown."),
+            ));
+        };
+        out.push(PartitionAssignment {
+            replicas: replicas.clone(),
+            isr,
+            leader,
+        });
+    }
+    Ok(out)
+}
+
+/// One partition of AlterPartitionReassignments (Kafka's `ReplicationControlManager
+/// .alterPartitionReassignment`): `None` cancels the ongoing reassignment (the replicas
+/// being added leave, those being removed stay); a target starts one: the replicas become
+/// the target followed by the replicas being removed, and the reassignment completes (in
+/// `PartitionChangeBuilder::build`) once the ISR holds every target replica; a target that
+/// only reorders or removes replicas may complete at once. `Ok(None)`: nothing to change.
+fn alter_partition_reassignment(
+    image: &MetadataImage,
+    topic: &str,
+    partition: i32,
+    target: Option<Vec<i32>>,
+    allow_replication_factor_change: bool,
+) -> Result<Option<BuiltChange>, (i16, String)> {
+    let t = image.topic_by_name(topic).ok_or_else(|| {
+        (
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("Unable to find a topic named {topic}."),
+        )
+    })?;
+    let p = image.partition(t.id, partition).ok_or_else(|| {
+        (
+            codes::UNKNOWN_TOPIC_OR_PARTITION,
+            format!("Unable to find partition {topic}:{partition}."),
+        )
+    })?;
+    let acceptable = |r: i32| is_active(image, r);
+    let min_isr = effective_min_isr(image, topic, p.replicas.len());
+    let in_progress = !p.adding.is_empty() || !p.removing.is_empty();
+    let Some(target) = target else {
+        if !in_progress {
+            return Err((
+                codes::NO_REASSIGNMENT_IN_PROGRESS,
+                "No partition reassignment is in progress.".into(),
+            ));
+        }
+        // PartitionReassignmentRevert: keep the original replicas, drop the added ones from
+        // the ISR. Holdfast refuses a revert that would need an unclean election (Kafka
+        // allows it for topics with unclean.leader.election.enable).
+        let original: Vec<i32> = p
+            .replicas
+            .iter()
+            .copied()
+            .filter(|r| !p.adding.contains(r))
+            .collect();
+        let isr: Vec<i32> = p
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| !p.adding.contains(r))
+            .collect();
+        if isr.is_empty() || original.is_empty() {
+            return Err((
+                codes::INVALID_REPLICA_ASSIGNMENT,
+                format!(
+                    "Unable to revert partition assignment for {topic}:{partition} because it \
+                     would require an unclean leader election."
+                ),
+            ));
+        }
+        return Ok(
+            PartitionChangeBuilder::new(p, t.id, partition, &acceptable, min_isr)
+                .target_isr(isr)
+                .target_assignment(original, Vec::new(), Vec::new())
+                .build(),
+        );
+    };
+    validate_manual_replicas(image, &target)?;
+    // A new target replaces an ongoing reassignment: start from its original replicas
+    // (Kafka computes the new one from the current replica list, which then keeps the
+    // replicas of the earlier target being added; this drops them instead).
+    let (current, isr): (Vec<i32>, Vec<i32>) = if in_progress {
+        (
+            p.replicas
+                .iter()
+                .copied()
+                .filter(|r| !p.adding.contains(r))
+                .collect(),
+            p.isr.clone(),
+        )
+    } else {
+        (p.replicas.clone(), p.isr.clone())
+    };
+    if !allow_replication_factor_change && target.len() != current.len() {
+        return Err((
+            codes::INVALID_REPLICATION_FACTOR,
+            format!(
+                "The replication factor is changed from {} to {}",
+                current.len(),
+                target.len()
+            ),
+        ));
+    }
+    let removing: Vec<i32> = current
+        .iter()
+        .copied()
+        .filter(|r| !target.contains(r))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let adding: Vec<i32> = target
+        .iter()
+        .copied()
+        .filter(|r| !current.contains(r))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let mut replicas = target.clone();
+    replicas.extend(removing.iter().copied());
+    // Replicas of an earlier target that are not in this one leave the ISR.
+    let isr: Vec<i32> = isr.into_iter().filter(|r| replicas.contains(r)).collect();
+    if isr.is_empty() {
+        return Err((
+            codes::INVALID_REPLICA_ASSIGNMENT,
+            format!("Reassigning {topic}:{partition} now would leave no in-sync replica."),
+        ));
+    }
+    Ok(
+        PartitionChangeBuilder::new(p, t.id, partition, &acceptable, min_isr)
+            .target_isr(isr)
+            .target_assignment(replicas, adding, removing)
+            .build(),
+    )
+}
+
 #[allow(clippy::too_many_arguments)]
 fn alter_partition(
     image: &MetadataImage,

@@ -151,6 +151,12 @@ impl PartitionReg {
         if self.leader != NO_LEADER && !self.isr.contains(&self.leader) {
             return Err(format!("leader {} not in isr {:?}", self.leader, self.isr));
         }
+        if self.adding.iter().any(|b| self.removing.contains(b)) {
+            return Err(format!(
+                "adding {:?} intersects removing {:?}",
+                self.adding, self.removing
+            ));
+        }
         if self.elr.iter().any(|b| self.isr.contains(b)) {
             return Err(format!("elr {:?} intersects isr {:?}", self.elr, self.isr));
         }

@@ -213,6 +213,7 @@ fn validate_only_writes_nothing() {
             partitions: 2,
             replication_factor: 1,
             configs: vec![],
+            assignments: None,
         }],
         validate_only: true,
     };
@@ -865,6 +866,7 @@ fn create_topics_request_is_bounded() {
             partitions: 1,
             replication_factor: 1,
             configs: vec![],
+            assignments: None,
         })
         .collect();
     let err = c

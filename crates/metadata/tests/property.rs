@@ -156,6 +156,7 @@ impl World {
                     partitions: self.rng.i32(1..4),
                     replication_factor: rf,
                     configs,
+                    assignments: None,
                 }];
                 self.c
                     .request(ControllerRequest::CreateTopics {

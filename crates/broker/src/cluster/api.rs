@@ -85,6 +85,16 @@ pub async fn intercept(
         RequestKind::ElectLeaders(r) => Ok(Reply::Now(Some(ResponseKind::ElectLeaders(
             super::ops::elect_leaders(&cluster, r, version).await,
         )))),
+        RequestKind::AlterPartitionReassignments(r) => Ok(Reply::Later(Box::pin(async move {
+            Some(ResponseKind::AlterPartitionReassignments(
+                super::reassign::alter_partition_reassignments(&cluster, r, version).await,
+            ))
+        }))),
+        RequestKind::ListPartitionReassignments(r) => {
+            Ok(Reply::Now(Some(ResponseKind::ListPartitionReassignments(
+                super::reassign::list_partition_reassignments(&cluster, r),
+            ))))
+        }
         RequestKind::DescribeQuorum(r) => Ok(Reply::Later(Box::pin(async move {
             Some(ResponseKind::DescribeQuorum(
                 super::ops::describe_quorum(&cluster, r).await,
@@ -403,10 +413,16 @@ async fn create_topics(
                 ec::INVALID_REQUEST,
                 format!("'{name}' is a node-local internal topic in cluster mode v0"),
             ))
-        } else if !t.assignments.is_empty() {
+        } else if !t.assignments.is_empty()
+            && !t
+                .assignments
+                .iter()
+                .enumerate()
+                .all(|(i, a)| a.partition_index == i as i32)
+        {
             Some((
                 ec::INVALID_REPLICA_ASSIGNMENT,
-                "Manual replica assignment is not supported in cluster mode v0.".into(),
+                "partitions should be a consecutive 0-based integer sequence".into(),
             ))
         } else if t.replication_factor == 0 || t.replication_factor < -1 {
             Some((
@@ -439,11 +455,17 @@ async fn create_topics(
                 }
             }
             if bad.is_none() {
+                let mut manual: Vec<_> = t
+                    .assignments
+                    .iter()
+                    .map(|a| a.broker_ids.iter().map(|b| b.0).collect::<Vec<i32>>())
+                    .collect();
                 forwarded.push((
                     name.clone(),
                     t.num_partitions,
                     t.replication_factor,
                     configs,
+                    (!manual.is_empty()).then(|| std::mem::take(&mut manual)),
                 ));
             }
             bad
@@ -642,6 +664,63 @@ impl Cluster {
     /// (Incremental)AlterConfigs of a topic in cluster mode (called from a blocking thread
     /// by `Broker::set_topic_config`, after the values were validated): the controller
     /// records the new overrides; returns once they are applied locally.
+    /// Dynamic broker configs (IncrementalAlterConfigs on a BROKER resource) through the
+    /// controller; `broker` None: the cluster-wide default.
+    pub(crate) fn set_broker_configs_blocking(
+        &self,
+        broker: Option<i32>,
+        set: BTreeMap<String, String>,
+        delete: Vec<String>,
+        validate_only: bool,
+    ) -> Result<(), (i16, String)> {
+        super::throttle::check_dynamic_broker_configs(&set, &delete)
+            .map_err(|m| (ec::INVALID_CONFIG, m))?;
+        let call = Call::SetBrokerConfigs {
+            broker,
+            set: set.into_iter().collect(),
+            delete,
+            validate_only,
+        };
+        let handle = tokio::runtime::Handle::try_current()
+            .map_err(|e| (ec::INVALID_REQUEST, e.to_string()))?;
+        match handle.block_on(forward(self, &call))? {
+            Answer::Items(items) => match items.into_iter().find(|i| i.1 != ec::NONE) {
+                Some((_, code, msg)) => Err((code, msg.unwrap_or_default())),
+                None => Ok(()),
+            },
+            other => Err((ec::INVALID_REQUEST, format!("unexpected answer {other:?}"))),
+        }
+    }
+
+    /// This node's dynamic broker configs from the image (its own, then the cluster-wide
+    /// defaults it does not override), with Kafka's config sources.
+    pub(crate) fn dynamic_broker_configs(&self) -> Vec<(String, String, i8)> {
+        const DYNAMIC_BROKER_CONFIG: i8 = 1;
+        const DYNAMIC_DEFAULT_BROKER_CONFIG: i8 = 4;
+        let image = self.image();
+        let mut out: Vec<(String, String, i8)> = Vec::new();
+        if let Some(c) = image
+            .configs
+            .get(&holdfast_metadata::ConfigResource::Broker(self.node_id))
+        {
+            out.extend(
+                c.iter()
+                    .map(|(k, v)| (k.clone(), v.clone(), DYNAMIC_BROKER_CONFIG)),
+            );
+        }
+        if let Some(c) = image
+            .configs
+            .get(&holdfast_metadata::ConfigResource::Cluster)
+        {
+            for (k, v) in c {
+                if !out.iter().any(|(x, _, _)| x == k) {
+                    out.push((k.clone(), v.clone(), DYNAMIC_DEFAULT_BROKER_CONFIG));
+                }
+            }
+        }
+        out
+    }
+
     pub(crate) fn set_topic_configs_blocking(
         &self,
         current: &BTreeMap<String, String>,

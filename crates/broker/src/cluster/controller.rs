@@ -29,7 +29,13 @@ use tokio::sync::{watch, Mutex, OnceCell};
 use crate::state::now_ms;
 
 /// A topic to create: (name, partitions, replication factor, configs).
-pub(crate) type TopicSpec = (String, i32, i16, Vec<(String, String)>);
+pub(crate) type TopicSpec = (
+    String,
+    i32,
+    i16,
+    Vec<(String, String)>,
+    Option<Vec<Vec<i32>>>,
+);
 
 /// A request to the active controller.
 #[derive(Debug, Serialize, Deserialize)]
@@ -46,6 +52,9 @@ pub(crate) enum Call {
         /// replicates the metadata log to it once the controller has added it as a learner.
         #[serde(default)]
         controller_listen: Option<String>,
+        /// `broker.rack`.
+        #[serde(default)]
+        rack: Option<String>,
     },
     Heartbeat {
         id: i32,
@@ -91,6 +100,20 @@ pub(crate) enum Call {
     },
     /// DescribeQuorum: the Raft leader's view of the metadata quorum.
     DescribeQuorum,
+    /// AlterPartitionReassignments: (topic, partition, target replicas or None to cancel).
+    AlterPartitionReassignments {
+        partitions: Vec<(String, i32, Option<Vec<i32>>)>,
+        /// KIP-860: false refuses a target with another replica count.
+        allow_replication_factor_change: bool,
+    },
+    /// IncrementalAlterConfigs on a BROKER resource: `broker` None is the cluster default
+    /// (Kafka's empty resource name).
+    SetBrokerConfigs {
+        broker: Option<i32>,
+        set: Vec<(String, String)>,
+        delete: Vec<String>,
+        validate_only: bool,
+    },
 }
 
 /// One created topic.
@@ -138,6 +161,8 @@ pub(crate) enum Answer {
     Elected(Vec<(String, i32, i16)>),
     /// DescribeQuorum, from the Raft leader.
     Quorum(Box<holdfast_quorum::QuorumStatus>),
+    /// AlterPartitionReassignments: (topic, partition, error code, message) per partition.
+    Reassigned(Vec<(String, i32, i16, Option<String>)>),
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -454,6 +479,12 @@ impl ControllerService {
                     .map(|r| (r.topic, r.partition, r.error))
                     .collect(),
             ),
+            ControllerResponse::Reassignments(results) => Answer::Reassigned(
+                results
+                    .into_iter()
+                    .map(|r| (r.topic, r.partition, r.error, r.message))
+                    .collect(),
+            ),
             other => Answer::Error {
                 code: holdfast_metadata::codes::INVALID_REQUEST,
                 message: format!("unexpected controller response {other:?}"),
@@ -507,12 +538,13 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
             incarnation,
             listeners,
             durable_restart,
+            rack,
             ..
         } => ControllerRequest::RegisterBroker {
             id,
             incarnation,
             listeners,
-            rack: None,
+            rack,
             previous_broker_epoch: if durable_restart {
                 image.brokers.get(&id).map_or(-1, |b| b.epoch)
             } else {
@@ -537,12 +569,15 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
         } => ControllerRequest::CreateTopics {
             topics: topics
                 .into_iter()
-                .map(|(name, partitions, replication_factor, configs)| NewTopic {
-                    name,
-                    partitions,
-                    replication_factor,
-                    configs,
-                })
+                .map(
+                    |(name, partitions, replication_factor, configs, assignments)| NewTopic {
+                        name,
+                        partitions,
+                        replication_factor,
+                        configs,
+                        assignments,
+                    },
+                )
                 .collect(),
             validate_only,
         },
@@ -608,6 +643,27 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
                 holdfast_metadata::controller::ElectionType::Preferred
             },
             partitions,
+        },
+        Call::AlterPartitionReassignments {
+            partitions,
+            allow_replication_factor_change,
+        } => ControllerRequest::AlterPartitionReassignments {
+            partitions,
+            allow_replication_factor_change,
+        },
+        Call::SetBrokerConfigs {
+            broker,
+            set,
+            delete,
+            validate_only,
+        } => ControllerRequest::SetConfigs {
+            resource: match broker {
+                Some(id) => ConfigResource::Broker(id),
+                None => ConfigResource::Cluster,
+            },
+            set,
+            delete,
+            validate_only,
         },
         Call::DescribeQuorum => {
             return Err(Answer::Error {

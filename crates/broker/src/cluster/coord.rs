@@ -314,7 +314,13 @@ pub(crate) async fn create_internal_topic(
         ("segment.bytes".to_string(), (100 * 1024 * 1024).to_string()),
     ];
     let call = Call::CreateTopics {
-        topics: vec![(name.to_string(), partitions, replication_factor, configs)],
+        topics: vec![(
+            name.to_string(),
+            partitions,
+            replication_factor,
+            configs,
+            None,
+        )],
         validate_only: false,
     };
     let unavailable = |m: String| (ec::COORDINATOR_NOT_AVAILABLE, m);

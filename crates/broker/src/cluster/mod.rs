@@ -25,8 +25,10 @@ pub(crate) mod coord;
 pub mod ops;
 pub mod props;
 pub mod publisher;
+pub(crate) mod reassign;
 pub mod replica;
 pub mod sm;
+pub(crate) mod throttle;
 pub(crate) mod txn;
 
 use std::collections::BTreeMap;
@@ -124,6 +126,8 @@ pub struct Cluster {
     caught_up: watch::Sender<bool>,
     /// Set once a controlled shutdown began: heartbeats ask for it from then on.
     shutting_down: AtomicBool,
+    /// Reassignment throttles (leader and follower limiters).
+    pub(crate) throttles: throttle::Throttles,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     stop_tx: watch::Sender<bool>,
@@ -199,6 +203,7 @@ impl Cluster {
             caught_up: watch::channel(false).0,
             shutting_down: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
+            throttles: throttle::Throttles::default(),
             stop_tx,
             tasks: std::sync::Mutex::new(Vec::new()),
             fatal_rx,
@@ -536,6 +541,7 @@ async fn lifecycle(
                     listeners: listeners.clone(),
                     durable_restart,
                     controller_listen: broker_only.clone(),
+                    rack: broker.config.rack.clone(),
                 },
                 call_timeout,
             )

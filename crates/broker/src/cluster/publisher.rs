@@ -6,7 +6,8 @@
 //! topic-id lookups work on every node); a partition whose replicas include this node has its
 //! log opened (created when new), the others are placeholders without a log. The role and
 //! leader epoch of each partition come from the image. Topics gone from the image (or
-//! replaced by a topic of the same name with another id) are removed and their logs deleted.
+//! replaced by a topic of the same name with another id) are removed and their logs deleted;
+//! so is the log of a replica a reassignment removed from this node.
 //!
 //! Each partition directory holds `partition.metadata` (Kafka's file: `version: 0`,
 //! `topic_id: <base64url>`). A directory whose file names another topic id (a topic deleted
@@ -271,9 +272,21 @@ fn reconcile(
                 },
                 (false, Some(p)) => {
                     if has_log {
-                        // Not reachable in v0 (replicas never change); kept correct anyway.
-                        if let Some(log) = p.lock().log.take() {
-                            let _ = log.close();
+                        // A reassignment removed this replica. It completed only once every
+                        // target replica was in the ISR, so the ISR holds everything this
+                        // copy had below the high watermark: the copy is deleted, as Kafka's
+                        // StopReplica(delete) does.
+                        p.set_role(false, reg.leader_epoch);
+                        let log = p.lock().log.take();
+                        if let Some(log) = log {
+                            match log.delete() {
+                                Ok(()) => {
+                                    tracing::info!(topic = %t.name, partition = index, "replica removed by a reassignment: log deleted")
+                                }
+                                Err(e) => {
+                                    tracing::error!(topic = %t.name, partition = index, error = %e, "cannot delete the log of a removed replica")
+                                }
+                            }
                         }
                     }
                     p

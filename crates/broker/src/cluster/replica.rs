@@ -33,6 +33,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::controller::{Answer, Call};
+use super::throttle::Side;
 use super::Cluster;
 use crate::errors as ec;
 use crate::state::{now_ms, Broker, Partition};
@@ -288,10 +289,28 @@ pub(crate) fn leader_read(
         }
     }
     out.high_watermark = ls.high_watermark();
+    let in_sync = ls.maximal_isr().contains(&replica_id);
     drop(repl);
     if fetch_offset >= log_end || max_bytes == 0 {
         return out;
     }
+    // Reassignment throttle (super::throttle): only replicas outside the ISR are metered.
+    let cluster = b.cluster();
+    let throttle = match cluster {
+        Some(c) if !in_sync => {
+            let image = c.image();
+            c.throttles
+                .lookup(&image, Side::Leader, c.node_id, &p.topic, p.index)
+        }
+        _ => None,
+    };
+    let max_bytes = match throttle {
+        Some((limiter, rate)) => match limiter.available(rate) {
+            0 => return out,
+            n => max_bytes.min(n),
+        },
+        None => max_bytes,
+    };
     // The follower reads up to the log end; the slice is read outside the lock.
     let slice = match log.read(fetch_offset, max_bytes, log_end, true) {
         Ok(s) => s,
@@ -302,7 +321,12 @@ pub(crate) fn leader_read(
     };
     drop(st);
     match slice.read_bytes() {
-        Ok(v) => out.records = Bytes::from(v),
+        Ok(v) => {
+            if let Some((limiter, _)) = throttle {
+                limiter.record(v.len());
+            }
+            out.records = Bytes::from(v)
+        }
         Err(e) => {
             tracing::error!(topic = %p.topic, partition = p.index, error = %e, "replica fetch read failed");
             out.error = ec::KAFKA_STORAGE_ERROR;
@@ -622,9 +646,42 @@ async fn fetcher(
         })
         .await;
         let _ = b;
-        let Some(positions) = positions else { return };
+        let Some(mut positions) = positions else {
+            return;
+        };
+        // Reassignment throttle (super::throttle): partitions this node is catching up on
+        // wait while the follower limiter is exhausted; the others are fetched as usual.
+        let image = cluster.image();
+        let mut held_back = 0usize;
+        let mut throttled: Vec<(Arc<Partition>, usize)> = Vec::new();
+        positions.retain(|(p, topic_id, _, _)| {
+            let in_sync = image
+                .partition(holdfast_metadata::TopicId(*topic_id), p.index)
+                .is_some_and(|r| r.isr.contains(&me));
+            if in_sync {
+                return true;
+            }
+            match cluster
+                .throttles
+                .lookup(&image, Side::Follower, me, &p.topic, p.index)
+            {
+                None => true,
+                Some((limiter, rate)) => match limiter.available(rate) {
+                    0 => {
+                        held_back += 1;
+                        false
+                    }
+                    n => {
+                        throttled.push((Arc::clone(p), n));
+                        true
+                    }
+                },
+            }
+        });
+        drop(image);
         if positions.is_empty() {
-            if sleep_or_stop(&mut stop, Duration::from_millis(5)).await {
+            let pause = if held_back > 0 { 100 } else { 5 };
+            if sleep_or_stop(&mut stop, Duration::from_millis(pause)).await {
                 return;
             }
             continue;
@@ -646,7 +703,12 @@ async fn fetcher(
             fp.fetch_offset = pos.fetch_offset;
             fp.last_fetched_epoch = pos.last_fetched_epoch.unwrap_or(-1);
             fp.log_start_offset = *log_start;
-            fp.partition_max_bytes = FETCH_PARTITION_MAX_BYTES;
+            fp.partition_max_bytes = throttled
+                .iter()
+                .find(|(t, _)| Arc::ptr_eq(t, p))
+                .map_or(FETCH_PARTITION_MAX_BYTES, |(_, n)| {
+                    FETCH_PARTITION_MAX_BYTES.min(i32::try_from(*n).unwrap_or(i32::MAX))
+                });
             by_topic.entry(*topic_id).or_default().push(fp);
         }
         for (id, parts) in by_topic {
@@ -679,6 +741,18 @@ async fn fetcher(
                     .iter()
                     .find(|(p, tid, _, _)| *tid == id && p.index == pd.partition_index)
                 {
+                    if throttled.iter().any(|(t, _)| Arc::ptr_eq(t, p)) {
+                        let bytes = pd.records.as_ref().map_or(0, |r| r.len());
+                        if let Some((limiter, _)) = cluster.throttles.lookup(
+                            &cluster.image(),
+                            Side::Follower,
+                            me,
+                            &p.topic,
+                            p.index,
+                        ) {
+                            limiter.record(bytes);
+                        }
+                    }
                     answers.push((Arc::clone(p), pd));
                 }
             }

@@ -140,6 +140,7 @@ impl Cluster {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                assignments: None,
             }],
             validate_only: false,
         };
