@@ -21,3 +21,4 @@ pub const FENCED_LEADER_EPOCH: i16 = 74;
 pub const UNKNOWN_LEADER_EPOCH: i16 = 75;
 pub const OFFSET_NOT_AVAILABLE: i16 = 78;
 pub const UNKNOWN_TOPIC_ID: i16 = 100;
+pub const BROKER_ID_NOT_REGISTERED: i16 = 102;

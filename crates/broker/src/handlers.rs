@@ -228,6 +228,20 @@ impl Broker {
                     ),
                 )))
             }
+            RequestKind::UnregisterBroker(r) => {
+                // A single node is not a cluster: there is nothing to decommission.
+                let mut resp = kafka_protocol::messages::UnregisterBrokerResponse::default();
+                resp.error_code = if r.broker_id.0 == self.config.node_id {
+                    ec::INVALID_REQUEST
+                } else {
+                    ec::BROKER_ID_NOT_REGISTERED
+                };
+                resp.error_message = Some(sb(&format!(
+                    "broker {} cannot be unregistered: this broker runs alone",
+                    r.broker_id.0
+                )));
+                Reply::Now(Some(ResponseKind::UnregisterBroker(resp)))
+            }
             RequestKind::ListPartitionReassignments(_) => {
                 Reply::Now(Some(ResponseKind::ListPartitionReassignments(
                     kafka_protocol::messages::ListPartitionReassignmentsResponse::default(),

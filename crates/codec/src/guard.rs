@@ -165,6 +165,7 @@ fn first_flexible(key: ApiKey) -> i16 {
         ApiKey::ElectLeaders => 2,
         ApiKey::DescribeQuorum => 0,
         ApiKey::AlterPartitionReassignments | ApiKey::ListPartitionReassignments => 0,
+        ApiKey::UnregisterBroker => 0,
         _ => i16::MAX,
     }
 }
@@ -705,6 +706,9 @@ pub fn walk(key: ApiKey, v: i16, body: &[u8]) -> Result<usize, Malformed> {
                 w.array(false, |w| w.skip(4))?; // partition_indexes
                 w.tagged_fields()
             })?;
+        }
+        ApiKey::UnregisterBroker => {
+            w.skip(4)?; // broker_id
         }
         _ => return Err(Malformed("no structural check for this API")),
     }

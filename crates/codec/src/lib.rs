@@ -71,6 +71,7 @@ pub const SUPPORTED_APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DescribeQuorum, 0, 2),
     (ApiKey::AlterPartitionReassignments, 0, 1),
     (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::UnregisterBroker, 0, 0),
 ];
 
 /// The version range we support for `key`, if any.
@@ -883,6 +884,11 @@ mod tests {
                         t.partition_indexes = vec![0, 1];
                         r.topics = Some(vec![t.clone(), t]);
                         RequestKind::ListPartitionReassignments(r)
+                    }
+                    ApiKey::UnregisterBroker => {
+                        let mut r = UnregisterBrokerRequest::default();
+                        r.broker_id = BrokerId(4);
+                        RequestKind::UnregisterBroker(r)
                     }
                     other => panic!("no test body for {other:?}"),
                 };

@@ -25,7 +25,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::error::{ClientWriteError, InitializeError, RaftError};
-use openraft::{BasicNode, Config, Raft, SnapshotPolicy};
+use openraft::{BasicNode, ChangeMembers, Config, Raft, SnapshotPolicy};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -461,6 +461,49 @@ impl Quorum {
             .add_learner(node_id, BasicNode::new(addr.to_string()), wait_caught_up)
             .await
         {
+            Ok(_) => Ok(()),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
+                Err(QuorumError::NotLeader {
+                    leader_hint: f.leader_id,
+                })
+            }
+            Err(RaftError::Fatal(e)) => Err(fatal(e)),
+            Err(e) => Err(QuorumError::Raft(e.to_string())),
+        }
+    }
+
+    /// On the leader: change the membership's learners (never voters, whose address change
+    /// could split the quorum): `set` adds a learner or replaces a learner's address,
+    /// `remove` drops learners. Committed as a membership change.
+    pub async fn change_learners(
+        &self,
+        set: BTreeMap<u64, SocketAddr>,
+        remove: BTreeSet<u64>,
+    ) -> Result<(), QuorumError> {
+        let voters = self.voter_ids();
+        if let Some(v) = set
+            .keys()
+            .chain(remove.iter())
+            .find(|id| voters.contains(id))
+        {
+            return Err(QuorumError::Raft(format!(
+                "node {v} is a voter: voters are not changed"
+            )));
+        }
+        let changes = if remove.is_empty() {
+            ChangeMembers::SetNodes(
+                set.into_iter()
+                    .map(|(id, a)| (id, BasicNode::new(a.to_string())))
+                    .collect(),
+            )
+        } else if set.is_empty() {
+            ChangeMembers::RemoveNodes(remove)
+        } else {
+            return Err(QuorumError::Raft(
+                "set and remove learners in separate changes".into(),
+            ));
+        };
+        match self.raft.change_membership(changes, true).await {
             Ok(_) => Ok(()),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
                 Err(QuorumError::NotLeader {

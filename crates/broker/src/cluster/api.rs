@@ -95,6 +95,24 @@ pub async fn intercept(
                 super::reassign::list_partition_reassignments(&cluster, r),
             ))))
         }
+        RequestKind::UnregisterBroker(r) => Ok(Reply::Later(Box::pin(async move {
+            let mut resp = kafka_protocol::messages::UnregisterBrokerResponse::default();
+            let call = Call::UnregisterBroker { id: r.broker_id.0 };
+            match forward(&cluster, &call).await {
+                Ok(Answer::Items(_)) => {
+                    tracing::info!(broker = r.broker_id.0, "broker unregistered");
+                }
+                Ok(other) => {
+                    resp.error_code = ec::INVALID_REQUEST;
+                    resp.error_message = Some(sb(&format!("unexpected answer {other:?}")));
+                }
+                Err((code, message)) => {
+                    resp.error_code = code;
+                    resp.error_message = Some(sb(&message));
+                }
+            }
+            Some(ResponseKind::UnregisterBroker(resp))
+        }))),
         RequestKind::DescribeQuorum(r) => Ok(Reply::Later(Box::pin(async move {
             Some(ResponseKind::DescribeQuorum(
                 super::ops::describe_quorum(&cluster, r).await,

@@ -106,6 +106,11 @@ pub(crate) enum Call {
         /// KIP-860: false refuses a target with another replica count.
         allow_replication_factor_change: bool,
     },
+    /// UnregisterBroker (API 64): decommission a fenced broker; a broker-only node also
+    /// leaves the metadata quorum's learners.
+    UnregisterBroker {
+        id: i32,
+    },
     /// IncrementalAlterConfigs on a BROKER resource: `broker` None is the cluster default
     /// (Kafka's empty resource name).
     SetBrokerConfigs {
@@ -331,14 +336,24 @@ impl ControllerService {
         if q.voter_ids().contains(&node) {
             return Ok(());
         }
-        if q.members().get(&node).is_some_and(|a| a == addr) {
+        let known = q.members().get(&node).cloned();
+        if known.as_deref() == Some(addr) {
             return Ok(());
         }
         let sa: std::net::SocketAddr = addr.parse().map_err(|e| Answer::Error {
             code: holdfast_metadata::codes::INVALID_REQUEST,
             message: format!("broker {id}: bad controller listener {addr:?}: {e}"),
         })?;
-        match q.add_learner(node, sa, false).await {
+        let result = if known.is_some() {
+            // A learner that restarted with another controller listener: its address in the
+            // membership is replaced (learners never vote, so this cannot split the quorum).
+            tracing::info!(node = id, old = ?known, new = %addr, "a learner's address changed");
+            q.change_learners([(node, sa)].into_iter().collect(), Default::default())
+                .await
+        } else {
+            q.add_learner(node, sa, false).await
+        };
+        match result {
             Ok(()) => {
                 tracing::info!(node = id, %addr, "broker-only node added to the metadata quorum as a learner");
                 Ok(())
@@ -374,6 +389,34 @@ impl ControllerService {
                 };
             }
         }
+        if let Call::UnregisterBroker { id } = &call {
+            let id = *id;
+            let env = self.serve_locked(&q, Call::UnregisterBroker { id }).await;
+            if matches!(env.answer, Answer::Items(_)) {
+                let node = id as u64;
+                let learner = !q.voter_ids().contains(&node) && q.members().contains_key(&node);
+                if learner {
+                    if let Err(e) = q
+                        .change_learners(Default::default(), [node].into_iter().collect())
+                        .await
+                    {
+                        tracing::warn!(node = id, error = %e, "could not remove the learner of an unregistered broker");
+                        return Envelope {
+                            index: env.index,
+                            answer: Answer::Error {
+                                code: holdfast_metadata::codes::UNKNOWN_SERVER_ERROR,
+                                message: format!("broker {id} was unregistered but is still a metadata learner: {e}"),
+                            },
+                        };
+                    }
+                    tracing::info!(
+                        node = id,
+                        "unregistered broker removed from the metadata quorum's learners"
+                    );
+                }
+            }
+            return env;
+        }
         if matches!(call, Call::DescribeQuorum) {
             // Read-only and about the quorum itself: no controller state, no lock.
             return Envelope {
@@ -381,6 +424,15 @@ impl ControllerService {
                 answer: Answer::Quorum(Box::new(q.status())),
             };
         }
+        self.serve_locked(&q, call).await
+    }
+
+    /// Serves `call` through the controller, under the controller lock.
+    async fn serve_locked(&self, q: &Arc<Quorum>, call: Call) -> Envelope {
+        let not_controller = Envelope {
+            index: 0,
+            answer: Answer::NotController,
+        };
         let queued_at = std::time::Instant::now();
         let mut guard = self.active.lock().await;
         let queued_ms = queued_at.elapsed().as_millis() as u64;
@@ -391,7 +443,7 @@ impl ControllerService {
                 "a controller call waited long for the controller lock"
             );
         }
-        if !self.ensure_active(&q, &mut guard).await {
+        if !self.ensure_active(q, &mut guard).await {
             return not_controller;
         }
         let image = self.image();
@@ -419,7 +471,7 @@ impl ControllerService {
                 }
             }
         };
-        let Some(index) = self.propose_all(&q, records).await else {
+        let Some(index) = self.propose_all(q, records).await else {
             *guard = None;
             return not_controller;
         };
@@ -479,16 +531,13 @@ impl ControllerService {
                     .map(|r| (r.topic, r.partition, r.error))
                     .collect(),
             ),
+            ControllerResponse::UnregisterBroker => Answer::Items(Vec::new()),
             ControllerResponse::Reassignments(results) => Answer::Reassigned(
                 results
                     .into_iter()
                     .map(|r| (r.topic, r.partition, r.error, r.message))
                     .collect(),
             ),
-            other => Answer::Error {
-                code: holdfast_metadata::codes::INVALID_REQUEST,
-                message: format!("unexpected controller response {other:?}"),
-            },
         };
         Envelope { index, answer }
     }
@@ -665,6 +714,7 @@ fn to_request(image: &MetadataImage, call: Call) -> Result<ControllerRequest, An
             delete,
             validate_only,
         },
+        Call::UnregisterBroker { id } => ControllerRequest::UnregisterBroker { id },
         Call::DescribeQuorum => {
             return Err(Answer::Error {
                 code: holdfast_metadata::codes::INVALID_REQUEST,
