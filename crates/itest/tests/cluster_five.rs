@@ -340,9 +340,9 @@ async fn jepsen_2013(cluster: &mut Cluster, all: &str) -> Result<()> {
             ),
         }
     }
-    // An absence is observed, not awaited: for one more second the idempotent producer keeps
-    // sending to the partition (librdkafka retries NOT_ENOUGH_REPLICAS); nothing may be
-    // acknowledged there while the ISR is [leader].
+    // An absence is observed, not awaited: for one more second the idempotent producer's
+    // records for the partition stay pending (librdkafka retries NOT_ENOUGH_REPLICAS); none
+    // may be acknowledged while the ISR is [leader].
     tokio::time::sleep(Duration::from_secs(1)).await;
     let acked_before_kill = load.acked_on(p);
     cluster.kill(cluster.node(leader));
