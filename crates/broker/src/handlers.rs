@@ -1141,8 +1141,13 @@ impl Broker {
         resp
     }
 
-    /// KIP-101/KIP-320: where a leader epoch ends. For consumers (replica id < 0) the end is
-    /// capped at the high watermark: they never see offsets beyond it.
+    /// KIP-101/KIP-320: where a leader epoch ends, for followers and consumers alike (Kafka's
+    /// `Partition.lastOffsetForLeaderEpoch`). Not capped at the high watermark for consumers:
+    /// a new leader's HW can lag behind the HW its predecessor served (it only learnt it from
+    /// its fetches, and it does not advance while the ISR is below min.insync.replicas), so a
+    /// capped answer sat below positions consumers had legitimately reached; librdkafka took
+    /// that for a log truncation and consumed those records again (tests/cluster_five.rs).
+    /// Fetching between the HW and the log end returns no records, as in Kafka.
     fn offset_for_leader_epoch(
         &self,
         req: kafka_protocol::messages::OffsetForLeaderEpochRequest,
@@ -1150,7 +1155,6 @@ impl Broker {
         use kafka_protocol::messages::offset_for_leader_epoch_response::{
             EpochEndOffset, OffsetForLeaderTopicResult,
         };
-        let consumer = req.replica_id.0 < 0;
         let mut resp = kafka_protocol::messages::OffsetForLeaderEpochResponse::default();
         for t in req.topics {
             let mut tr = OffsetForLeaderTopicResult::default();
@@ -1163,7 +1167,6 @@ impl Broker {
                 match self.partition(t.topic.0.as_str(), op.partition) {
                     None => e.error_code = ec::UNKNOWN_TOPIC_OR_PARTITION,
                     Some(p) => {
-                        let hw = p.high_watermark();
                         let st = p.lock();
                         match (
                             check_epoch(op.current_leader_epoch, st.leader_epoch),
@@ -1176,7 +1179,7 @@ impl Broker {
                                     log.end_offset_for_epoch(op.leader_epoch)
                                 {
                                     e.leader_epoch = epoch;
-                                    e.end_offset = if consumer { end.min(hw) } else { end };
+                                    e.end_offset = end;
                                 }
                             }
                         }
