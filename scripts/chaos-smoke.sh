@@ -6,7 +6,8 @@
 # must FAIL with duplicates). The consumer-group workload (--groups) runs under kill and power
 # cut, and its negative control, a power-cut run against a broker that acknowledges OffsetCommit
 # before fsync, must FAIL with group-offset-regressed. Two cluster runs (3 nodes, replication
-# factor 3, min.insync.replicas 2): node kills, and coordinated power cuts of every node at once.
+# factor 3, min.insync.replicas 2): node kills, coordinated power cuts of every node at once, and
+# network partitions between nodes (each node in its own network namespace, root only).
 # Exits 0 only if every expectation holds. About 6 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
@@ -91,6 +92,7 @@ expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
 expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
 expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
 expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
+expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync

@@ -19,6 +19,7 @@ use rdkafka::error::RDKafkaErrorCode;
 
 use crate::env::{self, Broker, Disk, WorkDir};
 use crate::history::{self, Event, Kind, Recorder, F};
+use crate::netns;
 use crate::{
     check_interrupted, checker, crash_mark, kinds, plan, report, sleep, sleep_until, workload,
     Applied, FaultKind, Planned, RunArgs, RunSummary,
@@ -51,6 +52,8 @@ pub struct Cluster {
     pub nodes: Vec<Node>,
     bin: PathBuf,
     pub cluster_id: String,
+    /// The nodes' network namespaces (root only); dropped after the nodes (field order).
+    pub net: Option<netns::Net>,
 }
 
 /// Free TCP ports on 127.0.0.1, distinct: every listener is held until all are chosen.
@@ -67,12 +70,14 @@ fn free_ports(n: usize) -> anyhow::Result<Vec<u16>> {
 impl Cluster {
     /// Formats `n` nodes (node ids 1..=n, node 1 bootstraps the quorum), each on its own disk
     /// image when `root`. Nothing is started yet.
+    #[allow(clippy::too_many_arguments)]
     pub fn create(
         bin: &Path,
         work: &Path,
         out: &Path,
         n: usize,
         root: bool,
+        net: Option<netns::Net>,
         unsafe_env: &[&'static str],
         notes: &mut Vec<String>,
     ) -> anyhow::Result<Cluster> {
@@ -84,16 +89,28 @@ impl Cluster {
         if cluster_id.is_empty() {
             bail!("holdfast random-uuid printed nothing");
         }
-        // 2n distinct ports: n broker listeners, n controller listeners.
-        let ports = free_ports(2 * n)?;
+        // Loopback: 2n distinct ports (n broker listeners, n controller listeners). In
+        // namespaces: one address per node, the same two ports everywhere.
+        let (hosts, ports): (Vec<String>, Vec<u16>) = match &net {
+            Some(net) => (
+                (0..n).map(|i| net.node_ip(i)).collect(),
+                (0..n)
+                    .map(|_| netns::BROKER_PORT)
+                    .chain((0..n).map(|_| netns::CONTROLLER_PORT))
+                    .collect(),
+            ),
+            None => (vec!["127.0.0.1".to_string(); n], free_ports(2 * n)?),
+        };
         let voters = (0..n)
-            .map(|i| format!("{}@127.0.0.1:{}", i + 1, ports[n + i]))
+            .map(|i| format!("{}@{}:{}", i + 1, hosts[i], ports[n + i]))
             .collect::<Vec<_>>()
             .join(",");
+        let in_netns = net.is_some();
         let mut cluster = Cluster {
             nodes: Vec::with_capacity(n),
             bin: bin.to_path_buf(),
             cluster_id,
+            net,
         };
         let (broker_ports, _) = ports.split_at(n);
         for (i, &port) in broker_ports.iter().enumerate() {
@@ -119,6 +136,8 @@ impl Cluster {
             let _ = std::fs::remove_file(&log);
             let mut broker = Broker::new(bin, &data_dir, &log, unsafe_env.to_vec())?;
             broker.port = port;
+            broker.host = hosts[i].clone();
+            broker.netns = cluster.net.as_ref().map(|net| net.ns(i));
             broker.extra_args = vec![
                 "--node-id".into(),
                 id.to_string(),
@@ -147,8 +166,13 @@ impl Cluster {
             cluster.nodes.push(Node { id, broker, disk });
         }
         notes.push(format!(
-            "cluster {}: {n} nodes, voters {voters}, broker.session.timeout.ms={SESSION_TIMEOUT_MS}, broker.heartbeat.interval.ms={HEARTBEAT_MS}",
-            cluster.cluster_id
+            "cluster {}: {n} nodes{}, voters {voters}, broker.session.timeout.ms={SESSION_TIMEOUT_MS}, broker.heartbeat.interval.ms={HEARTBEAT_MS}",
+            cluster.cluster_id,
+            if in_netns {
+                " each in its own network namespace (veth to a bridge; partitions are blackhole routes)"
+            } else {
+                " on loopback"
+            }
         ));
         Ok(cluster)
     }
@@ -356,7 +380,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let ks = kinds(&a.scenario)?;
     if let Some(k) = ks.iter().find(|k| !k.is_cluster()) {
         bail!(
-            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, none",
+            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, cluster-all, none",
             a.scenario,
             k.name()
         );
@@ -402,12 +426,45 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         unsafe_env.push("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
         notes.push("NEGATIVE CONTROL: every node acknowledges before fsync".into());
     }
+    // As root every node gets its own network namespace, so partitions can be cut between
+    // nodes; without it, partition scenarios are skipped (said, not silently).
+    let needs_netns = ks.iter().any(|k| k.needs_netns());
+    let net = if root {
+        match netns::available()
+            .and_then(|()| netns::Net::create(a.nodes).map_err(|e| format!("{e:#}")))
+        {
+            Ok(net) => Some(net),
+            Err(e) => {
+                notes.push(format!("no network namespaces: {e}"));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    if needs_netns && net.is_none() {
+        let msg = format!(
+            "SKIPPED scenario {}: network partitions between nodes need root and `ip netns` ({})",
+            a.scenario,
+            notes.join("; ")
+        );
+        println!("chaos: {msg}");
+        std::fs::write(out.join("report.txt"), format!("{msg}\n"))?;
+        return Ok(3);
+    }
+    if net.is_some() {
+        notes.push(
+            "not available here: probabilistic packet loss and delays (no netem, nft or iptables on this machine)"
+                .into(),
+        );
+    }
     let mut cl = Cluster::create(
         &broker_bin,
         &work.path,
         &out,
         a.nodes,
         root,
+        net,
         &unsafe_env,
         &mut notes,
     )?;
@@ -486,9 +543,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     sleep_until(&rec, a.seconds * 1000)?;
 
-    // Heal: SIGCONT every node, restart every node that is down, then wait until the cluster
-    // is whole (every broker registered, every partition led).
+    // Heal: remove every network cut, SIGCONT every node, restart every node that is down,
+    // then wait until the cluster is whole (every broker registered, every partition led).
     let heal_t = rec.now_us();
+    if let Some(net) = cl.net.as_mut() {
+        if let Err(e) = net.heal() {
+            restart_failures.push(format!("removing network cuts at heal: {e:#}"));
+        }
+    }
     let mut down = Vec::new();
     for (i, n) in cl.nodes.iter_mut().enumerate() {
         if n.broker.alive() {
@@ -806,8 +868,117 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
                 whole.as_millis()
             ))
         }
+        k if k.needs_netns() => {
+            let net = cl
+                .net
+                .as_mut()
+                .context("a network partition without network namespaces")?;
+            let what = partition(k, f.target, n, net)?;
+            let cuts = net.describe_cuts();
+            sleep(hold)?;
+            let removed = net.heal()?;
+            Ok(format!(
+                "{what}: {removed} cut direction(s) [{cuts}] for {} ms, healed",
+                f.hold_ms
+            ))
+        }
         k => bail!("fault {} is not a cluster fault", k.name()),
     }
+}
+
+/// Where a cut direction goes: another node, or the clients (the bridge address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dest {
+    Node(usize),
+    Clients,
+}
+
+/// The cut directions of partition fault `kind` over `n` nodes, drawn from `target` (the
+/// seeded schedule), and a description.
+fn partition_cuts(
+    kind: FaultKind,
+    target: u64,
+    n: usize,
+) -> anyhow::Result<(String, Vec<(usize, Dest)>)> {
+    let mut rng = fastrand::Rng::with_seed(target);
+    let mut order: Vec<usize> = (0..n).collect();
+    rng.shuffle(&mut order);
+    let ids = |v: &[usize]| {
+        v.iter()
+            .map(|i| (i + 1).to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    let mut cuts = Vec::new();
+    let mut pair = |a: usize, b: usize| {
+        cuts.push((a, Dest::Node(b)));
+        cuts.push((b, Dest::Node(a)));
+    };
+    let what = match kind {
+        FaultKind::IsolateNode => {
+            for &b in &order[1..] {
+                pair(order[0], b);
+            }
+            format!("node {} isolated from the other nodes", order[0] + 1)
+        }
+        FaultKind::PartitionHalves => {
+            let (minority, majority) = order.split_at(n / 2);
+            for &a in minority {
+                for &b in majority {
+                    pair(a, b);
+                }
+            }
+            format!(
+                "partition: nodes [{}] | nodes [{}]",
+                ids(minority),
+                ids(majority)
+            )
+        }
+        FaultKind::PartitionRing => {
+            // Ring order[0] - order[1] - ... - order[n-1] - order[0]: every other pair is cut.
+            for x in 0..n {
+                for y in (x + 1)..n {
+                    let adjacent = y == x + 1 || (x == 0 && y == n - 1);
+                    if !adjacent {
+                        pair(order[x], order[y]);
+                    }
+                }
+            }
+            format!(
+                "ring [{}]: each node reaches only its neighbours",
+                ids(&order)
+            )
+        }
+        FaultKind::PartitionOneWay => {
+            let (a, b) = (order[0], order[1 % n]);
+            cuts.push((a, Dest::Node(b)));
+            format!("node {} cannot send to node {}", a + 1, b + 1)
+        }
+        FaultKind::PartitionClients => {
+            cuts.push((order[0], Dest::Clients));
+            format!("node {} cannot answer clients", order[0] + 1)
+        }
+        k => bail!("fault {} is not a network partition", k.name()),
+    };
+    Ok((what, cuts))
+}
+
+/// Cuts the network as fault `kind` says. Returns what it did.
+fn partition(
+    kind: FaultKind,
+    target: u64,
+    n: usize,
+    net: &mut netns::Net,
+) -> anyhow::Result<String> {
+    let (what, cuts) = partition_cuts(kind, target, n)?;
+    for (from, to) in cuts {
+        let addr = match to {
+            Dest::Node(b) => net.node_ip(b),
+            Dest::Clients => net.host_ip(),
+        };
+        net.cut(from, &addr)?;
+    }
+    Ok(what)
 }
 
 #[cfg(test)]
@@ -818,6 +989,53 @@ mod tests {
         let mut e = Event::new(kind, F::Send, process, 1).value("v");
         e.t_us = t_us;
         e
+    }
+
+    #[test]
+    fn partitions_cut_what_their_kind_says() {
+        use std::collections::BTreeSet;
+        for target in 0..20u64 {
+            let n = 5;
+            let (_, iso) = partition_cuts(FaultKind::IsolateNode, target, n).expect("isolate");
+            assert_eq!(iso.len(), 2 * (n - 1));
+            let (_, halves) =
+                partition_cuts(FaultKind::PartitionHalves, target, n).expect("halves");
+            assert_eq!(
+                halves.len(),
+                2 * 2 * 3,
+                "minority 2 x majority 3, both ways"
+            );
+            let (_, ring) = partition_cuts(FaultKind::PartitionRing, target, n).expect("ring");
+            for node in 0..n {
+                let reachable: BTreeSet<usize> = (0..n)
+                    .filter(|o| *o != node && !ring.contains(&(node, Dest::Node(*o))))
+                    .collect();
+                assert_eq!(
+                    reachable.len(),
+                    2,
+                    "node {node} keeps its two ring neighbours"
+                );
+            }
+            let (_, one) = partition_cuts(FaultKind::PartitionOneWay, target, n).expect("oneway");
+            assert_eq!(one.len(), 1);
+            assert!(matches!(one[0], (a, Dest::Node(b)) if a != b));
+            let (_, cl) = partition_cuts(FaultKind::PartitionClients, target, n).expect("clients");
+            assert!(matches!(cl[..], [(_, Dest::Clients)]));
+        }
+        // The same target gives the same cuts; three nodes have no ring to cut.
+        assert_eq!(
+            partition_cuts(FaultKind::PartitionHalves, 7, 3)
+                .expect("a")
+                .1,
+            partition_cuts(FaultKind::PartitionHalves, 7, 3)
+                .expect("b")
+                .1
+        );
+        assert!(partition_cuts(FaultKind::PartitionRing, 7, 3)
+            .expect("ring")
+            .1
+            .is_empty());
+        assert!(partition_cuts(FaultKind::KillNode, 7, 3).is_err());
     }
 
     #[test]

@@ -195,7 +195,11 @@ impl Drop for Disk {
 pub struct Broker {
     bin: PathBuf,
     pub data_dir: PathBuf,
+    /// Address the broker listens on (127.0.0.1, or its namespace's address).
+    pub host: String,
     pub port: u16,
+    /// Network namespace to run in (`crate::netns`), entered with `nsenter --net`.
+    pub netns: Option<String>,
     /// `host:port` the broker advertises instead of its own (the network proxy).
     pub advertise: Option<String>,
     /// More `serve` arguments (cluster mode: node id, voters, settings).
@@ -222,7 +226,9 @@ impl Broker {
         Ok(Broker {
             bin: bin.to_path_buf(),
             data_dir: data_dir.to_path_buf(),
+            host: "127.0.0.1".into(),
             port,
+            netns: None,
             advertise: None,
             extra_args: Vec::new(),
             log: log.to_path_buf(),
@@ -234,7 +240,7 @@ impl Broker {
     }
 
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        format!("{}:{}", self.host, self.port)
     }
 
     pub fn pid(&self) -> Option<u32> {
@@ -260,7 +266,18 @@ impl Broker {
             .append(true)
             .open(&self.log)
             .with_context(|| format!("opening {}", self.log.display()))?;
-        let mut cmd = Command::new(&self.bin);
+        // In a namespace: nsenter enters only its network namespace and execs the broker, so
+        // the child's pid is the broker's (signals reach it directly).
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/var/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(&self.bin);
+                c
+            }
+            None => Command::new(&self.bin),
+        };
         cmd.arg("serve")
             .arg("--data-dir")
             .arg(&self.data_dir)

@@ -10,6 +10,7 @@ mod cluster;
 mod env;
 mod groups;
 mod history;
+mod netns;
 mod netproxy;
 mod report;
 mod txn;
@@ -136,6 +137,18 @@ pub enum FaultKind {
     /// Cluster: coordinated power cut: every node SIGKILLed in one loop, every image
     /// copied, all restarted.
     PowerCutAll,
+    /// Cluster, network namespaces (`netns`): one seeded node cut off from every other node
+    /// (clients still reach it), healed after the hold.
+    IsolateNode,
+    /// Cluster, netns: the nodes split into a minority and a majority side (seeded).
+    PartitionHalves,
+    /// Cluster, netns: each node reaches only its two neighbours on a seeded ring (Jepsen's
+    /// "majorities ring"; no cut with fewer than 4 nodes).
+    PartitionRing,
+    /// Cluster, netns: one seeded node cannot send to another (one direction only).
+    PartitionOneWay,
+    /// Cluster, netns: one seeded node cannot answer clients (requests still arrive).
+    PartitionClients,
 }
 
 impl FaultKind {
@@ -154,6 +167,11 @@ impl FaultKind {
             FaultKind::PauseNode => "pause-node",
             FaultKind::PowerCutNode => "power-cut-node",
             FaultKind::PowerCutAll => "power-cut-all",
+            FaultKind::IsolateNode => "isolate-node",
+            FaultKind::PartitionHalves => "partition-halves",
+            FaultKind::PartitionRing => "partition-ring",
+            FaultKind::PartitionOneWay => "partition-oneway",
+            FaultKind::PartitionClients => "partition-clients",
         }
     }
     fn needs_disk(self) -> bool {
@@ -174,6 +192,17 @@ impl FaultKind {
                 | FaultKind::PauseNode
                 | FaultKind::PowerCutNode
                 | FaultKind::PowerCutAll
+        ) || self.needs_netns()
+    }
+    /// A network partition between cluster nodes (network namespaces, root only).
+    pub fn needs_netns(self) -> bool {
+        matches!(
+            self,
+            FaultKind::IsolateNode
+                | FaultKind::PartitionHalves
+                | FaultKind::PartitionRing
+                | FaultKind::PartitionOneWay
+                | FaultKind::PartitionClients
         )
     }
     fn needs_proxy(self) -> bool {
@@ -234,9 +263,33 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::PowerCutNode,
             FaultKind::PowerCutAll,
         ],
+        "isolate-node" => vec![FaultKind::IsolateNode],
+        "partition-halves" => vec![FaultKind::PartitionHalves],
+        "partition-ring" => vec![FaultKind::PartitionRing],
+        "partition-oneway" => vec![FaultKind::PartitionOneWay],
+        "partition-clients" => vec![FaultKind::PartitionClients],
+        "cluster-partitions" => vec![
+            FaultKind::IsolateNode,
+            FaultKind::PartitionHalves,
+            FaultKind::PartitionRing,
+            FaultKind::PartitionOneWay,
+            FaultKind::PartitionClients,
+        ],
+        "cluster-all" => vec![
+            FaultKind::KillNode,
+            FaultKind::KillController,
+            FaultKind::PauseNode,
+            FaultKind::PowerCutNode,
+            FaultKind::PowerCutAll,
+            FaultKind::IsolateNode,
+            FaultKind::PartitionHalves,
+            FaultKind::PartitionRing,
+            FaultKind::PartitionOneWay,
+            FaultKind::PartitionClients,
+        ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, cluster-all)")
         }
     })
 }
@@ -269,6 +322,13 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             FaultKind::KillNode | FaultKind::KillController => rng.u64(100..1500),
             FaultKind::PauseNode => rng.u64(500..6500),
             FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
+            // Past the 3 s broker session timeout most of the time, so the controller fences
+            // the cut-off side and leadership moves.
+            FaultKind::IsolateNode
+            | FaultKind::PartitionHalves
+            | FaultKind::PartitionRing
+            | FaultKind::PartitionOneWay
+            | FaultKind::PartitionClients => rng.u64(1000..6000),
         };
         let target = if kind.is_cluster() { rng.u64(..) } else { 0 };
         if t + hold + 3000 > end {
@@ -874,7 +934,12 @@ fn inject(
         | FaultKind::KillController
         | FaultKind::PauseNode
         | FaultKind::PowerCutNode
-        | FaultKind::PowerCutAll) => bail!("cluster fault {} on a single broker", k.name()),
+        | FaultKind::PowerCutAll
+        | FaultKind::IsolateNode
+        | FaultKind::PartitionHalves
+        | FaultKind::PartitionRing
+        | FaultKind::PartitionOneWay
+        | FaultKind::PartitionClients) => bail!("cluster fault {} on a single broker", k.name()),
         FaultKind::DiskFull => {
             let disk = disk.context("disk full without a disk image")?;
             let n = disk.fill()?;
