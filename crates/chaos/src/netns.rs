@@ -137,13 +137,6 @@ impl Net {
         Ok(())
     }
 
-    /// Cuts both directions between node indexes `a` and `b`.
-    pub fn cut_pair(&mut self, a: usize, b: usize) -> anyhow::Result<()> {
-        let (ia, ib) = (self.node_ip(a), self.node_ip(b));
-        self.cut(a, &ib)?;
-        self.cut(b, &ia)
-    }
-
     /// Removes every cut. Returns how many there were.
     pub fn heal(&mut self) -> anyhow::Result<usize> {
         let cuts = std::mem::take(&mut self.cuts);
