@@ -93,6 +93,7 @@ expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2
 expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
 expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
 expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
+expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
 expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync

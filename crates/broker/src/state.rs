@@ -435,7 +435,13 @@ impl Broker {
         p: i32,
         cfg: &LogConfig,
     ) -> Result<Log, BrokerError> {
-        open_log(&self.config.data_dir, topic, p, cfg, &self.flusher)
+        let log = open_log(&self.config.data_dir, topic, p, cfg, &self.flusher)?;
+        if let (Some(c), Some(corruption)) = (self.cluster(), log.corruption()) {
+            // Data this replica held (and may have acknowledged as an ISR member) is gone:
+            // it must not stay eligible to lead (crate::cluster, "damaged").
+            c.mark_damaged(topic, p, corruption.offset);
+        }
+        Ok(log)
     }
 
     /// Shutdown started: long polls answer now instead of waiting out `max_wait_ms`.

@@ -299,6 +299,41 @@ pub fn wait_ready(
     bail!("cluster not ready within {deadline:?} ({last})")
 }
 
+/// Polls Metadata (bounded) until every partition of the workload topic has its whole
+/// replica set in the ISR: after healing, every replica (including one repaired after a
+/// corruption) must catch up. Returns the time it took.
+pub fn wait_isr_full(bootstrap: &str, deadline: Duration) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()?;
+    let mut last = String::from("no Metadata answer");
+    while t.elapsed() < deadline {
+        check_interrupted()?;
+        match c.fetch_metadata(Some(workload::TOPIC), Duration::from_secs(2)) {
+            Ok(md) => {
+                let short: Vec<String> = md
+                    .topics()
+                    .iter()
+                    .filter(|tm| tm.name() == workload::TOPIC)
+                    .flat_map(|tm| tm.partitions().iter())
+                    .filter(|p| p.isr().len() != p.replicas().len())
+                    .map(|p| format!("{}: isr {:?} of {:?}", p.id(), p.isr(), p.replicas()))
+                    .collect();
+                if short.is_empty() && md.topics().iter().any(|tm| tm.name() == workload::TOPIC) {
+                    return Ok(t.elapsed());
+                }
+                last = short.join("; ");
+            }
+            Err(e) => last = format!("{e}"),
+        }
+        // No event to await: Metadata is polled.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    bail!("replicas not all in sync within {deadline:?} ({last})")
+}
+
 /// Creates the workload's topic through the Admin API (CreateTopics) with the replication
 /// factor and, if given, `min.insync.replicas`; retried until the deadline on errors a
 /// forming cluster gives (no controller yet, timeouts). A refusal (e.g. cluster mode v0's
@@ -517,12 +552,22 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         .then(|| crate::groups::GroupWorkload::start(&bootstrap, &rec, a.seed));
     let mut applied = Vec::new();
     let mut restart_failures = Vec::new();
+    // `corrupt-node` strikes one node per run, drawn from the seed (not from the schedule's
+    // generator, so other scenarios' schedules are unchanged).
+    let corrupt_victim = fastrand::Rng::with_seed(a.seed ^ 0x00c0_ffee).usize(..a.nodes);
+    if ks.contains(&FaultKind::CorruptNode) {
+        notes.push(format!(
+            "corrupt-node corrupts node {} only (a minority of {})",
+            corrupt_victim + 1,
+            a.nodes
+        ));
+    }
     for f in &planned {
         sleep_until(&rec, f.at_ms)?;
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
         let start_us = rec.now_us();
-        let detail = match inject(f, &mut cl, &rec) {
+        let detail = match inject(f, &mut cl, &rec, corrupt_victim) {
             Ok(d) => d,
             Err(e) => {
                 restart_failures.push(format!("{} at {} ms: {e:#}", f.kind.name(), f.at_ms));
@@ -612,6 +657,16 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let probe =
         workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
     let fr = workload::final_read(&bootstrap, &rec, Duration::from_secs(60));
+    // Every replica back in the ISR (the producers have stopped, so followers catch up).
+    let in_sync = wait_isr_full(&bootstrap, READY_DEADLINE);
+    match &in_sync {
+        Ok(d) => notes.push(format!(
+            "after healing: every replica of {} in the ISR {} ms after the final read",
+            workload::TOPIC,
+            d.as_millis()
+        )),
+        Err(e) => notes.push(format!("after healing: {e:#}")),
+    }
     let (bounds, reached) = match &fr {
         Ok(f) => (f.bounds.clone(), f.reached.clone()),
         Err(e) => {
@@ -672,6 +727,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         verdict.anomalies.push(checker::Anomaly {
             class: "liveness",
             what: format!("produce after healing: {e}"),
+            ops: Vec::new(),
+            at_us: None,
+        });
+    }
+    if let Err(e) = &in_sync {
+        verdict.anomalies.push(checker::Anomaly {
+            class: "liveness",
+            what: format!("after healing: {e:#}"),
             ops: Vec::new(),
             at_us: None,
         });
@@ -760,7 +823,12 @@ pub fn producer_progress(events: &[Event], heal_us: u64) -> Vec<String> {
 }
 
 /// Injects one node fault, holds it, heals it. Returns a description.
-fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<String> {
+fn inject(
+    f: &Planned,
+    cl: &mut Cluster,
+    rec: &Arc<Recorder>,
+    corrupt_victim: usize,
+) -> anyhow::Result<String> {
     let hold = Duration::from_millis(f.hold_ms);
     let n = cl.nodes.len();
     let chosen = (f.target % n as u64) as usize;
@@ -868,6 +936,21 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
                 whole.as_millis()
             ))
         }
+        FaultKind::CorruptNode => {
+            // Always the same node in a run: corruption on a minority (one of N).
+            let victim = corrupt_victim % n;
+            let id = cl.nodes[victim].id;
+            crash_mark(rec);
+            cl.nodes[victim].broker.kill()?;
+            let what = corrupt_a_segment(&cl.nodes[victim].broker.data_dir, f.target)?;
+            sleep(hold)?;
+            let up = cl.start(&[victim], Duration::from_secs(30))?;
+            Ok(format!(
+                "node {id}: SIGKILL, {what}, down {} ms, restarted in {} ms",
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
         k if k.needs_netns() => {
             let net = cl
                 .net
@@ -884,6 +967,51 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
         }
         k => bail!("fault {} is not a cluster fault", k.name()),
     }
+}
+
+/// Flips 16 bytes in the middle of the largest segment file of one (seeded) partition of the
+/// workload topic under `data_dir`: a corrupt batch followed by valid data, which recovery
+/// reports as corruption (not a torn tail). Returns what it did.
+fn corrupt_a_segment(data_dir: &Path, target: u64) -> anyhow::Result<String> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    let partitions = workload::PARTITIONS as u64;
+    let p = (target / 7) % partitions;
+    let dir = data_dir.join(format!("{}-{p}", workload::TOPIC));
+    let mut segments: Vec<(u64, PathBuf)> = std::fs::read_dir(&dir)
+        .with_context(|| format!("listing {}", dir.display()))?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .filter_map(|e| Some((e.metadata().ok()?.len(), e.path())))
+        .collect();
+    segments.sort();
+    let Some((len, path)) = segments.pop() else {
+        return Ok(format!("partition {p}: no segment to corrupt"));
+    };
+    if len < 4096 {
+        return Ok(format!(
+            "partition {p}: segment of {len} bytes, too small to corrupt"
+        ));
+    }
+    let at = len / 2;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut buf = [0u8; 16];
+    f.seek(SeekFrom::Start(at))?;
+    f.read_exact(&mut buf)?;
+    for b in &mut buf {
+        *b ^= 0xff;
+    }
+    f.seek(SeekFrom::Start(at))?;
+    f.write_all(&buf)?;
+    f.sync_all()?;
+    Ok(format!(
+        "partition {p}: 16 bytes flipped at byte {at} of {} ({len} bytes)",
+        path.file_name()
+            .map_or(String::new(), |n| n.to_string_lossy().into_owned())
+    ))
 }
 
 /// Where a cut direction goes: another node, or the clients (the bridge address).

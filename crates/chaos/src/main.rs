@@ -149,6 +149,9 @@ pub enum FaultKind {
     PartitionOneWay,
     /// Cluster, netns: one seeded node cannot answer clients (requests still arrive).
     PartitionClients,
+    /// Cluster: SIGKILL one node, flip bytes in the middle of one of its segment files of the
+    /// workload topic (corruption on a minority), restart it.
+    CorruptNode,
 }
 
 impl FaultKind {
@@ -172,6 +175,7 @@ impl FaultKind {
             FaultKind::PartitionRing => "partition-ring",
             FaultKind::PartitionOneWay => "partition-oneway",
             FaultKind::PartitionClients => "partition-clients",
+            FaultKind::CorruptNode => "corrupt-node",
         }
     }
     fn needs_disk(self) -> bool {
@@ -192,6 +196,7 @@ impl FaultKind {
                 | FaultKind::PauseNode
                 | FaultKind::PowerCutNode
                 | FaultKind::PowerCutAll
+                | FaultKind::CorruptNode
         ) || self.needs_netns()
     }
     /// A network partition between cluster nodes (network namespaces, root only).
@@ -263,6 +268,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::PowerCutNode,
             FaultKind::PowerCutAll,
         ],
+        "corrupt-node" => vec![FaultKind::CorruptNode],
         "isolate-node" => vec![FaultKind::IsolateNode],
         "partition-halves" => vec![FaultKind::PartitionHalves],
         "partition-ring" => vec![FaultKind::PartitionRing],
@@ -286,10 +292,11 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::PartitionRing,
             FaultKind::PartitionOneWay,
             FaultKind::PartitionClients,
+            FaultKind::CorruptNode,
         ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, cluster-all)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all)")
         }
     })
 }
@@ -319,7 +326,9 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             // Longer than the workload's 5 s request timeout, so the client gives up first.
             FaultKind::Delay => rng.u64(5500..8000),
             FaultKind::FsyncEio => rng.u64(300..2000),
-            FaultKind::KillNode | FaultKind::KillController => rng.u64(100..1500),
+            FaultKind::KillNode | FaultKind::KillController | FaultKind::CorruptNode => {
+                rng.u64(100..1500)
+            }
             FaultKind::PauseNode => rng.u64(500..6500),
             FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
             // Past the 3 s broker session timeout most of the time, so the controller fences
@@ -939,7 +948,8 @@ fn inject(
         | FaultKind::PartitionHalves
         | FaultKind::PartitionRing
         | FaultKind::PartitionOneWay
-        | FaultKind::PartitionClients) => bail!("cluster fault {} on a single broker", k.name()),
+        | FaultKind::PartitionClients
+        | FaultKind::CorruptNode) => bail!("cluster fault {} on a single broker", k.name()),
         FaultKind::DiskFull => {
             let disk = disk.context("disk full without a disk image")?;
             let n = disk.fill()?;

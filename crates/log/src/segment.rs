@@ -292,14 +292,18 @@ impl Segment {
                 && h.base_offset >= self.index.next_offset
                 && h.base_offset - self.base_offset <= i64::from(u32::MAX);
             if !plausible {
-                return Ok(Some(fault(format!("implausible header {h:?}"), self, pos)));
+                let mut f = fault(format!("implausible header {h:?}"), self, pos);
+                f.followed_by_valid = self.valid_batch_within(pos + 1, len, max_batch_bytes);
+                return Ok(Some(f));
             }
             if pos + total > len {
-                return Ok(Some(fault(
+                let mut f = fault(
                     format!("batch of {total} bytes runs past the end ({len})"),
                     self,
                     pos,
-                )));
+                );
+                f.followed_by_valid = self.valid_batch_within(pos + 1, len, max_batch_bytes);
+                return Ok(Some(f));
             }
             if validate {
                 buf.resize(total as usize, 0);
@@ -308,7 +312,8 @@ impl Segment {
                     .map_err(|e| LogError::io(&self.path, e))?;
                 if let Err(e) = batch::check_frame(&buf) {
                     let mut f = fault(e.to_string(), self, pos);
-                    f.followed_by_valid = self.valid_batch_at(pos + total, len, max_batch_bytes);
+                    f.followed_by_valid = self.valid_batch_at(pos + total, len, max_batch_bytes)
+                        || self.valid_batch_within(pos + 1, len, max_batch_bytes);
                     return Ok(Some(f));
                 }
             }
@@ -317,6 +322,51 @@ impl Segment {
             self.size = pos;
         }
         Ok(None)
+    }
+
+    /// Whether a whole, CRC-valid batch starts anywhere in `[from, from + max_batch_bytes +
+    /// header)` (and within `len`). Used when a bad batch's own length cannot be trusted (a
+    /// damaged length field): if valid data follows, the next batch starts within one
+    /// maximal batch of the bad one, so the window is bounded. A torn tail (a write cut short,
+    /// or never written back) has nothing valid after it; a match by chance needs the magic
+    /// byte, a plausible length and a CRC-32C to agree.
+    fn valid_batch_within(&self, from: u64, len: u64, max_batch_bytes: u64) -> bool {
+        if from >= len {
+            return false;
+        }
+        let window = (len - from).min(max_batch_bytes + HEADER_SIZE as u64) as usize;
+        let mut buf = vec![0u8; window];
+        let Ok(file) = self.file() else { return false };
+        if file.read_exact_at(&mut buf, from).is_err() {
+            return false;
+        }
+        const MAGIC_AT: usize = 16;
+        // Bounded: one pass over the window.
+        for i in 0..window.saturating_sub(HEADER_SIZE) {
+            if buf[i + MAGIC_AT] != 2 {
+                continue;
+            }
+            let Some(h) = BatchHeader::parse(&buf[i..]) else {
+                continue;
+            };
+            let total = h.total_size() as u64;
+            if total < HEADER_SIZE as u64 || total > max_batch_bytes || h.last_offset_delta < 0 {
+                continue;
+            }
+            let start = from + i as u64;
+            if start + total > len {
+                continue;
+            }
+            let ok = if i + total as usize <= window {
+                batch::check_frame(&buf[i..i + total as usize]).is_ok()
+            } else {
+                self.valid_batch_at(start, len, max_batch_bytes)
+            };
+            if ok {
+                return true;
+            }
+        }
+        false
     }
 
     /// Whether a whole, CRC-valid batch starts at `pos`.

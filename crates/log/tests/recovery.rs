@@ -195,6 +195,41 @@ fn corruption_in_the_middle_is_reported_not_skipped() {
 }
 
 #[test]
+fn a_damaged_length_field_with_valid_data_after_it_is_corruption_not_a_torn_tail() {
+    // Found by the chaos harness (corrupt-node): bytes flipped over a batch's length field made
+    // the batch implausible; recovery could not step over it, took it for a torn tail and cut
+    // fsynced batches after it. The scan now looks for a valid batch within one maximal batch.
+    let base = tempdir("flip-len");
+    let orig = base.join("orig");
+    let flusher = Flusher::start().unwrap();
+    let batches = write_batches(&orig, &flusher, 30);
+    for (field, what) in [(8usize, "length"), (16, "magic")] {
+        let work = base.join(format!("work-{what}"));
+        copy_dir(&orig, &work);
+        let last_seg = segments(&work).pop().unwrap();
+        let mut bytes = std::fs::read(&last_seg).unwrap();
+        for b in &mut bytes[field..field + 4] {
+            *b ^= 0xff;
+        }
+        std::fs::write(&last_seg, &bytes).unwrap();
+        let (mut log, report) = Log::open(&work, cfg(), flusher.clone(), 1_000_000).unwrap();
+        assert!(report.truncated.is_none(), "{what}: not cut as a torn tail");
+        let c = report.corruption.clone().expect("corruption reported");
+        assert_eq!(log.log_end_offset(), c.offset, "{what}");
+        assert_eq!(read_all(&mut log), batches[..c.offset as usize].to_vec());
+        drop(log);
+        // The segment file still holds every batch after the damaged one.
+        assert_eq!(
+            std::fs::read(&last_seg).unwrap().len(),
+            bytes.len(),
+            "{what}"
+        );
+    }
+    flusher.shutdown();
+    std::fs::remove_dir_all(&base).unwrap();
+}
+
+#[test]
 fn damaged_indexes_and_checkpoints_are_rebuilt() {
     let base = tempdir("index");
     let dir = base.join("log");

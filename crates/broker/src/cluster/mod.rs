@@ -128,6 +128,10 @@ pub struct Cluster {
     shutting_down: AtomicBool,
     /// Reassignment throttles (leader and follower limiters).
     pub(crate) throttles: throttle::Throttles,
+    /// Set when a partition log opened with corruption (`Log::corruption`): this node lost
+    /// data it may have acknowledged, so it registers as after an unclean shutdown (KIP-966:
+    /// it leaves every ELR), re-registering if it had claimed a durable restart.
+    damaged: AtomicBool,
     /// The current producer-id block `[next, end)`.
     pub(crate) producer_ids: tokio::sync::Mutex<(i64, i64)>,
     stop_tx: watch::Sender<bool>,
@@ -204,6 +208,7 @@ impl Cluster {
             shutting_down: AtomicBool::new(false),
             producer_ids: tokio::sync::Mutex::new((0, 0)),
             throttles: throttle::Throttles::default(),
+            damaged: AtomicBool::new(false),
             stop_tx,
             tasks: std::sync::Mutex::new(Vec::new()),
             fatal_rx,
@@ -254,6 +259,13 @@ impl Cluster {
     }
 
     /// The latest applied metadata image.
+    /// A partition log of this node opened with corruption (see the `damaged` field).
+    pub(crate) fn mark_damaged(&self, topic: &str, partition: i32, offset: i64) {
+        if !self.damaged.swap(true, Ordering::SeqCst) {
+            tracing::error!(topic, partition, offset, "a partition log is corrupt: this node registers as after an unclean shutdown and leaves every eligible-leader set");
+        }
+    }
+
     pub fn image(&self) -> Arc<MetadataImage> {
         self.image_rx.borrow().clone()
     }
@@ -533,13 +545,14 @@ async fn lifecycle(
     let mut fenced = true;
     'register: loop {
         cluster.broker_epoch.store(-1, Ordering::SeqCst);
+        let registered_durable = durable_restart && !cluster.damaged.load(Ordering::SeqCst);
         let registered = cluster
             .call(
                 &Call::Register {
                     id: cfg.node_id,
                     incarnation,
                     listeners: listeners.clone(),
-                    durable_restart,
+                    durable_restart: registered_durable,
                     controller_listen: broker_only.clone(),
                     rack: broker.config.rack.clone(),
                 },
@@ -576,6 +589,14 @@ async fn lifecycle(
             }
         }
         loop {
+            if registered_durable && cluster.damaged.load(Ordering::SeqCst) {
+                tracing::warn!(
+                    node = cfg.node_id,
+                    "registered as a durable restart, but a partition log is corrupt: registering again as unclean"
+                );
+                fenced = true;
+                continue 'register;
+            }
             let epoch = cluster.broker_epoch();
             let offset = cluster.image().last_applied as i64;
             let hb = cluster

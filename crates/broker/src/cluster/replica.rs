@@ -88,6 +88,11 @@ pub(crate) fn apply_role(
 ) -> bool {
     let now = now_ms();
     let mut st = p.lock();
+    if !leads && reg.leader >= 0 && reg.leader != me {
+        if let Some(log) = st.log.as_mut() {
+            repair_corrupt_follower(p, log, topic, reg.leader);
+        }
+    }
     let Some(log) = st.log.as_ref() else {
         *p.repl() = None;
         return false;
@@ -183,6 +188,47 @@ pub(crate) fn apply_role(
         // No leader, or this node is named leader but its incarnation is not active yet.
         *repl = None;
         false
+    }
+}
+
+/// A follower whose log was found corrupt when it opened (`Log::corruption`: a bad batch
+/// below the recovery point, or followed by valid data) serves nothing past the corruption and
+/// refuses appends. As a follower it repairs itself from the leader: the log is cut at the
+/// corruption (the unreadable rest is dropped) and fetched again. Safe because a follower is
+/// not needed for what the leader's ISR holds; recorded in the loss ledger, since this copy
+/// lost data it may have acknowledged as an ISR member before.
+fn repair_corrupt_follower(p: &Partition, log: &mut holdfast_log::Log, topic: &str, leader: i32) {
+    let Some(c) = log.corruption().cloned() else {
+        return;
+    };
+    let end = log.log_end_offset();
+    match log.truncate_to(end) {
+        Ok(()) => {
+            p.refresh(log);
+            if p.high_watermark() > end {
+                p.lower_hw_after_truncation(end);
+            }
+            tracing::warn!(topic, partition = p.index, corrupt_offset = c.offset, segment = %c.segment.display(), reason = %c.reason, leader, "corrupt replica repaired: cut at the corruption, fetching the rest from the leader");
+            crate::ledger::record(crate::ledger::Event {
+                time_ms: now_ms(),
+                reason: crate::ledger::TRUNCATION,
+                topic: topic.to_string(),
+                partition: p.index,
+                from_offset: end,
+                to_offset: -1,
+                records: 0,
+                group: None,
+                detail: format!(
+                    "corrupt batch at offset {} ({}, {}): this replica dropped its log from offset {end} and fetches it again from leader {leader}",
+                    c.offset,
+                    c.segment.display(),
+                    c.reason
+                ),
+            });
+        }
+        Err(e) => {
+            tracing::error!(topic, partition = p.index, error = %e, "cannot cut a corrupt replica's log; it stays out of sync");
+        }
     }
 }
 
