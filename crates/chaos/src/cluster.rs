@@ -31,6 +31,9 @@ use crate::{
 pub const SESSION_TIMEOUT_MS: u64 = 3000;
 /// `broker.heartbeat.interval.ms` given to every node (default 2000).
 pub const HEARTBEAT_MS: u64 = 500;
+/// How long `kill-leader` keeps a partition's followers stopped before it kills the leader:
+/// well below `replica.lag.time.max.ms`, so they stay in the ISR and one of them is elected.
+const FOLLOWERS_STOPPED: Duration = Duration::from_millis(300);
 /// Most nodes a run may start.
 pub const MAX_NODES: usize = 9;
 /// Deadline for the cluster to be formed, or to be whole again after healing: every broker
@@ -275,6 +278,20 @@ pub fn wait_ready(
     bail!("cluster not ready within {deadline:?} ({last})")
 }
 
+/// The leader and the replicas of `topic`-`partition` from Metadata (one bounded request), if
+/// it has a leader.
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<(i32, Vec<i32>)> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .ok()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
+    let tm = md.topics().iter().find(|t| t.name() == topic)?;
+    let p = tm.partitions().iter().find(|p| p.id() == partition)?;
+    (p.leader() >= 0).then(|| (p.leader(), p.replicas().to_vec()))
+}
+
 /// Creates the workload's topic through the Admin API (CreateTopics) with the replication
 /// factor and, if given, `min.insync.replicas`; retried until the deadline on errors a
 /// forming cluster gives (no controller yet, timeouts). A refusal (e.g. cluster mode v0's
@@ -350,13 +367,17 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.txn {
         bail!("--txn is not in cluster mode yet: cluster mode has no transaction coordinator (docs/cluster.md)");
     }
-    if a.unsafe_no_dedup || a.unsafe_abort_as_commit || a.unsafe_offsets_no_fsync {
-        bail!("cluster mode supports only the --unsafe-ack-before-fsync control so far");
+    if a.unsafe_no_dedup
+        || a.unsafe_abort_as_commit
+        || a.unsafe_offsets_no_fsync
+        || a.unsafe_lso_off_by_one
+    {
+        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1 and --unsafe-unclean-election controls");
     }
     let ks = kinds(&a.scenario)?;
     if let Some(k) = ks.iter().find(|k| !k.is_cluster()) {
         bail!(
-            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, none",
+            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, none",
             a.scenario,
             k.name()
         );
@@ -401,6 +422,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.unsafe_ack_before_fsync {
         unsafe_env.push("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
         notes.push("NEGATIVE CONTROL: every node acknowledges before fsync".into());
+    }
+    if a.acks == "1" {
+        workload::ACKS_ONE.store(true, Ordering::Relaxed);
+        notes.push(
+            "NEGATIVE CONTROL: the workload's producers use acks=1 (leader-only acknowledgement, idempotence off)"
+                .into(),
+        );
     }
     let mut cl = Cluster::create(
         &broker_bin,
@@ -722,6 +750,58 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
             let up = cl.start(&[i], Duration::from_secs(30))?;
             Ok(format!(
                 "SIGKILL node {id} ({how}), down {} ms, restarted in {} ms",
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::KillLeader => {
+            // The followers of one partition stop (SIGSTOP) for FOLLOWERS_STOPPED, still in
+            // the ISR, while the producers keep sending; then its leader is SIGKILLed and the
+            // followers continue, and one of them is elected (a clean election). Under acks=all
+            // nothing sent while the followers were stopped was acknowledged; under acks=1
+            // (the negative control) the leader alone acknowledged it, and it is lost when the
+            // old leader rejoins and truncates to the new leader.
+            let part = (f.target % workload::PARTITIONS as u64) as i32;
+            let found = leader_of(&cl.bootstrap(), workload::TOPIC, part)
+                .and_then(|(l, r)| cl.index_of(l).map(|i| (i, r)));
+            let (i, followers, how) = match found {
+                Some((i, replicas)) => {
+                    let leader = cl.nodes[i].id;
+                    let fs: Vec<usize> = replicas
+                        .iter()
+                        .filter(|&&r| r != leader)
+                        .filter_map(|&r| cl.index_of(r))
+                        .collect();
+                    (i, fs, format!("leader of partition {part}"))
+                }
+                None => (
+                    chosen,
+                    Vec::new(),
+                    format!("no leader of partition {part} in Metadata; seeded node instead"),
+                ),
+            };
+            let id = cl.nodes[i].id;
+            let mut stopped = Vec::new();
+            for &fi in &followers {
+                if cl.nodes[fi].broker.pause().is_ok() {
+                    stopped.push(fi);
+                }
+            }
+            sleep(FOLLOWERS_STOPPED)?;
+            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
+            crash_mark(rec);
+            let killed = cl.nodes[i].broker.kill();
+            for &fi in &stopped {
+                let _ = cl.nodes[fi].broker.resume();
+            }
+            killed?;
+            sleep(hold)?;
+            let up = cl.start(&[i], Duration::from_secs(30))?;
+            let ids: Vec<i32> = stopped.iter().map(|&fi| cl.nodes[fi].id).collect();
+            Ok(format!(
+                "SIGSTOP followers {ids:?} for {} ms, SIGKILL node {id} ({how}){}, SIGCONT followers, down {} ms, restarted in {} ms",
+                FOLLOWERS_STOPPED.as_millis(),
+                if after_ack { " after an ack" } else { "" },
                 f.hold_ms,
                 up.as_millis()
             ))

@@ -47,7 +47,7 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// kill | pause | power-cut | disk-full | mixed | partition | blackhole | delay | net |
-    /// fsync-eio | none; cluster scenarios: kill-node | kill-controller | pause-node |
+    /// fsync-eio | none; cluster scenarios: kill-node | kill-leader | kill-controller | pause-node |
     /// power-cut-node | power-cut-all | cluster-mixed
     #[arg(long)]
     scenario: String,
@@ -86,6 +86,19 @@ struct RunArgs {
     /// (aborted transactions get COMMIT markers).
     #[arg(long)]
     unsafe_abort_as_commit: bool,
+    /// Negative control for `--txn`: start the broker with HOLDFAST_UNSAFE_LSO_OFF_BY_ONE=1
+    /// (read_committed fetches read one offset past the last stable offset).
+    #[arg(long)]
+    unsafe_lso_off_by_one: bool,
+    /// `acks` of the workload's producers: `all` (the default; idempotent) or `1` (negative
+    /// control in cluster mode: the leader acknowledges alone, idempotence off as librdkafka
+    /// requires, so a leader killed before its followers fetched loses acknowledged writes).
+    #[arg(long, default_value = "all", value_parser = ["all", "1"])]
+    acks: String,
+    /// Negative control for the `unclean` cluster scenario: the workload's topic is created
+    /// with `unclean.leader.election.enable=true`, so an out-of-sync replica may lead.
+    #[arg(long)]
+    unsafe_unclean_election: bool,
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
@@ -127,6 +140,9 @@ pub enum FaultKind {
     FsyncEio,
     /// Cluster: SIGKILL one node (seeded choice), restart it after the hold.
     KillNode,
+    /// Cluster: SIGKILL the current leader of one partition of the workload's topic (seeded
+    /// choice, leader from Metadata) right after an acknowledgement, restart it after the hold.
+    KillLeader,
     /// Cluster: SIGKILL the active controller (Metadata's controller id), restart it.
     KillController,
     /// Cluster: SIGSTOP one node, SIGCONT after the hold.
@@ -150,6 +166,7 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::FsyncEio => "fsync-eio",
             FaultKind::KillNode => "kill-node",
+            FaultKind::KillLeader => "kill-leader",
             FaultKind::KillController => "kill-controller",
             FaultKind::PauseNode => "pause-node",
             FaultKind::PowerCutNode => "power-cut-node",
@@ -170,6 +187,7 @@ impl FaultKind {
         matches!(
             self,
             FaultKind::KillNode
+                | FaultKind::KillLeader
                 | FaultKind::KillController
                 | FaultKind::PauseNode
                 | FaultKind::PowerCutNode
@@ -223,6 +241,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         "net" => vec![FaultKind::Partition, FaultKind::Blackhole, FaultKind::Delay],
         "fsync-eio" => vec![FaultKind::FsyncEio],
         "kill-node" => vec![FaultKind::KillNode],
+        "kill-leader" => vec![FaultKind::KillLeader],
         "kill-controller" => vec![FaultKind::KillController],
         "pause-node" => vec![FaultKind::PauseNode],
         "power-cut-node" => vec![FaultKind::PowerCutNode],
@@ -236,7 +255,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
         }
     })
 }
@@ -266,7 +285,9 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             // Longer than the workload's 5 s request timeout, so the client gives up first.
             FaultKind::Delay => rng.u64(5500..8000),
             FaultKind::FsyncEio => rng.u64(300..2000),
-            FaultKind::KillNode | FaultKind::KillController => rng.u64(100..1500),
+            FaultKind::KillNode | FaultKind::KillLeader | FaultKind::KillController => {
+                rng.u64(100..1500)
+            }
             FaultKind::PauseNode => rng.u64(500..6500),
             FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
         };
@@ -478,6 +499,23 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
         notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
     }
+    if a.unsafe_lso_off_by_one {
+        unsafe_env.push("HOLDFAST_UNSAFE_LSO_OFF_BY_ONE");
+        notes.push(
+            "NEGATIVE CONTROL: read_committed fetches read one offset past the last stable offset"
+                .into(),
+        );
+    }
+    if a.unsafe_unclean_election {
+        bail!("--unsafe-unclean-election is a cluster control (--scenario unclean --nodes 3)");
+    }
+    if a.acks == "1" {
+        workload::ACKS_ONE.store(true, Ordering::Relaxed);
+        notes.push(
+            "NEGATIVE CONTROL (meant for cluster mode): producers use acks=1, idempotence off"
+                .into(),
+        );
+    }
     let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));
     // Network faults: every client connection goes through the proxy, and the broker
@@ -611,8 +649,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
                     "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
                     ledger.instances, ledger.errors
                 ));
+                txn_anomalies = txn::check_live(&ledger);
                 match txn::check(&bootstrap, &ledger, Duration::from_secs(60)) {
-                    Ok(a) => txn_anomalies = a,
+                    Ok(a) => txn_anomalies.extend(a),
                     Err(e) => txn_anomalies.push(checker::Anomaly {
                         class: "txn-final-read",
                         what: format!("{e:#}"),
@@ -871,6 +910,7 @@ fn inject(
             ))
         }
         k @ (FaultKind::KillNode
+        | FaultKind::KillLeader
         | FaultKind::KillController
         | FaultKind::PauseNode
         | FaultKind::PowerCutNode
@@ -935,6 +975,7 @@ mod tests {
         assert_eq!(nodes_seen.len(), 3);
         for sc in [
             "kill-node",
+            "kill-leader",
             "kill-controller",
             "pause-node",
             "power-cut-node",
