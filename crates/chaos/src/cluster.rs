@@ -34,6 +34,8 @@ pub const HEARTBEAT_MS: u64 = 500;
 /// How long `kill-leader` keeps a partition's followers stopped before it kills the leader:
 /// well below `replica.lag.time.max.ms`, so they stay in the ISR and one of them is elected.
 const FOLLOWERS_STOPPED: Duration = Duration::from_millis(300);
+/// `replica.lag.time.max.ms` of every node in the `unclean` scenario.
+const UNCLEAN_LAG_MS: u64 = 600;
 /// Most nodes a run may start.
 pub const MAX_NODES: usize = 9;
 /// Deadline for the cluster to be formed, or to be whole again after healing: every broker
@@ -281,6 +283,16 @@ pub fn wait_ready(
 /// The leader and the replicas of `topic`-`partition` from Metadata (one bounded request), if
 /// it has a leader.
 fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<(i32, Vec<i32>)> {
+    partition_state(bootstrap, topic, partition)
+        .filter(|s| s.0 >= 0)
+        .map(|s| (s.0, s.1))
+}
+
+/// A partition in Metadata: (leader or -1, replicas, ISR).
+type PartState = (i32, Vec<i32>, Vec<i32>);
+
+/// The [`PartState`] of `topic`-`partition` from Metadata (one bounded request).
+fn partition_state(bootstrap: &str, topic: &str, partition: i32) -> Option<PartState> {
     let c: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("log_level", "3")
@@ -289,7 +301,28 @@ fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<(i32, Vec<i
     let md = c.fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
     let tm = md.topics().iter().find(|t| t.name() == topic)?;
     let p = tm.partitions().iter().find(|p| p.id() == partition)?;
-    (p.leader() >= 0).then(|| (p.leader(), p.replicas().to_vec()))
+    Some((p.leader(), p.replicas().to_vec(), p.isr().to_vec()))
+}
+
+/// Polls Metadata (bounded by `deadline`) until `cond` holds for the partition's state.
+fn await_partition(
+    bootstrap: &str,
+    partition: i32,
+    deadline: Duration,
+    cond: impl Fn(&PartState) -> bool,
+) -> anyhow::Result<Option<PartState>> {
+    let t = Instant::now();
+    while t.elapsed() < deadline {
+        check_interrupted()?;
+        if let Some(s) = partition_state(bootstrap, workload::TOPIC, partition) {
+            if cond(&s) {
+                return Ok(Some(s));
+            }
+        }
+        // No event to await: Metadata is polled.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(None)
 }
 
 /// Creates the workload's topic through the Admin API (CreateTopics) with the replication
@@ -301,6 +334,7 @@ pub fn create_topic(
     topic: &str,
     rf: i32,
     min_isr: Option<u32>,
+    unclean: bool,
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -314,6 +348,9 @@ pub fn create_topic(
     let mut nt = NewTopic::new(topic, workload::PARTITIONS, TopicReplication::Fixed(rf));
     if let Some(m) = &isr {
         nt = nt.set("min.insync.replicas", m);
+    }
+    if unclean {
+        nt = nt.set("unclean.leader.election.enable", "true");
     }
     let opts = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
@@ -439,6 +476,24 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         &unsafe_env,
         &mut notes,
     )?;
+    if a.unsafe_unclean_election {
+        notes.push(
+            "NEGATIVE CONTROL: the workload's topic has unclean.leader.election.enable=true".into(),
+        );
+    }
+    if ks.contains(&FaultKind::Unclean) {
+        // A stopped follower must leave the ISR well within the broker session timeout (it
+        // is not fenced meanwhile).
+        for n in cl.nodes.iter_mut() {
+            n.broker.extra_args.push("--set".into());
+            n.broker
+                .extra_args
+                .push(format!("replica.lag.time.max.ms={UNCLEAN_LAG_MS}"));
+        }
+        notes.push(format!(
+            "scenario unclean: replica.lag.time.max.ms={UNCLEAN_LAG_MS} on every node"
+        ));
+    }
     let with_disks = cl.nodes.iter().all(|n| n.disk.is_some());
     if needs_disk && !with_disks {
         let msg = format!(
@@ -465,6 +520,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         workload::TOPIC,
         a.replication_factor,
         a.min_insync_replicas,
+        a.unsafe_unclean_election,
         Duration::from_secs(30),
     )?;
     workload::create_topic(&bootstrap, READY_DEADLINE)?;
@@ -595,6 +651,17 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     notes.extend(producer_progress(&events, heal_t));
     for n in cl.nodes.iter_mut() {
         n.broker.stop();
+    }
+    // Kafka records unclean elections; Holdfast writes them to its loss ledger, logged by
+    // the controller that decided them.
+    let unclean = (1..=a.nodes)
+        .filter_map(|id| std::fs::read_to_string(out.join(format!("node-{id}.log"))).ok())
+        .map(|log| log.matches("reason=\"unclean_election\"").count())
+        .sum::<usize>();
+    if unclean > 0 {
+        notes.push(format!(
+            "loss ledger: {unclean} unclean_election record(s) in the node logs"
+        ));
     }
     let coverage = if fr.is_ok() {
         bounds
@@ -803,6 +870,75 @@ fn inject(f: &Planned, cl: &mut Cluster, rec: &Arc<Recorder>) -> anyhow::Result<
                 FOLLOWERS_STOPPED.as_millis(),
                 if after_ack { " after an ack" } else { "" },
                 f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::Unclean => {
+            // A partition away from the active controller if there is one (from the seeded
+            // one on): stopping the controller would hold up the ISR change, killing it the
+            // election, for a Raft election each.
+            let controller = cl.controller_id();
+            let bs = cl.bootstrap();
+            let start = f.target % workload::PARTITIONS as u64;
+            let states: Vec<(i32, (i32, Vec<i32>))> = (0..workload::PARTITIONS as u64)
+                .map(|k| ((start + k) % workload::PARTITIONS as u64) as i32)
+                .filter_map(|p| leader_of(&bs, workload::TOPIC, p).map(|s| (p, s)))
+                .collect();
+            let Some((part, (leader, replicas))) = states
+                .iter()
+                .find(|(_, (_, r))| !r.iter().any(|&x| Some(x) == controller))
+                .or_else(|| states.first())
+                .cloned()
+            else {
+                bail!("no partition with a leader in Metadata");
+            };
+            let li = cl
+                .index_of(leader)
+                .context("the leader is not a node of this run")?;
+            let followers: Vec<i32> = replicas.into_iter().filter(|&r| r != leader).collect();
+            if followers.is_empty() {
+                bail!("partition {part} has no follower (replication factor 1)");
+            }
+            // Stop the followers until the leader has shrunk the ISR to itself (bounded: well
+            // inside the broker session timeout, so the stopped nodes are not fenced).
+            let mut stopped = Vec::new();
+            for &fid in &followers {
+                if let Some(fi) = cl.index_of(fid) {
+                    cl.nodes[fi].broker.pause()?;
+                    stopped.push(fi);
+                }
+            }
+            let t = Instant::now();
+            let shrunk = await_partition(
+                &cl.bootstrap(),
+                part,
+                Duration::from_millis(SESSION_TIMEOUT_MS - 500),
+                |s| s.2 == [leader],
+            );
+            // Writes the leader alone acknowledges while the followers are out of the ISR.
+            let after_ack =
+                matches!(shrunk, Ok(Some(_))) && rec.wait_for_ack(Duration::from_secs(1));
+            let shrink_ms = t.elapsed().as_millis();
+            crash_mark(rec);
+            let killed = cl.nodes[li].broker.kill();
+            for &fi in &stopped {
+                let _ = cl.nodes[fi].broker.resume();
+            }
+            killed?;
+            let shrunk = shrunk?.is_some();
+            // Down for the hold, or until another replica leads (an unclean election).
+            let elected =
+                await_partition(&cl.bootstrap(), part, hold, |s| s.0 >= 0 && s.0 != leader)?;
+            let down = t.elapsed().as_millis() - shrink_ms;
+            let up = cl.start(&[li], Duration::from_secs(30))?;
+            Ok(format!(
+                "partition {part}: SIGSTOP followers {followers:?}, ISR {} in {shrink_ms} ms{}, SIGKILL leader {leader}, SIGCONT followers; {}; leader restarted after {down} ms in {} ms",
+                if shrunk { format!("shrunk to [{leader}]") } else { "NOT shrunk".into() },
+                if after_ack { " and an ack after" } else { "" },
+                match elected {
+                    Some(s) => format!("node {} elected leader while {leader} was down (ISR {:?})", s.0, s.2),
+                    None => format!("no other replica led within {} ms", f.hold_ms),
+                },
                 up.as_millis()
             ))
         }

@@ -47,7 +47,7 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// kill | pause | power-cut | disk-full | mixed | partition | blackhole | delay | net |
-    /// fsync-eio | none; cluster scenarios: kill-node | kill-leader | kill-controller | pause-node |
+    /// fsync-eio | none; cluster scenarios: kill-node | kill-leader | unclean | kill-controller | pause-node |
     /// power-cut-node | power-cut-all | cluster-mixed
     #[arg(long)]
     scenario: String,
@@ -95,8 +95,9 @@ struct RunArgs {
     /// requires, so a leader killed before its followers fetched loses acknowledged writes).
     #[arg(long, default_value = "all", value_parser = ["all", "1"])]
     acks: String,
-    /// Negative control for the `unclean` cluster scenario: the workload's topic is created
-    /// with `unclean.leader.election.enable=true`, so an out-of-sync replica may lead.
+    /// Negative control for the `unclean` cluster scenario (e.g. `--nodes 3
+    /// --replication-factor 2 --min-insync-replicas 1`): the workload's topic is created with
+    /// `unclean.leader.election.enable=true`, so an out-of-sync replica may lead.
     #[arg(long)]
     unsafe_unclean_election: bool,
     /// Sends per second per producer (two producers).
@@ -143,6 +144,11 @@ pub enum FaultKind {
     /// Cluster: SIGKILL the current leader of one partition of the workload's topic (seeded
     /// choice, leader from Metadata) right after an acknowledgement, restart it after the hold.
     KillLeader,
+    /// Cluster: the followers of one partition (seeded choice) stopped until they leave its
+    /// ISR, writes acknowledged by the leader alone, then the leader SIGKILLed and the
+    /// followers continued: the only live replicas are out of sync. Only a topic with
+    /// `unclean.leader.election.enable=true` lets one of them lead (and lose those writes).
+    Unclean,
     /// Cluster: SIGKILL the active controller (Metadata's controller id), restart it.
     KillController,
     /// Cluster: SIGSTOP one node, SIGCONT after the hold.
@@ -167,6 +173,7 @@ impl FaultKind {
             FaultKind::FsyncEio => "fsync-eio",
             FaultKind::KillNode => "kill-node",
             FaultKind::KillLeader => "kill-leader",
+            FaultKind::Unclean => "unclean",
             FaultKind::KillController => "kill-controller",
             FaultKind::PauseNode => "pause-node",
             FaultKind::PowerCutNode => "power-cut-node",
@@ -188,6 +195,7 @@ impl FaultKind {
             self,
             FaultKind::KillNode
                 | FaultKind::KillLeader
+                | FaultKind::Unclean
                 | FaultKind::KillController
                 | FaultKind::PauseNode
                 | FaultKind::PowerCutNode
@@ -242,6 +250,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         "fsync-eio" => vec![FaultKind::FsyncEio],
         "kill-node" => vec![FaultKind::KillNode],
         "kill-leader" => vec![FaultKind::KillLeader],
+        "unclean" => vec![FaultKind::Unclean],
         "kill-controller" => vec![FaultKind::KillController],
         "pause-node" => vec![FaultKind::PauseNode],
         "power-cut-node" => vec![FaultKind::PowerCutNode],
@@ -255,7 +264,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-leader, unclean, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed)")
         }
     })
 }
@@ -289,6 +298,9 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
                 rng.u64(100..1500)
             }
             FaultKind::PauseNode => rng.u64(500..6500),
+            // Down longer than the broker session timeout, so the controller fences the dead
+            // leader and (if the topic allows it) elects an out-of-sync replica.
+            FaultKind::Unclean => rng.u64(5000..6000),
             FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
         };
         let target = if kind.is_cluster() { rng.u64(..) } else { 0 };
@@ -911,6 +923,7 @@ fn inject(
         }
         k @ (FaultKind::KillNode
         | FaultKind::KillLeader
+        | FaultKind::Unclean
         | FaultKind::KillController
         | FaultKind::PauseNode
         | FaultKind::PowerCutNode
@@ -976,6 +989,7 @@ mod tests {
         for sc in [
             "kill-node",
             "kill-leader",
+            "unclean",
             "kill-controller",
             "pause-node",
             "power-cut-node",
