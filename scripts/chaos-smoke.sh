@@ -11,7 +11,7 @@
 # lose acknowledged writes, and so must an unclean leader election; a broker reading one
 # offset past the last stable offset must show read_committed readers uncommitted data. Each
 # runs beside the same scenario and seed without the control (which must pass).
-# Exits 0 only if every expectation holds. About 8 minutes.
+# Exits 0 only if every expectation holds. About 7.5 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
