@@ -6,9 +6,14 @@
 # must FAIL with duplicates). The consumer-group workload (--groups) runs under kill and power
 # cut, and its negative control, a power-cut run against a broker that acknowledges OffsetCommit
 # before fsync, must FAIL with group-offset-regressed. Two cluster runs (3 nodes, replication
-# factor 3, min.insync.replicas 2): node kills, coordinated power cuts of every node at once, and
-# network partitions between nodes (each node in its own network namespace, root only).
-# Exits 0 only if every expectation holds. About 6 minutes.
+# factor 3, min.insync.replicas 2): node kills, coordinated power cuts of every node at once,
+# network partitions between nodes (each node in its own network namespace, root only), and
+# corruption of one node's segments (it must repair from the leader).
+# Cluster controls (issue #7): acks=1 producers under leader kills (followers lagging) must
+# lose acknowledged writes, and so must an unclean leader election; a broker reading one
+# offset past the last stable offset must show read_committed readers uncommitted data. Each
+# runs beside the same scenario and seed without the control (which must pass).
+# Exits 0 only if every expectation holds. About 9 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -91,6 +96,8 @@ expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
 expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
 expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
 expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
+expect cluster-kill-leader pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12
+expect cluster-unclean pass --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seed 1 --seconds 15
 expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
 expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
 expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
@@ -98,6 +105,9 @@ expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scen
 expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
 expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
 expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
+expect_caught kill-txn-lso-off-by-one txn-uncommitted-read "3 4 5" --scenario kill --seconds 12 --txn --unsafe-lso-off-by-one
+expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
+expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
 # The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
 # cuts of nodes that acknowledge before fsync must lose acknowledged writes.
 if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then

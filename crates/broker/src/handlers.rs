@@ -87,6 +87,27 @@ pub fn unsafe_no_dedup_from_env() {
     });
 }
 
+/// Test-only negative control for the chaos harness: with `HOLDFAST_UNSAFE_LSO_OFF_BY_ONE=1`
+/// a `read_committed` fetch reads (and is told the last stable offset is) one offset past the
+/// real last stable offset, capped at the high watermark: the first batch of an open
+/// transaction becomes visible before its outcome is decided. A `--txn` chaos run with it must
+/// be caught (`txn-uncommitted-read`). Off unless the variable is exactly `1`; read once (at
+/// broker start).
+pub fn unsafe_lso_off_by_one() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_LSO_OFF_BY_ONE").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_LSO_OFF_BY_ONE=1: read_committed fetches read ONE OFFSET PAST \
+                 the last stable offset; uncommitted records WILL be visible (test-only \
+                 negative control)"
+            );
+        }
+        on
+    })
+}
+
 pub(crate) async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> Option<T> {
@@ -1476,11 +1497,14 @@ pub(crate) fn read_partition(
     if offset < start || offset > log.log_end_offset() {
         return Err((ec::OFFSET_OUT_OF_RANGE, hw, start));
     }
-    let lso = log.last_stable_offset(hw);
+    let mut lso = log.last_stable_offset(hw);
     debug_assert!(
         lso <= hw,
         "the last stable offset never passes the high watermark"
     );
+    if unsafe_lso_off_by_one() {
+        lso = (lso + 1).min(hw);
+    }
     let upper = if read_committed { lso } else { hw };
     let mut out = PartitionRead {
         high_watermark: hw,

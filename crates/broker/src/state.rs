@@ -278,6 +278,7 @@ impl Broker {
         // Reads (and loudly logs) the test-only negative-control switch once, at start.
         crate::handlers::unsafe_ack_before_fsync();
         crate::handlers::unsafe_no_dedup_from_env();
+        crate::handlers::unsafe_lso_off_by_one();
         crate::groups::unsafe_offsets_no_fsync();
         std::fs::create_dir_all(&config.data_dir)?;
         let meta = MetaStore::open(&config.data_dir)?;

@@ -32,6 +32,11 @@ use crate::{
 pub const SESSION_TIMEOUT_MS: u64 = 3000;
 /// `broker.heartbeat.interval.ms` given to every node (default 2000).
 pub const HEARTBEAT_MS: u64 = 500;
+/// How long `kill-leader` keeps a partition's followers stopped before it kills the leader:
+/// well below `replica.lag.time.max.ms`, so they stay in the ISR and one of them is elected.
+const FOLLOWERS_STOPPED: Duration = Duration::from_millis(300);
+/// `replica.lag.time.max.ms` of every node in the `unclean` scenario.
+const UNCLEAN_LAG_MS: u64 = 600;
 /// Most nodes a run may start.
 pub const MAX_NODES: usize = 9;
 /// Deadline for the cluster to be formed, or to be whole again after healing: every broker
@@ -334,6 +339,51 @@ pub fn wait_isr_full(bootstrap: &str, deadline: Duration) -> anyhow::Result<Dura
     bail!("replicas not all in sync within {deadline:?} ({last})")
 }
 
+/// The leader and the replicas of `topic`-`partition` from Metadata (one bounded request), if
+/// it has a leader.
+fn leader_of(bootstrap: &str, topic: &str, partition: i32) -> Option<(i32, Vec<i32>)> {
+    partition_state(bootstrap, topic, partition)
+        .filter(|s| s.0 >= 0)
+        .map(|s| (s.0, s.1))
+}
+
+/// A partition in Metadata: (leader or -1, replicas, ISR).
+type PartState = (i32, Vec<i32>, Vec<i32>);
+
+/// The [`PartState`] of `topic`-`partition` from Metadata (one bounded request).
+fn partition_state(bootstrap: &str, topic: &str, partition: i32) -> Option<PartState> {
+    let c: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("log_level", "3")
+        .create()
+        .ok()?;
+    let md = c.fetch_metadata(Some(topic), Duration::from_secs(2)).ok()?;
+    let tm = md.topics().iter().find(|t| t.name() == topic)?;
+    let p = tm.partitions().iter().find(|p| p.id() == partition)?;
+    Some((p.leader(), p.replicas().to_vec(), p.isr().to_vec()))
+}
+
+/// Polls Metadata (bounded by `deadline`) until `cond` holds for the partition's state.
+fn await_partition(
+    bootstrap: &str,
+    partition: i32,
+    deadline: Duration,
+    cond: impl Fn(&PartState) -> bool,
+) -> anyhow::Result<Option<PartState>> {
+    let t = Instant::now();
+    while t.elapsed() < deadline {
+        check_interrupted()?;
+        if let Some(s) = partition_state(bootstrap, workload::TOPIC, partition) {
+            if cond(&s) {
+                return Ok(Some(s));
+            }
+        }
+        // No event to await: Metadata is polled.
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(None)
+}
+
 /// Creates the workload's topic through the Admin API (CreateTopics) with the replication
 /// factor and, if given, `min.insync.replicas`; retried until the deadline on errors a
 /// forming cluster gives (no controller yet, timeouts). A refusal (e.g. cluster mode v0's
@@ -343,6 +393,7 @@ pub fn create_topic(
     topic: &str,
     rf: i32,
     min_isr: Option<u32>,
+    unclean: bool,
     deadline: Duration,
 ) -> anyhow::Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -356,6 +407,9 @@ pub fn create_topic(
     let mut nt = NewTopic::new(topic, workload::PARTITIONS, TopicReplication::Fixed(rf));
     if let Some(m) = &isr {
         nt = nt.set("min.insync.replicas", m);
+    }
+    if unclean {
+        nt = nt.set("unclean.leader.election.enable", "true");
     }
     let opts = AdminOptions::new()
         .request_timeout(Some(Duration::from_secs(10)))
@@ -409,13 +463,17 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.txn {
         bail!("--txn is not in cluster mode yet: cluster mode has no transaction coordinator (docs/cluster.md)");
     }
-    if a.unsafe_no_dedup || a.unsafe_abort_as_commit || a.unsafe_offsets_no_fsync {
-        bail!("cluster mode supports only the --unsafe-ack-before-fsync control so far");
+    if a.unsafe_no_dedup
+        || a.unsafe_abort_as_commit
+        || a.unsafe_offsets_no_fsync
+        || a.unsafe_lso_off_by_one
+    {
+        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1 and --unsafe-unclean-election controls");
     }
     let ks = kinds(&a.scenario)?;
     if let Some(k) = ks.iter().find(|k| !k.is_cluster()) {
         bail!(
-            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, cluster-all, none",
+            "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, unclean, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all, none",
             a.scenario,
             k.name()
         );
@@ -493,6 +551,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
                 .into(),
         );
     }
+    if a.acks == "1" {
+        workload::ACKS_ONE.store(true, Ordering::Relaxed);
+        notes.push(
+            "NEGATIVE CONTROL: the workload's producers use acks=1 (leader-only acknowledgement, idempotence off)"
+                .into(),
+        );
+    }
     let mut cl = Cluster::create(
         &broker_bin,
         &work.path,
@@ -503,6 +568,24 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         &unsafe_env,
         &mut notes,
     )?;
+    if a.unsafe_unclean_election {
+        notes.push(
+            "NEGATIVE CONTROL: the workload's topic has unclean.leader.election.enable=true".into(),
+        );
+    }
+    if ks.contains(&FaultKind::Unclean) {
+        // A stopped follower must leave the ISR well within the broker session timeout (it
+        // is not fenced meanwhile).
+        for n in cl.nodes.iter_mut() {
+            n.broker.extra_args.push("--set".into());
+            n.broker
+                .extra_args
+                .push(format!("replica.lag.time.max.ms={UNCLEAN_LAG_MS}"));
+        }
+        notes.push(format!(
+            "scenario unclean: replica.lag.time.max.ms={UNCLEAN_LAG_MS} on every node"
+        ));
+    }
     let with_disks = cl.nodes.iter().all(|n| n.disk.is_some());
     if needs_disk && !with_disks {
         let msg = format!(
@@ -529,6 +612,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         workload::TOPIC,
         a.replication_factor,
         a.min_insync_replicas,
+        a.unsafe_unclean_election,
         Duration::from_secs(30),
     )?;
     workload::create_topic(&bootstrap, READY_DEADLINE)?;
@@ -684,6 +768,17 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     notes.extend(producer_progress(&events, heal_t));
     for n in cl.nodes.iter_mut() {
         n.broker.stop();
+    }
+    // Kafka records unclean elections; Holdfast writes them to its loss ledger, logged by
+    // the controller that decided them.
+    let unclean = (1..=a.nodes)
+        .filter_map(|id| std::fs::read_to_string(out.join(format!("node-{id}.log"))).ok())
+        .map(|log| log.matches("reason=\"unclean_election\"").count())
+        .sum::<usize>();
+    if unclean > 0 {
+        notes.push(format!(
+            "loss ledger: {unclean} unclean_election record(s) in the node logs"
+        ));
     }
     let coverage = if fr.is_ok() {
         bounds
@@ -853,6 +948,127 @@ fn inject(
             Ok(format!(
                 "SIGKILL node {id} ({how}), down {} ms, restarted in {} ms",
                 f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::KillLeader => {
+            // The followers of one partition stop (SIGSTOP) for FOLLOWERS_STOPPED, still in
+            // the ISR, while the producers keep sending; then its leader is SIGKILLed and the
+            // followers continue, and one of them is elected (a clean election). Under acks=all
+            // nothing sent while the followers were stopped was acknowledged; under acks=1
+            // (the negative control) the leader alone acknowledged it, and it is lost when the
+            // old leader rejoins and truncates to the new leader.
+            let part = (f.target % workload::PARTITIONS as u64) as i32;
+            let found = leader_of(&cl.bootstrap(), workload::TOPIC, part)
+                .and_then(|(l, r)| cl.index_of(l).map(|i| (i, r)));
+            let (i, followers, how) = match found {
+                Some((i, replicas)) => {
+                    let leader = cl.nodes[i].id;
+                    let fs: Vec<usize> = replicas
+                        .iter()
+                        .filter(|&&r| r != leader)
+                        .filter_map(|&r| cl.index_of(r))
+                        .collect();
+                    (i, fs, format!("leader of partition {part}"))
+                }
+                None => (
+                    chosen,
+                    Vec::new(),
+                    format!("no leader of partition {part} in Metadata; seeded node instead"),
+                ),
+            };
+            let id = cl.nodes[i].id;
+            let mut stopped = Vec::new();
+            for &fi in &followers {
+                if cl.nodes[fi].broker.pause().is_ok() {
+                    stopped.push(fi);
+                }
+            }
+            sleep(FOLLOWERS_STOPPED)?;
+            let after_ack = rec.wait_for_ack(Duration::from_secs(2));
+            crash_mark(rec);
+            let killed = cl.nodes[i].broker.kill();
+            for &fi in &stopped {
+                let _ = cl.nodes[fi].broker.resume();
+            }
+            killed?;
+            sleep(hold)?;
+            let up = cl.start(&[i], Duration::from_secs(30))?;
+            let ids: Vec<i32> = stopped.iter().map(|&fi| cl.nodes[fi].id).collect();
+            Ok(format!(
+                "SIGSTOP followers {ids:?} for {} ms, SIGKILL node {id} ({how}){}, SIGCONT followers, down {} ms, restarted in {} ms",
+                FOLLOWERS_STOPPED.as_millis(),
+                if after_ack { " after an ack" } else { "" },
+                f.hold_ms,
+                up.as_millis()
+            ))
+        }
+        FaultKind::Unclean => {
+            // A partition away from the active controller if there is one (from the seeded
+            // one on): stopping the controller would hold up the ISR change, killing it the
+            // election, for a Raft election each.
+            let controller = cl.controller_id();
+            let bs = cl.bootstrap();
+            let start = f.target % workload::PARTITIONS as u64;
+            let states: Vec<(i32, (i32, Vec<i32>))> = (0..workload::PARTITIONS as u64)
+                .map(|k| ((start + k) % workload::PARTITIONS as u64) as i32)
+                .filter_map(|p| leader_of(&bs, workload::TOPIC, p).map(|s| (p, s)))
+                .collect();
+            let Some((part, (leader, replicas))) = states
+                .iter()
+                .find(|(_, (_, r))| !r.iter().any(|&x| Some(x) == controller))
+                .or_else(|| states.first())
+                .cloned()
+            else {
+                bail!("no partition with a leader in Metadata");
+            };
+            let li = cl
+                .index_of(leader)
+                .context("the leader is not a node of this run")?;
+            let followers: Vec<i32> = replicas.into_iter().filter(|&r| r != leader).collect();
+            if followers.is_empty() {
+                bail!("partition {part} has no follower (replication factor 1)");
+            }
+            // Stop the followers until the leader has shrunk the ISR to itself (bounded: well
+            // inside the broker session timeout, so the stopped nodes are not fenced).
+            let mut stopped = Vec::new();
+            for &fid in &followers {
+                if let Some(fi) = cl.index_of(fid) {
+                    cl.nodes[fi].broker.pause()?;
+                    stopped.push(fi);
+                }
+            }
+            let t = Instant::now();
+            let shrunk = await_partition(
+                &cl.bootstrap(),
+                part,
+                Duration::from_millis(SESSION_TIMEOUT_MS - 500),
+                |s| s.2 == [leader],
+            );
+            // Writes the leader alone acknowledges while the followers are out of the ISR.
+            let after_ack =
+                matches!(shrunk, Ok(Some(_))) && rec.wait_for_ack(Duration::from_secs(1));
+            let shrink_ms = t.elapsed().as_millis();
+            crash_mark(rec);
+            let killed = cl.nodes[li].broker.kill();
+            for &fi in &stopped {
+                let _ = cl.nodes[fi].broker.resume();
+            }
+            killed?;
+            let shrunk = shrunk?.is_some();
+            // Down for the hold, or until another replica leads (an unclean election).
+            let elected =
+                await_partition(&cl.bootstrap(), part, hold, |s| s.0 >= 0 && s.0 != leader)?;
+            let down = t.elapsed().as_millis() - shrink_ms;
+            let up = cl.start(&[li], Duration::from_secs(30))?;
+            Ok(format!(
+                "partition {part}: SIGSTOP followers {followers:?}, ISR {} in {shrink_ms} ms{}, SIGKILL leader {leader}, SIGCONT followers; {}; leader restarted after {down} ms in {} ms",
+                if shrunk { format!("shrunk to [{leader}]") } else { "NOT shrunk".into() },
+                if after_ack { " and an ack after" } else { "" },
+                match elected {
+                    Some(s) => format!("node {} elected leader while {leader} was down (ISR {:?})", s.0, s.2),
+                    None => format!("no other replica led within {} ms", f.hold_ms),
+                },
                 up.as_millis()
             ))
         }

@@ -48,7 +48,7 @@ enum Cmd {
 #[derive(clap::Args, Clone)]
 struct RunArgs {
     /// kill | pause | power-cut | disk-full | mixed | partition | blackhole | delay | net |
-    /// fsync-eio | none; cluster scenarios: kill-node | kill-controller | pause-node |
+    /// fsync-eio | none; cluster scenarios: kill-node | kill-leader | unclean | kill-controller | pause-node |
     /// power-cut-node | power-cut-all | cluster-mixed
     #[arg(long)]
     scenario: String,
@@ -87,6 +87,20 @@ struct RunArgs {
     /// (aborted transactions get COMMIT markers).
     #[arg(long)]
     unsafe_abort_as_commit: bool,
+    /// Negative control for `--txn`: start the broker with HOLDFAST_UNSAFE_LSO_OFF_BY_ONE=1
+    /// (read_committed fetches read one offset past the last stable offset).
+    #[arg(long)]
+    unsafe_lso_off_by_one: bool,
+    /// `acks` of the workload's producers: `all` (the default; idempotent) or `1` (negative
+    /// control in cluster mode: the leader acknowledges alone, idempotence off as librdkafka
+    /// requires, so a leader killed before its followers fetched loses acknowledged writes).
+    #[arg(long, default_value = "all", value_parser = ["all", "1"])]
+    acks: String,
+    /// Negative control for the `unclean` cluster scenario (e.g. `--nodes 3
+    /// --replication-factor 2 --min-insync-replicas 1`): the workload's topic is created with
+    /// `unclean.leader.election.enable=true`, so an out-of-sync replica may lead.
+    #[arg(long)]
+    unsafe_unclean_election: bool,
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
@@ -128,6 +142,14 @@ pub enum FaultKind {
     FsyncEio,
     /// Cluster: SIGKILL one node (seeded choice), restart it after the hold.
     KillNode,
+    /// Cluster: SIGKILL the current leader of one partition of the workload's topic (seeded
+    /// choice, leader from Metadata) right after an acknowledgement, restart it after the hold.
+    KillLeader,
+    /// Cluster: the followers of one partition (seeded choice) stopped until they leave its
+    /// ISR, writes acknowledged by the leader alone, then the leader SIGKILLed and the
+    /// followers continued: the only live replicas are out of sync. Only a topic with
+    /// `unclean.leader.election.enable=true` lets one of them lead (and lose those writes).
+    Unclean,
     /// Cluster: SIGKILL the active controller (Metadata's controller id), restart it.
     KillController,
     /// Cluster: SIGSTOP one node, SIGCONT after the hold.
@@ -166,6 +188,8 @@ impl FaultKind {
             FaultKind::Delay => "delay",
             FaultKind::FsyncEio => "fsync-eio",
             FaultKind::KillNode => "kill-node",
+            FaultKind::KillLeader => "kill-leader",
+            FaultKind::Unclean => "unclean",
             FaultKind::KillController => "kill-controller",
             FaultKind::PauseNode => "pause-node",
             FaultKind::PowerCutNode => "power-cut-node",
@@ -192,6 +216,8 @@ impl FaultKind {
         matches!(
             self,
             FaultKind::KillNode
+                | FaultKind::KillLeader
+                | FaultKind::Unclean
                 | FaultKind::KillController
                 | FaultKind::PauseNode
                 | FaultKind::PowerCutNode
@@ -257,6 +283,8 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         "net" => vec![FaultKind::Partition, FaultKind::Blackhole, FaultKind::Delay],
         "fsync-eio" => vec![FaultKind::FsyncEio],
         "kill-node" => vec![FaultKind::KillNode],
+        "kill-leader" => vec![FaultKind::KillLeader],
+        "unclean" => vec![FaultKind::Unclean],
         "kill-controller" => vec![FaultKind::KillController],
         "pause-node" => vec![FaultKind::PauseNode],
         "power-cut-node" => vec![FaultKind::PowerCutNode],
@@ -296,7 +324,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-leader, unclean, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all)")
         }
     })
 }
@@ -326,10 +354,14 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             // Longer than the workload's 5 s request timeout, so the client gives up first.
             FaultKind::Delay => rng.u64(5500..8000),
             FaultKind::FsyncEio => rng.u64(300..2000),
-            FaultKind::KillNode | FaultKind::KillController | FaultKind::CorruptNode => {
-                rng.u64(100..1500)
-            }
+            FaultKind::KillNode
+            | FaultKind::KillLeader
+            | FaultKind::KillController
+            | FaultKind::CorruptNode => rng.u64(100..1500),
             FaultKind::PauseNode => rng.u64(500..6500),
+            // Down longer than the broker session timeout, so the controller fences the dead
+            // leader and (if the topic allows it) elects an out-of-sync replica.
+            FaultKind::Unclean => rng.u64(5000..6000),
             FaultKind::PowerCutNode | FaultKind::PowerCutAll => rng.u64(100..700),
             // Past the 3 s broker session timeout most of the time, so the controller fences
             // the cut-off side and leadership moves.
@@ -547,6 +579,23 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
         notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
     }
+    if a.unsafe_lso_off_by_one {
+        unsafe_env.push("HOLDFAST_UNSAFE_LSO_OFF_BY_ONE");
+        notes.push(
+            "NEGATIVE CONTROL: read_committed fetches read one offset past the last stable offset"
+                .into(),
+        );
+    }
+    if a.unsafe_unclean_election {
+        bail!("--unsafe-unclean-election is a cluster control (--scenario unclean --nodes 3)");
+    }
+    if a.acks == "1" {
+        workload::ACKS_ONE.store(true, Ordering::Relaxed);
+        notes.push(
+            "NEGATIVE CONTROL (meant for cluster mode): producers use acks=1, idempotence off"
+                .into(),
+        );
+    }
     let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));
     // Network faults: every client connection goes through the proxy, and the broker
@@ -680,8 +729,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
                     "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
                     ledger.instances, ledger.errors
                 ));
+                txn_anomalies = txn::check_live(&ledger);
                 match txn::check(&bootstrap, &ledger, Duration::from_secs(60)) {
-                    Ok(a) => txn_anomalies = a,
+                    Ok(a) => txn_anomalies.extend(a),
                     Err(e) => txn_anomalies.push(checker::Anomaly {
                         class: "txn-final-read",
                         what: format!("{e:#}"),
@@ -940,6 +990,8 @@ fn inject(
             ))
         }
         k @ (FaultKind::KillNode
+        | FaultKind::KillLeader
+        | FaultKind::Unclean
         | FaultKind::KillController
         | FaultKind::PauseNode
         | FaultKind::PowerCutNode
@@ -1010,6 +1062,8 @@ mod tests {
         assert_eq!(nodes_seen.len(), 3);
         for sc in [
             "kill-node",
+            "kill-leader",
+            "unclean",
             "kill-controller",
             "pause-node",
             "power-cut-node",

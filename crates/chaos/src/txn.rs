@@ -11,6 +11,11 @@
 //! - the last stable offset reaches the high watermark once producers are gone
 //!   (`txn-lso-stuck`): no hanging transaction.
 //!
+//! A second `read_committed` reader runs during the faults and notes when it first saw each
+//! transaction. It must never see a transaction before the client asked to commit it, nor one
+//! that was aborted (`txn-uncommitted-read`): the final read cannot tell, since by then every
+//! transaction is decided.
+//!
 //! Outcomes the client could not learn (a timeout, a fatal error) are "unknown": only
 //! atomicity applies to them.
 
@@ -47,11 +52,16 @@ pub struct Ledger {
     pub txns: BTreeMap<String, (usize, Outcome)>,
     pub errors: BTreeMap<String, usize>,
     pub instances: usize,
+    /// transaction key -> when the client called `commit_transaction` for it.
+    pub commit_called: HashMap<String, Instant>,
+    /// transaction key -> when the concurrent `read_committed` reader first saw a value of it.
+    pub first_seen: HashMap<String, Instant>,
 }
 
 pub struct TxnWorkload {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<anyhow::Result<()>>,
+    reader: JoinHandle<anyhow::Result<()>>,
     ledger: Arc<Mutex<Ledger>>,
 }
 
@@ -108,9 +118,16 @@ impl TxnWorkload {
             Arc::clone(&ledger),
         );
         let thread = std::thread::spawn(move || run(&b, &s, &l, seed));
+        let (b, s, l) = (
+            bootstrap.to_string(),
+            Arc::clone(&stop),
+            Arc::clone(&ledger),
+        );
+        let reader = std::thread::spawn(move || read_loop(&b, &s, &l));
         TxnWorkload {
             stop,
             thread,
+            reader,
             ledger,
         }
     }
@@ -121,6 +138,11 @@ impl TxnWorkload {
             .thread
             .join()
             .map_err(|_| anyhow::anyhow!("transactional workload panicked"))?;
+        let r2 = self
+            .reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("transactional reader panicked"))?;
+        let r = r.and(r2);
         let ledger = std::mem::take(&mut *lock(&self.ledger));
         r.map(|()| ledger)
     }
@@ -211,6 +233,7 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
                 }
             }
         } else {
+            lock(l).commit_called.insert(key.clone(), Instant::now());
             match p.commit_transaction(timeout) {
                 Ok(()) => Outcome::Committed,
                 Err(e) if e.rdkafka_error_code().is_some() && txn_requires_abort(&e) => {
@@ -250,10 +273,82 @@ fn txn_requires_abort(e: &rdkafka::error::KafkaError) -> bool {
     }
 }
 
+/// The transaction key of a value (`<instance>-<n>-<i>-of-<count>` -> `<instance>-<n>`).
+fn txn_key(v: &str) -> Option<&str> {
+    v.rsplit_once('-')
+        .and_then(|(a, _)| a.rsplit_once('-'))
+        .and_then(|(a, _)| a.rsplit_once('-'))
+        .map(|(k, _)| k)
+}
+
+/// The concurrent `read_committed` reader: notes when it first saw each transaction.
+fn read_loop(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>) -> anyhow::Result<()> {
+    let c = reader_named(bootstrap, "read_committed", "chaos-txn-live")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..PARTITIONS {
+        tpl.add_partition_offset(TOPIC, p, Offset::Beginning)?;
+    }
+    c.assign(&tpl)?;
+    while !stop.load(Ordering::SeqCst) {
+        if let Some(Ok(m)) = c.poll(Duration::from_millis(100)) {
+            let now = Instant::now();
+            let v = m
+                .payload()
+                .map(|b| String::from_utf8_lossy(b).into_owned())
+                .unwrap_or_default();
+            if let Some(k) = txn_key(&v) {
+                let mut g = lock(l);
+                if g.first_seen.len() < MAX_TXNS {
+                    g.first_seen.entry(k.to_string()).or_insert(now);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// What the concurrent reader saw that `read_committed` must hide: a transaction seen before
+/// its commit was asked for (or never asked for), or one that ended aborted.
+pub fn check_live(ledger: &Ledger) -> Vec<Anomaly> {
+    let mut out = Vec::new();
+    for (key, seen) in &ledger.first_seen {
+        let Some((count, outcome)) = ledger.txns.get(key) else {
+            continue;
+        };
+        let why = match (outcome, ledger.commit_called.get(key)) {
+            (Outcome::Aborted, _) => "it was aborted".to_string(),
+            (_, None) => "its commit was never asked for".to_string(),
+            (_, Some(c)) if seen < c => format!(
+                "{} ms before the client asked to commit it",
+                c.duration_since(*seen).as_millis()
+            ),
+            _ => continue,
+        };
+        out.push(Anomaly {
+            class: "txn-uncommitted-read",
+            what: format!(
+                "transaction {key} ({count} values, outcome {outcome:?}) seen by the concurrent read_committed reader, but {why}"
+            ),
+            ops: Vec::new(),
+            at_us: None,
+        });
+    }
+    out.sort_by(|a, b| a.what.cmp(&b.what));
+    out
+}
+
 fn reader(bootstrap: &str, isolation: &str) -> anyhow::Result<BaseConsumer> {
+    reader_named(
+        bootstrap,
+        isolation,
+        &format!("chaos-txn-final-{isolation}"),
+    )
+}
+
+fn reader_named(bootstrap: &str, isolation: &str, group: &str) -> anyhow::Result<BaseConsumer> {
     Ok(ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
-        .set("group.id", format!("chaos-txn-final-{isolation}"))
+        .set("group.id", group)
         .set("enable.auto.commit", "false")
         .set("isolation.level", isolation)
         .set("fetch.wait.max.ms", "100")
@@ -320,11 +415,7 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
                 *seen.entry(v.clone()).or_default() += 1;
-                if let Some((txn, _)) = v
-                    .rsplit_once('-')
-                    .and_then(|(a, _)| a.rsplit_once('-'))
-                    .and_then(|(a, _)| a.rsplit_once('-'))
-                {
+                if let Some(txn) = txn_key(&v) {
                     *per_txn.entry(txn.to_string()).or_default() += 1;
                 }
                 reached.insert(m.partition(), m.offset() + 1);
@@ -391,4 +482,44 @@ pub fn summary(ledger: &Ledger) -> (usize, usize, usize) {
         }
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_live_reader_must_not_see_undecided_or_aborted_transactions() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(50);
+        let mut l = Ledger::default();
+        for (k, o) in [
+            ("1-1", Outcome::Committed),
+            ("1-2", Outcome::Committed),
+            ("1-3", Outcome::Aborted),
+            ("1-4", Outcome::Unknown),
+            ("1-5", Outcome::Unknown),
+        ] {
+            l.txns.insert(k.into(), (2, o));
+        }
+        // 1-1 seen after its commit was asked for: fine. 1-2 seen before: uncommitted read.
+        l.commit_called.insert("1-1".into(), t0);
+        l.first_seen.insert("1-1".into(), later);
+        l.commit_called.insert("1-2".into(), later);
+        l.first_seen.insert("1-2".into(), t0);
+        // 1-3 aborted: never visible. 1-4 never asked to commit: never visible.
+        l.first_seen.insert("1-3".into(), later);
+        l.first_seen.insert("1-4".into(), later);
+        // 1-5 commit asked, outcome unknown, seen after: may have committed.
+        l.commit_called.insert("1-5".into(), t0);
+        l.first_seen.insert("1-5".into(), later);
+        let a = check_live(&l);
+        let keys: Vec<&str> = a
+            .iter()
+            .map(|x| x.what.split(' ').nth(1).unwrap_or(""))
+            .collect();
+        assert_eq!(keys, ["1-2", "1-3", "1-4"], "{a:?}");
+        assert!(a.iter().all(|x| x.class == "txn-uncommitted-read"));
+        assert_eq!(txn_key("3-17-2-of-5"), Some("3-17"));
+    }
 }

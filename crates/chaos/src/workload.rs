@@ -140,10 +140,15 @@ fn producer_with(
             }
         }
     }
+    // `--acks 1` (negative control): the workload's producers only; the probe keeps acks=all.
+    let acks_one = f == F::Send && ACKS_ONE.load(Ordering::Relaxed);
     Ok(with_socket_timeout(&mut cfg)
         .set("bootstrap.servers", bootstrap)
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
+        .set(
+            "enable.idempotence",
+            if acks_one { "false" } else { "true" },
+        )
+        .set("acks", if acks_one { "1" } else { "all" })
         .set("max.in.flight.requests.per.connection", "5")
         .set("linger.ms", "2")
         .set("request.timeout.ms", "5000")
@@ -154,6 +159,10 @@ fn producer_with(
         .set("log_level", if debug.is_some() { "7" } else { "3" })
         .create_with_context(ctx)?)
 }
+
+/// `--acks 1`: the workload's producers (not the probe) send with acks=1 and without
+/// idempotence (librdkafka requires acks=all for it).
+pub static ACKS_ONE: AtomicBool = AtomicBool::new(false);
 
 /// librdkafka's client-side timeout for requests other than Produce (`socket.timeout.ms`;
 /// Produce requests time out with their first message's `message.timeout.ms`). 0 keeps
