@@ -363,6 +363,10 @@ pub struct LeaderState {
     local_broker_epoch: i64,
     config: LeaderConfig,
     leader_epoch: i32,
+    /// The leader epoch this state was created in: this broker has led the partition without
+    /// a break since then (a later epoch adopted by `become_leader` is a bump while leading,
+    /// e.g. a reassignment removing a replica), so its log was never truncated in between.
+    leadership_first_epoch: i32,
     partition_epoch: i32,
     replicas: Vec<BrokerId>,
     /// Committed ISR (what the controller last confirmed).
@@ -449,6 +453,7 @@ impl LeaderState {
             local_broker_epoch,
             config,
             leader_epoch: reg.leader_epoch,
+            leadership_first_epoch: reg.leader_epoch,
             partition_epoch: reg.partition_epoch,
             replicas: reg.replicas.clone(),
             isr: reg.isr.iter().copied().collect(),
@@ -865,14 +870,20 @@ impl LeaderState {
 
     /// After an `acks=all` append ending at `required_offset` (last offset + 1) made in
     /// `append_leader_epoch` (`Partition.checkEnoughReplicasReachOffset`): acknowledge once the
-    /// HW reaches it, unless the maximal ISR is below min ISR by then. A changed leader epoch
-    /// means the offset may now hold other data: NOT_LEADER_OR_FOLLOWER (design §2.4).
+    /// HW reaches it, unless the maximal ISR is below min ISR by then. An append made before
+    /// this broker's current unbroken leadership began may have been truncated since (the
+    /// offset may now hold other data): NOT_LEADER_OR_FOLLOWER (design §2.4). An epoch bump
+    /// while leading keeps the log, so those appends are acknowledged once committed, as
+    /// Kafka does (failing them made clients retry batches that later batches had already
+    /// implicitly acknowledged, so librdkafka reported them delivered without an offset).
     pub fn check_after_append(
         &self,
         required_offset: i64,
         append_leader_epoch: i32,
     ) -> AckDecision {
-        if append_leader_epoch != self.leader_epoch {
+        if append_leader_epoch < self.leadership_first_epoch
+            || append_leader_epoch > self.leader_epoch
+        {
             return AckDecision::NotLeader;
         }
         if self.high_watermark < required_offset {

@@ -669,6 +669,35 @@ fn produce_checks() {
 }
 
 #[test]
+fn appends_before_an_epoch_bump_while_leading_are_acknowledged_once_committed() {
+    // A reassignment that removes a replica bumps the leader epoch of an unchanged leader: its
+    // log is not truncated, so writes appended in the old epoch are still committed ones
+    // (Kafka's DelayedProduce completes them). A write from before the leadership began is not.
+    let mut s = leader(&[L, F1, F2], &[L, F1, F2], 2, 0, 0);
+    s.on_local_append(10, 1);
+    s.on_local_durable(10, 1);
+    s.become_leader(&reg(6, 2, &[L, F1], &[L, F1]), 10, 2)
+        .expect("bump while leading");
+    assert_eq!(s.leader_epoch(), 6);
+    assert_eq!(s.check_after_append(10, 5), AckDecision::Wait);
+    let mut req = fetch_req(F1, 10);
+    req.current_leader_epoch = Some(6);
+    s.on_follower_fetch(req, 10, 3).expect("fetch accepted");
+    assert_eq!(s.check_after_append(10, 5), AckDecision::Ack);
+    assert_eq!(s.check_after_append(10, 6), AckDecision::Ack);
+    assert_eq!(
+        s.check_after_append(10, 4),
+        AckDecision::NotLeader,
+        "appended before this leadership began"
+    );
+    assert_eq!(
+        s.check_after_append(10, 7),
+        AckDecision::NotLeader,
+        "an epoch this broker has not led in"
+    );
+}
+
+#[test]
 fn become_leader_ignores_older_partition_epoch_and_keeps_state_within_epoch() {
     // testIgnoreLeaderPartitionStateChangeWithOlderPartitionEpoch,
     // testDoNotResetReplicaStateIfLeaderEpochIsNotBumped,
