@@ -13,7 +13,9 @@
 # lose acknowledged writes, and so must an unclean leader election; a broker reading one
 # offset past the last stable offset must show read_committed readers uncommitted data. Each
 # runs beside the same scenario and seed without the control (which must pass).
-# Exits 0 only if every expectation holds. About 9 minutes.
+# Two lanes run at once (single-node runs; cluster runs and net-txn); each lane runs one scenario at a
+# time, so a lane's results never depend on the other's network namespaces or ports.
+# Exits 0 only if every expectation holds. About 5 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -86,33 +88,65 @@ expect_caught() {
     done
 }
 
-expect kill pass --scenario kill --seed 1 --seconds 12
-expect kill-txn pass --scenario kill --seed 3 --seconds 15 --txn
-expect pause pass --scenario pause --seed 4 --seconds 15
-expect disk-full pass --scenario disk-full --seed 1 --seconds 12
-expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
-expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
-expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
-expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
-expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
-expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
-expect cluster-kill-leader pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12
-expect cluster-unclean pass --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seed 1 --seconds 15
-expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
-expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
-expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
-expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
-expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
-expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
-expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
-expect_caught kill-txn-lso-off-by-one txn-uncommitted-read "3 4 5" --scenario kill --seconds 12 --txn --unsafe-lso-off-by-one
-expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
-expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
-# The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
-# cuts of nodes that acknowledge before fsync must lose acknowledged writes.
-if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then
-    expect_caught cluster-power-cut-all-ack-before-fsync lost-acknowledged-write "2 3 4" --scenario power-cut-all --nodes 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
-fi
+# One lane: its expectations in order, then its counts (read back by the caller).
+lane_single() {
+    expect kill pass --scenario kill --seed 1 --seconds 12
+    expect kill-txn pass --scenario kill --seed 3 --seconds 15 --txn
+    expect pause pass --scenario pause --seed 4 --seconds 15
+    expect disk-full pass --scenario disk-full --seed 1 --seconds 12
+    expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
+    expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
+    expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
+    expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
+    expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
+    expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
+    expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
+    expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
+    expect_caught kill-txn-lso-off-by-one txn-uncommitted-read "3 4 5" --scenario kill --seconds 12 --txn --unsafe-lso-off-by-one
+    echo "$passed $failed $skipped" >"$OUT/lane-single.counts"
+}
+
+lane_cluster() {
+    # A single-node run, here to balance the lanes' durations.
+    expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
+    expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
+    expect cluster-kill-leader pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12
+    expect cluster-unclean pass --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seed 1 --seconds 15
+    expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
+    expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
+    expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
+    expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
+    expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
+    # The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
+    # cuts of nodes that acknowledge before fsync must lose acknowledged writes.
+    if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then
+        expect_caught cluster-power-cut-all-ack-before-fsync lost-acknowledged-write "2 3 4" --scenario power-cut-all --nodes 3 --seconds 20 --rate 2000 --unsafe-ack-before-fsync
+    fi
+    echo "$passed $failed $skipped" >"$OUT/lane-cluster.counts"
+}
+
+lane_single >"$OUT/lane-single.log" 2>&1 &
+single_pid=$!
+lane_cluster >"$OUT/lane-cluster.log" 2>&1 &
+cluster_pid=$!
+trap 'kill $single_pid $cluster_pid 2>/dev/null; exit 130' INT TERM
+wait $single_pid
+wait $cluster_pid
+passed=0
+failed=0
+skipped=0
+for lane in single cluster; do
+    cat "$OUT/lane-$lane.log"
+    if [ -f "$OUT/lane-$lane.counts" ]; then
+        read -r p f s <"$OUT/lane-$lane.counts"
+        passed=$((passed + p))
+        failed=$((failed + f))
+        skipped=$((skipped + s))
+    else
+        echo "chaos: lane $lane ended without its counts"
+        failed=$((failed + 1))
+    fi
+done
 
 [ "$skipped" -gt 0 ] && echo "chaos: $skipped scenario(s) SKIPPED (not root: no loop-mounted ext4)"
 if [ "$failed" -eq 0 ] && [ -z "$KEEP" ]; then

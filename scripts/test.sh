@@ -7,7 +7,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-say() { printf '\n=== %s\n' "$*"; }
+T0=$(date +%s)
+say() { printf '\n=== %s (at %ds)\n' "$*" "$(($(date +%s) - T0))"; }
 
 say "setup: test dependencies"
 ./scripts/setup-test-deps.sh
@@ -35,3 +36,5 @@ HOLDFAST_BIN="$PWD/target/debug/holdfast" ./compat/librdkafka/run.sh
 
 say "chaos smoke: seeded fault scenarios and negative controls"
 ./scripts/chaos-smoke.sh
+
+say "all passed"

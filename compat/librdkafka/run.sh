@@ -14,18 +14,24 @@
 #   TEST_TIMEOUT        seconds per test before it is killed (default 90; --survey: 60)
 #   TEST_KAFKA_VERSION  broker version the tests assume (default 4.0.0)
 #   SURVEY_FROM=NNNN    --survey: resume at test NNNN, keeping earlier rows of survey.tsv
+#   JOBS                tests run at once, each against its own broker (default 3; --survey: 1).
+#                       Most tests spend their time waiting on timers, not CPU.
 #
 # Per-test logs (test-runner and broker) are kept in build/logs/.
 #
-# librdkafka and its test-runner are built once and cached under compat/librdkafka/build/
-# (gitignored; delete it to rebuild). Each test gets a fresh broker and data directory.
+# librdkafka and its test-runner are built once and cached in
+# ${HOLDFAST_CACHE:-~/.cache/holdfast}/librdkafka-2.12.1 (delete it to rebuild). Each test gets
+# a fresh broker and data directory.
 # No errexit: a grep that finds nothing while summarising a log must not end the run.
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
 BUILD="$HERE/build"
-RDK="$BUILD/librdkafka"
+# The built library and test-runner are kept outside the checkout (like cargo's registry), so
+# a fresh clone does not rebuild them; the build is moved into place only once complete.
+RDK_CACHE="${HOLDFAST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/holdfast}"
+RDK="$RDK_CACHE/librdkafka-2.12.1"
 LOGS="$BUILD/logs"
 ALLOWLIST="$HERE/allowlist.txt"
 
@@ -72,16 +78,19 @@ setup() {
         apt-get install -y rapidjson-dev >/dev/null || echo "no rapidjson-dev; 4 tests will skip" >&2
     fi
     echo "building librdkafka from $src into $RDK (a few minutes)" >&2
-    rm -rf "$RDK"
-    mkdir -p "$BUILD"
-    cp -a "$src" "$RDK" || exit 2
+    local tmp="$RDK.partial.$$"
+    rm -rf "$tmp"
+    mkdir -p "$BUILD" "$RDK_CACHE"
+    cp -a "$src" "$tmp" || exit 2
     (
-        cd "$RDK" &&
+        cd "$tmp" &&
             ./configure --disable-ssl --disable-gssapi --disable-curl --disable-lz4-ext \
                 >"$BUILD/configure.log" 2>&1 &&
             make -j2 libs >"$BUILD/make-libs.log" 2>&1 &&
             make -C tests -j2 build >"$BUILD/make-tests.log" 2>&1
-    ) || { echo "librdkafka build failed; see $BUILD/*.log" >&2; exit 2; }
+    ) || { echo "librdkafka build failed; see $BUILD/*.log" >&2; rm -rf "$tmp"; exit 2; }
+    rm -rf "$RDK"
+    mv "$tmp" "$RDK" || exit 2
 }
 
 # ---------------------------------------------------------------- broker
@@ -159,7 +168,8 @@ run_one() {
     [[ ${3:-} == consumer ]] && protocol=consumer
     local log="$LOGS/$num.log" blog="$LOGS/$num.broker.log"
     start_broker "$blog"
-    cat >"$BUILD/test.conf" <<EOF
+    local conf="$BUILD/test.${WORKER:-0}.conf"
+    cat >"$conf" <<EOF
 bootstrap.servers=127.0.0.1:$PORT
 EOF
     local t0 rc=0
@@ -175,7 +185,7 @@ EOF
             if [[ -n $protocol ]]; then
                 export TEST_CONSUMER_GROUP_PROTOCOL="$protocol"
             fi
-            RDKAFKA_TEST_CONF="$BUILD/test.conf" TESTS="$num" TEST_LEVEL=2 \
+            RDKAFKA_TEST_CONF="$conf" TESTS="$num" TEST_LEVEL=2 \
                 exec timeout -s KILL "$TEST_TIMEOUT" ./test-runner -L -p1 $quick
         ) >"$log" 2>&1
     } 2>/dev/null || rc=$?
@@ -260,21 +270,53 @@ passed=0
 failed=0
 skipped=0
 start=$(date +%s)
-for entry in "${TESTS_LIST[@]}"; do
-    t="${entry%%:*}"
-    run_one "$t" "$([[ $entry == *:quick* ]] && echo quick || true)" \
-        "$([[ $entry == *:consumer ]] && echo consumer || true)"
-    printf '%s %-8s %6ss  %s\n' "$t$([[ $entry == *:consumer ]] && echo /consumer || true)" "$RESULT" "$SECS" "$DETAIL"
-    case $RESULT in
+JOBS="${JOBS:-$([[ $MODE == survey ]] && echo 1 || echo 3)}"
+RESULTS="$BUILD/results"
+rm -rf "$RESULTS"
+mkdir -p "$RESULTS"
+
+# One worker: every JOBS-th test from `first`, one line per test to stdout and to its file.
+worker() {
+    WORKER=$1
+    trap stop_broker EXIT
+    trap 'exit 130' INT TERM
+    local i entry t line
+    for ((i = WORKER; i < ${#TESTS_LIST[@]}; i += JOBS)); do
+        entry="${TESTS_LIST[$i]}"
+        t="${entry%%:*}"
+        run_one "$t" "$([[ $entry == *:quick* ]] && echo quick || true)" \
+            "$([[ $entry == *:consumer ]] && echo consumer || true)"
+        line="$(printf '%s %-8s %6ss  %s' "$t$([[ $entry == *:consumer ]] && echo /consumer || true)" "$RESULT" "$SECS" "$DETAIL")"
+        echo "$line"
+        printf '%s\t%s\t%s\t%s\n' "$t" "$RESULT" "$SECS" "$DETAIL" >>"$RESULTS/$WORKER.tsv"
+    done
+}
+
+pids=()
+for ((w = 0; w < JOBS; w++)); do
+    worker "$w" &
+    pids+=($!)
+done
+trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+for pid in "${pids[@]}"; do
+    wait "$pid"
+done
+while IFS=$'\t' read -r t result secs detail; do
+    case $result in
         PASSED) passed=$((passed + 1)) ;;
         # An allow-listed test that skips proves nothing: it counts as failed.
         SKIPPED) if [[ $MODE == survey ]]; then skipped=$((skipped + 1)); else failed=$((failed + 1)); fi ;;
         *) failed=$((failed + 1)) ;;
     esac
     if [[ $MODE == survey ]]; then
-        printf '%s\t%s\t%s\t%s\n' "$t" "$RESULT" "$SECS" "$DETAIL" >>"$SURVEY"
+        printf '%s\t%s\t%s\t%s\n' "$t" "$result" "$secs" "$detail" >>"$SURVEY"
     fi
-done
+done < <(cat "$RESULTS"/*.tsv 2>/dev/null | sort)
+ran=$(cat "$RESULTS"/*.tsv 2>/dev/null | wc -l)
+if [[ $ran -ne ${#TESTS_LIST[@]} ]]; then
+    echo "librdkafka: only $ran of ${#TESTS_LIST[@]} tests reported a result" >&2
+    failed=$((failed + ${#TESTS_LIST[@]} - ran))
+fi
 echo "($(( $(date +%s) - start ))s, $skipped skipped)"
 [[ $MODE == survey ]] && echo "survey table: $SURVEY"
 echo "librdkafka: $passed passed, $failed failed"
