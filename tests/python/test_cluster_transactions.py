@@ -86,7 +86,14 @@ def read_committed(bootstrap, topic):
                   "isolation.level": "read_committed", "enable.auto.commit": False})
     tps = [TopicPartition(topic, p, 0) for p in range(PARTITIONS)]
     c.assign(tps)
-    highs = {p: c.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in range(PARTITIONS)}
+    # The targets are high watermarks, read with read_uncommitted: a read_committed query
+    # answers the last stable offset, which stays before the last transaction until its
+    # markers are written (after commit_transaction returns, as in Kafka), and reading up to
+    # that would miss the transaction.
+    probe = Consumer({"bootstrap.servers": bootstrap, "group.id": unique_topic("hw"),
+                      "isolation.level": "read_uncommitted"})
+    highs = {p: probe.get_watermark_offsets(TopicPartition(topic, p), timeout=20)[1] for p in range(PARTITIONS)}
+    probe.close()
     seen = {}
     deadline = time.time() + 60
     while time.time() < deadline:
