@@ -9,6 +9,9 @@
 # factor 3, min.insync.replicas 2): node kills, coordinated power cuts of every node at once,
 # network partitions between nodes (each node in its own network namespace, root only), and
 # corruption of one node's segments (it must repair from the leader).
+# Clock jumps (libfaketime): the wall clock of the broker, or of one node, steps by seconds to
+# an hour and back; nothing may be lost, and in a cluster no ISR shrink or fencing may follow
+# (timeouts run on a clock that never steps); the control measures them on the wall clock.
 # Cluster controls (issue #7): acks=1 producers under leader kills (followers lagging) must
 # lose acknowledged writes, and so must an unclean leader election; a broker reading one
 # offset past the last stable offset must show read_committed readers uncommitted data. Each
@@ -98,6 +101,7 @@ lane_single() {
     expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
     expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
     expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
+    expect clock-groups-txn pass --scenario clock --seed 2 --seconds 15 --groups --txn
     expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
     expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
     expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
@@ -115,8 +119,10 @@ lane_cluster() {
     expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
     expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
     expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
+    expect cluster-clock pass --scenario clock --nodes 3 --replication-factor 3 --seed 8 --seconds 20
     expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
     expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
+    expect_caught cluster-clock-wall-timers clock-spurious-timeout "8 12 5" --scenario clock --nodes 3 --replication-factor 3 --seconds 20 --unsafe-wall-clock-timers
     # The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
     # cuts of nodes that acknowledge before fsync must lose acknowledged writes.
     if [ -n "${CHAOS_CLUSTER_CONTROL:-}" ]; then

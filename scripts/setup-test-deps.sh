@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Idempotent installer of the third-party clients the tests drive:
-#   .venv with confluent-kafka, kafka-python (+ codec packages) and pytest; kcat via apt.
+#   .venv with confluent-kafka, kafka-python (+ codec packages) and pytest; kcat and faketime
+#   (libfaketime, for the chaos clock-jump fault) via apt.
 # Only package registries are contacted (PyPI, the distribution's apt mirrors).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +41,17 @@ if ! command -v kcat >/dev/null 2>&1 && ! command -v kafkacat >/dev/null 2>&1; t
 fi
 if command -v kcat >/dev/null 2>&1; then
     echo "setup-test-deps: $(kcat -V 2>&1 | head -1)"
+fi
+
+# libfaketime: the chaos harness's clock-jump fault runs brokers under it (LD_PRELOAD).
+FAKETIME_LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | head -1 || true)
+if [ -z "$FAKETIME_LIB" ]; then
+    SUDO=""
+    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
+    echo "setup-test-deps: installing faketime (libfaketime) with apt-get"
+    if ! $SUDO apt-get install -y -q faketime >/dev/null 2>&1; then
+        if ! { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q faketime >/dev/null 2>&1; }; then
+            echo "setup-test-deps: WARNING: could not install faketime; chaos clock scenarios will be SKIPPED" >&2
+        fi
+    fi
 fi

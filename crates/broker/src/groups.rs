@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 
 use crate::errors as ec;
 use crate::handlers::{blocking, Reply};
-use crate::state::{now_ms, Broker};
+use crate::state::{now_ms, timer_ms, Broker};
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
 
@@ -517,7 +517,7 @@ impl Broker {
             self.create_topic(OFFSETS_TOPIC, n, cfg, false)
                 .map_err(|(_, m)| m)?;
         }
-        let now = now_ms();
+        let now = timer_ms();
         let mut count = 0u64;
         self.scan_internal_topic(OFFSETS_TOPIC, |h, key, value| {
             let Some(k) = key else { return };
@@ -677,7 +677,7 @@ impl Broker {
         loop {
             let next = svc.lock().coord.next_deadline();
             let wait = match next {
-                Some(d) => Duration::from_millis((d - now_ms()).clamp(0, 60_000) as u64),
+                Some(d) => Duration::from_millis((d - timer_ms()).clamp(0, 60_000) as u64),
                 None => Duration::from_secs(60),
             };
             let wait = wait.min(retention_every);
@@ -686,7 +686,7 @@ impl Broker {
                 _ = svc.wake.notified() => {}
                 _ = stop.changed() => return,
             }
-            let now = now_ms();
+            let now = timer_ms();
             let expire = last_retention.elapsed() >= retention_every;
             if expire {
                 last_retention = tokio::time::Instant::now();
@@ -742,7 +742,7 @@ impl Broker {
                 }))
             }
             RequestKind::Heartbeat(r) => {
-                let now = now_ms();
+                let now = timer_ms();
                 let code = self.groups().with(|c| {
                     c.heartbeat(
                         &r.group_id.0,
@@ -904,7 +904,7 @@ impl Broker {
         let svc = self.groups();
         let res = {
             let mut g = svc.lock();
-            let out = g.coord.join(req, now_ms());
+            let out = g.coord.join(req, timer_ms());
             // Register before completions are dispatched: the join may complete at once.
             let rx = match &out {
                 Outcome::Wait(t) => {
@@ -988,7 +988,7 @@ impl Broker {
                 r.protocol_type.as_deref(),
                 r.protocol_name.as_deref(),
                 assignments,
-                now_ms(),
+                timer_ms(),
             );
             let rx = match &out {
                 Outcome::Wait(t) => {
@@ -1049,7 +1049,7 @@ impl Broker {
         } else {
             vec![(r.member_id.to_string(), None)]
         };
-        let now = now_ms();
+        let now = timer_ms();
         let (top, per) = self
             .groups()
             .with(|c| c.leave(&r.group_id.0, &members, now));
@@ -1080,7 +1080,7 @@ impl Broker {
     ) -> OffsetCommitResponse {
         let group = r.group_id.0.to_string();
         let tenure = self.groups().tenure();
-        let now = now_ms();
+        let now = timer_ms();
         let (generation, member) = if version >= 1 {
             (r.generation_id_or_member_epoch, r.member_id.to_string())
         } else {
@@ -1411,7 +1411,7 @@ impl Broker {
             client_host,
         };
         let topics = self.topics_view();
-        let now = now_ms();
+        let now = timer_ms();
         let (out, durable) = self
             .groups()
             .with_durable(|c| c.consumer_heartbeat(req, &topics, now));

@@ -35,11 +35,49 @@ pub enum BrokerError {
     Groups(String),
 }
 
+/// The wall clock, in milliseconds since the Unix epoch: record timestamps (LogAppendTime,
+/// markers), retention, producer-state expiry, ledger entries. It can step (NTP, a resumed
+/// VM), so no timeout is measured on it: see [`timer_ms`].
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Test-only negative control for the chaos harness: with
+/// `HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS=1`, [`timer_ms`] is the wall clock, so timeouts step with
+/// it; a cluster `clock` chaos run must then be caught (`clock-spurious-timeout`). Off unless
+/// the variable is exactly `1`; read once.
+fn unsafe_wall_clock_timers() -> bool {
+    static FLAG: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *FLAG.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!(
+                "HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS=1: timeouts run on the wall clock and WILL \
+                 expire at once when it steps forward (test-only negative control)"
+            );
+        }
+        on
+    })
+}
+
+/// Milliseconds on a clock that never steps: the wall clock read once, when first called
+/// (at startup), plus the monotonic time elapsed since. Every timeout and interval runs on
+/// it: ISR lag (`replica.lag.time.max.ms`), broker sessions at the controller, group sessions
+/// and rebalances, transaction timeouts. A wall-clock step forward would otherwise expire
+/// them all at once (spurious ISR shrinks and fencing, found by the chaos harness's
+/// clock-jump fault) and a step back would keep a dead member alive for the step. Values
+/// stay close to wall time, so timestamps the coordinators persist (commit and transaction
+/// start times) still compare correctly with those read back after a restart.
+pub fn timer_ms() -> i64 {
+    if unsafe_wall_clock_timers() {
+        return now_ms();
+    }
+    static START: std::sync::OnceLock<(std::time::Instant, i64)> = std::sync::OnceLock::new();
+    let (at, wall_ms) = *START.get_or_init(|| (std::time::Instant::now(), now_ms()));
+    wall_ms.saturating_add(i64::try_from(at.elapsed().as_millis()).unwrap_or(i64::MAX))
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -25,7 +25,7 @@ use tokio::sync::{watch, Notify};
 use crate::errors as ec;
 use crate::groups::OFFSETS_TOPIC;
 use crate::handlers::{append_records, blocking, Reply};
-use crate::state::{now_ms, Broker, Partition};
+use crate::state::{now_ms, timer_ms, Broker, Partition};
 
 pub const TXN_TOPIC: &str = "__transaction_state";
 
@@ -541,7 +541,7 @@ impl Broker {
         let done = self
             .txns()
             .coord()
-            .markers_written(transactional_id, now_ms());
+            .markers_written(transactional_id, timer_ms());
         if let Some(t) = done {
             self.persist(&t)
                 .await
@@ -772,7 +772,7 @@ impl Broker {
             if !first {
                 let next = self.txns().coord().next_deadline();
                 let wait = match next {
-                    Some(d) => Duration::from_millis((d - now_ms()).clamp(0, 60_000) as u64),
+                    Some(d) => Duration::from_millis((d - timer_ms()).clamp(0, 60_000) as u64),
                     None => every,
                 }
                 .min(every);
@@ -783,7 +783,7 @@ impl Broker {
                 }
             }
             first = false;
-            let now = now_ms();
+            let now = timer_ms();
             let expired = self.txns().coord().expired(now);
             for t in expired {
                 tracing::warn!(transactional_id = %t.transactional_id(), producer_id = t.target.producer_id, "transaction timed out: aborting");
@@ -978,7 +978,7 @@ impl Broker {
         let timeout_ms = r.transaction_timeout_ms;
         let decided = blocking(move || {
             let mut c = b.txns().coord();
-            c.init_producer_id(&id, timeout_ms, expected, now_ms(), || {
+            c.init_producer_id(&id, timeout_ms, expected, timer_ms(), || {
                 b.take_producer_id(fresh)
             })
         })
@@ -1050,7 +1050,7 @@ impl Broker {
             let decided = self
                 .txns()
                 .coord()
-                .add_partitions(&id, pid, epoch, &wanted, now_ms());
+                .add_partitions(&id, pid, epoch, &wanted, timer_ms());
             Some(match decided {
                 Err(code) => fenced_code(code, version, 2),
                 Ok(None) => ec::NONE,
@@ -1093,7 +1093,7 @@ impl Broker {
             r.producer_id.0,
             r.producer_epoch,
             &[(OFFSETS_TOPIC.to_string(), index)],
-            now_ms(),
+            timer_ms(),
         );
         let mut resp = AddOffsetsToTxnResponse::default();
         resp.error_code = match decided {
@@ -1127,7 +1127,7 @@ impl Broker {
                     commit: r.committed,
                     bump,
                 },
-                now_ms(),
+                timer_ms(),
                 || b.take_producer_id(fresh),
             )
         })
@@ -1181,10 +1181,13 @@ impl Broker {
         epoch: i16,
         partitions: &[(String, i32)],
     ) -> Result<(), i16> {
-        let decided =
-            self.txns()
-                .coord()
-                .add_partitions(transactional_id, pid, epoch, partitions, now_ms());
+        let decided = self.txns().coord().add_partitions(
+            transactional_id,
+            pid,
+            epoch,
+            partitions,
+            timer_ms(),
+        );
         match decided {
             Err(codes::PRODUCER_FENCED) => Err(codes::INVALID_PRODUCER_EPOCH),
             Err(code) => Err(code),
@@ -1202,7 +1205,7 @@ impl Broker {
         let pid = r.producer_id.0;
         let epoch = r.producer_epoch;
         let index = self.groups().partition_of(&group);
-        let now = now_ms();
+        let now = timer_ms();
         let implicit = if version >= 5 {
             self.add_partitions_implicitly(
                 &r.transactional_id.0,
@@ -1387,7 +1390,7 @@ impl Broker {
         version: i16,
     ) -> ListTransactionsResponse {
         let c = self.txns().coord();
-        let now = now_ms();
+        let now = timer_ms();
         let known = [
             "Empty",
             "Ongoing",

@@ -460,18 +460,18 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.nodes < 2 {
         bail!("cluster scenarios need --nodes 2 or more (e.g. --nodes 3)");
     }
-    if a.txn {
-        bail!("--txn is not in cluster mode yet: cluster mode has no transaction coordinator (docs/cluster.md)");
-    }
     if a.unsafe_no_dedup
         || a.unsafe_abort_as_commit
         || a.unsafe_offsets_no_fsync
         || a.unsafe_lso_off_by_one
     {
-        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1 and --unsafe-unclean-election controls");
+        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1, --unsafe-unclean-election and --unsafe-wall-clock-timers controls");
     }
     let ks = kinds(&a.scenario)?;
-    if let Some(k) = ks.iter().find(|k| !k.is_cluster()) {
+    if let Some(k) = ks
+        .iter()
+        .find(|k| !k.is_cluster() && **k != FaultKind::ClockJump)
+    {
         bail!(
             "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, unclean, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all, none",
             a.scenario,
@@ -518,6 +518,10 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.unsafe_ack_before_fsync {
         unsafe_env.push("HOLDFAST_UNSAFE_ACK_BEFORE_FSYNC");
         notes.push("NEGATIVE CONTROL: every node acknowledges before fsync".into());
+    }
+    if a.unsafe_wall_clock_timers {
+        unsafe_env.push("HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS");
+        notes.push("NEGATIVE CONTROL: every node measures timeouts on the wall clock".into());
     }
     // As root every node gets its own network namespace, so partitions can be cut between
     // nodes; without it, partition scenarios are skipped (said, not silently).
@@ -586,6 +590,19 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
             "scenario unclean: replica.lag.time.max.ms={UNCLEAN_LAG_MS} on every node"
         ));
     }
+    if ks.contains(&FaultKind::ClockJump) {
+        let Some(lib) = env::libfaketime() else {
+            return crate::skip_no_libfaketime(&a.scenario, &out);
+        };
+        for n in cl.nodes.iter_mut() {
+            let file = work.path.join(format!("node-{}", n.id)).join("clock");
+            n.broker.clock = Some(env::Clock::create(&lib, &file)?);
+        }
+        notes.push(format!(
+            "every node runs under {} (a clock-jump fault shifts one node's wall clock; monotonic clocks real)",
+            lib.display()
+        ));
+    }
     let with_disks = cl.nodes.iter().all(|n| n.disk.is_some());
     if needs_disk && !with_disks {
         let msg = format!(
@@ -625,8 +642,23 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
             .map_or("cluster default".to_string(), |m| m.to_string())
     ));
     workload::SOCKET_TIMEOUT_MS.store(0, Ordering::Relaxed);
+    // `--txn`: the transactional workload on its own replicated topic, against the cluster's
+    // transaction coordinators (leaders of `__transaction_state` partitions).
+    if a.txn {
+        create_topic(
+            &bootstrap,
+            crate::txn::TOPIC,
+            a.replication_factor,
+            a.min_insync_replicas,
+            false,
+            Duration::from_secs(30),
+        )?;
+    }
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    let txn_load = a
+        .txn
+        .then(|| crate::txn::TxnWorkload::start(&bootstrap, a.seed));
     let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
     // `--groups`: the consumer-group workload (members, commits, a watcher of the committed
     // offsets) against the cluster's group coordinator, which moves with the leadership of
@@ -681,6 +713,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         }
     }
     let mut down = Vec::new();
+    for n in cl.nodes.iter_mut() {
+        if let Some(c) = n.broker.clock.as_mut() {
+            if let Err(e) = c.set(0) {
+                restart_failures.push(format!("resetting node {}'s clock at heal: {e:#}", n.id));
+            }
+        }
+    }
     for (i, n) in cl.nodes.iter_mut().enumerate() {
         if n.broker.alive() {
             let _ = n.broker.resume();
@@ -738,6 +777,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         }
         check_interrupted()?;
     }
+    let txn_anomalies = match txn_load {
+        Some(t) => crate::txn::finish(t, &bootstrap, &mut notes),
+        None => Vec::new(),
+    };
+    check_interrupted()?;
     let probe =
         workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
     let fr = workload::final_read(&bootstrap, &rec, Duration::from_secs(60));
@@ -766,6 +810,8 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     let events = rec.finish()?;
     notes.extend(producer_progress(&events, heal_t));
+    // Read before the nodes stop (a controlled shutdown fences the node, legitimately).
+    let spurious = timeouts_in_logs(&out, a.nodes);
     for n in cl.nodes.iter_mut() {
         n.broker.stop();
     }
@@ -800,6 +846,27 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
                 ops: Vec::new(),
                 at_us: None,
             });
+        }
+    }
+    verdict.anomalies.extend(txn_anomalies);
+    // A wall-clock step slows no node and loses no packet: when it is the only fault, no
+    // follower may be dropped from an ISR and no broker fenced. Timeouts measured on the wall
+    // clock would do both (a step forward makes every peer look silent for the step).
+    if !ks.is_empty() && ks.iter().all(|k| *k == FaultKind::ClockJump) {
+        for (what, n) in [
+            ("ISR shrink(s) proposed", spurious.0),
+            ("controller tick(s) fencing a broker", spurious.1),
+        ] {
+            if n > 0 {
+                verdict.anomalies.push(checker::Anomaly {
+                    class: "clock-spurious-timeout",
+                    what: format!(
+                        "{n} {what} in the node logs while the only faults were wall-clock steps"
+                    ),
+                    ops: Vec::new(),
+                    at_us: None,
+                });
+            }
         }
     }
     for r in restart_failures {
@@ -1167,6 +1234,22 @@ fn inject(
                 up.as_millis()
             ))
         }
+        FaultKind::ClockJump => {
+            let id = cl.nodes[chosen].id;
+            let offset_s = crate::clock_offset_s(f.target);
+            let clock = cl.nodes[chosen]
+                .broker
+                .clock
+                .as_mut()
+                .context("a clock jump without libfaketime")?;
+            clock.set(offset_s)?;
+            sleep(hold)?;
+            clock.set(0)?;
+            Ok(format!(
+                "node {id}: wall clock {offset_s:+} s for {} ms, then back to real time",
+                f.hold_ms
+            ))
+        }
         k if k.needs_netns() => {
             let net = cl
                 .net
@@ -1183,6 +1266,20 @@ fn inject(
         }
         k => bail!("fault {} is not a cluster fault", k.name()),
     }
+}
+
+/// (ISR shrinks proposed, controller ticks that wrote records) counted in the node logs so
+/// far. A tick writes records only to fence a broker whose session expired, or for an
+/// unclean election (off unless the topic enables it).
+fn timeouts_in_logs(out: &Path, nodes: usize) -> (usize, usize) {
+    (1..=nodes)
+        .filter_map(|id| std::fs::read_to_string(out.join(format!("node-{id}.log"))).ok())
+        .fold((0, 0), |(s, f), log| {
+            (
+                s + log.matches("ISR shrink proposed").count(),
+                f + log.matches("controller tick records=").count(),
+            )
+        })
 }
 
 /// Flips 16 bytes in the middle of the largest segment file of one (seeded) partition of the

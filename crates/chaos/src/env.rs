@@ -208,9 +208,79 @@ pub struct Broker {
     /// Negative-control and fault-injection switches passed to the broker
     /// (`HOLDFAST_UNSAFE_*`, `HOLDFAST_TEST_*`), each set to `1`.
     unsafe_env: Vec<&'static str>,
+    /// Clock faults (`FaultKind::ClockJump`): the broker runs under libfaketime, reading its
+    /// wall-clock offset from this file (see [`Clock`]).
+    pub clock: Option<Clock>,
     child: Option<Child>,
     paused: bool,
     pub starts: u32,
+}
+
+/// A broker's wall clock, shifted by libfaketime (`LD_PRELOAD`): `CLOCK_REALTIME` (what
+/// `SystemTime::now` reads) is the real time plus the offset in `file`, re-read at most once
+/// a second; the monotonic clock is left alone, as a real NTP step leaves it. The file
+/// is replaced atomically (rename), so the library never reads half an offset.
+pub struct Clock {
+    pub file: PathBuf,
+    lib: PathBuf,
+    /// The offset last written, seconds.
+    pub offset_s: i64,
+}
+
+/// Where Debian's `libfaketime` package puts the multi-threaded library (`HOLDFAST_LIBFAKETIME`
+/// overrides). `None`: not installed (`apt-get install faketime`).
+pub fn libfaketime() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("HOLDFAST_LIBFAKETIME") {
+        return Some(PathBuf::from(p));
+    }
+    [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ]
+    .iter()
+    .map(PathBuf::from)
+    .find(|p| p.exists())
+}
+
+impl Clock {
+    /// A clock at offset 0 whose offset lives in `file`.
+    pub fn create(lib: &Path, file: &Path) -> anyhow::Result<Clock> {
+        let c = Clock {
+            file: file.to_path_buf(),
+            lib: lib.to_path_buf(),
+            offset_s: 0,
+        };
+        c.write(0)?;
+        Ok(c)
+    }
+
+    fn write(&self, offset_s: i64) -> anyhow::Result<()> {
+        let tmp = self.file.with_extension("tmp");
+        std::fs::write(&tmp, format!("{offset_s:+}\n"))
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, &self.file)
+            .with_context(|| format!("replacing {}", self.file.display()))?;
+        Ok(())
+    }
+
+    /// Steps the broker's wall clock to real time + `offset_s` (seen within about a second:
+    /// `FAKETIME_CACHE_DURATION=1`).
+    pub fn set(&mut self, offset_s: i64) -> anyhow::Result<()> {
+        self.write(offset_s)?;
+        self.offset_s = offset_s;
+        Ok(())
+    }
+
+    fn apply(&self, cmd: &mut Command) {
+        cmd.env("LD_PRELOAD", &self.lib)
+            .env("FAKETIME_TIMESTAMP_FILE", &self.file)
+            .env("FAKETIME_CACHE_DURATION", "1")
+            .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+            .env("FAKETIME_DISABLE_SHM", "1")
+            .env("NO_FAKE_STAT", "1");
+    }
 }
 
 impl Broker {
@@ -233,6 +303,7 @@ impl Broker {
             extra_args: Vec::new(),
             log: log.to_path_buf(),
             unsafe_env,
+            clock: None,
             child: None,
             paused: false,
             starts: 0,
@@ -299,11 +370,16 @@ impl Broker {
             "HOLDFAST_UNSAFE_ABORT_AS_COMMIT",
             "HOLDFAST_TEST_FSYNC_EIO_ON_SIGUSR1",
             "HOLDFAST_UNSAFE_OFFSETS_NO_FSYNC",
+            "HOLDFAST_UNSAFE_LSO_OFF_BY_ONE",
+            "HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS",
         ] {
             cmd.env_remove(var);
         }
         for var in &self.unsafe_env {
             cmd.env(var, "1");
+        }
+        if let Some(c) = &self.clock {
+            c.apply(&mut cmd);
         }
         let mut child = cmd
             .spawn()
@@ -344,7 +420,7 @@ impl Broker {
         deadline: Duration,
     ) -> anyhow::Result<()> {
         match rx.recv_timeout(deadline) {
-            Ok(true) => Ok(()),
+            Ok(true) => self.check_clock_loaded(),
             Ok(false) => {
                 let _ = self.kill();
                 bail!("broker exited before listening; see {}", self.log.display())
@@ -357,6 +433,27 @@ impl Broker {
                 )
             }
         }
+    }
+
+    /// With a [`Clock`], the broker must have libfaketime mapped: a clock fault that did not
+    /// reach the broker would pass without testing anything.
+    fn check_clock_loaded(&mut self) -> anyhow::Result<()> {
+        let (Some(c), Some(pid)) = (&self.clock, self.pid()) else {
+            return Ok(());
+        };
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps"))
+            .with_context(|| format!("reading /proc/{pid}/maps"))?;
+        let lib = c
+            .lib
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("libfaketime")
+            .to_string();
+        if !maps.contains(&lib) {
+            let _ = self.kill();
+            bail!("the broker (pid {pid}) did not load {lib}: clock faults would not apply");
+        }
+        Ok(())
     }
 
     /// SIGKILL and reap.

@@ -101,6 +101,11 @@ struct RunArgs {
     /// `unclean.leader.election.enable=true`, so an out-of-sync replica may lead.
     #[arg(long)]
     unsafe_unclean_election: bool,
+    /// Negative control for the `clock` scenario in cluster mode: start every node with
+    /// HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS=1 (timeouts measured on the wall clock, so a step
+    /// forward expires them at once: ISR shrinks and fencing with nothing wrong).
+    #[arg(long)]
+    unsafe_wall_clock_timers: bool,
     /// Sends per second per producer (two producers).
     #[arg(long, default_value_t = 400)]
     rate: u32,
@@ -174,6 +179,24 @@ pub enum FaultKind {
     /// Cluster: SIGKILL one node, flip bytes in the middle of one of its segment files of the
     /// workload topic (corruption on a minority), restart it.
     CorruptNode,
+    /// The wall clock of the broker (cluster: of one seeded node) steps forward or back by a
+    /// seeded amount (seconds to an hour, `clock_offset_s`) through libfaketime, and steps
+    /// back to real time after the hold, as an NTP step or a resumed VM does. The monotonic
+    /// clock is untouched. Single-node and cluster mode.
+    ClockJump,
+}
+
+/// The wall-clock step of a `ClockJump` with seeded draw `target`: forward or back by 2-60 s,
+/// 5 min, 20 min or 1 h (bits of the draw other than those choosing the node).
+pub fn clock_offset_s(target: u64) -> i64 {
+    let sign = if (target >> 8) & 1 == 0 { 1 } else { -1 };
+    let magnitude = match (target >> 9) % 4 {
+        0 => 2 + ((target >> 12) % 59) as i64,
+        1 => 300,
+        2 => 1200,
+        _ => 3600,
+    };
+    sign * magnitude
 }
 
 impl FaultKind {
@@ -200,6 +223,7 @@ impl FaultKind {
             FaultKind::PartitionOneWay => "partition-oneway",
             FaultKind::PartitionClients => "partition-clients",
             FaultKind::CorruptNode => "corrupt-node",
+            FaultKind::ClockJump => "clock-jump",
         }
     }
     fn needs_disk(self) -> bool {
@@ -297,6 +321,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
             FaultKind::PowerCutAll,
         ],
         "corrupt-node" => vec![FaultKind::CorruptNode],
+        "clock" => vec![FaultKind::ClockJump],
         "isolate-node" => vec![FaultKind::IsolateNode],
         "partition-halves" => vec![FaultKind::PartitionHalves],
         "partition-ring" => vec![FaultKind::PartitionRing],
@@ -324,7 +349,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         ],
         "none" => vec![],
         _ => {
-            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, none; cluster: kill-node, kill-leader, unclean, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all)")
+            bail!("unknown scenario {scenario:?} (kill, pause, power-cut, disk-full, mixed, partition, blackhole, delay, net, fsync-eio, clock, none; cluster: kill-node, kill-leader, unclean, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all)")
         }
     })
 }
@@ -370,8 +395,14 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             | FaultKind::PartitionRing
             | FaultKind::PartitionOneWay
             | FaultKind::PartitionClients => rng.u64(1000..6000),
+            // Past the 3 s broker session timeout and the cluster's shortest timers.
+            FaultKind::ClockJump => rng.u64(1000..6000),
         };
-        let target = if kind.is_cluster() { rng.u64(..) } else { 0 };
+        let target = if kind.is_cluster() || kind == FaultKind::ClockJump {
+            rng.u64(..)
+        } else {
+            0
+        };
         if t + hold + 3000 > end {
             break;
         }
@@ -418,6 +449,16 @@ fn watch_signals() {
     });
 }
 
+/// A clock scenario where libfaketime is not installed: SKIPPED (exit 3), said, not silent.
+pub fn skip_no_libfaketime(scenario: &str, out: &std::path::Path) -> anyhow::Result<i32> {
+    let msg = format!(
+        "SKIPPED scenario {scenario}: clock jumps need libfaketime (apt-get install faketime, or HOLDFAST_LIBFAKETIME=path)"
+    );
+    println!("chaos: {msg}");
+    std::fs::write(out.join("report.txt"), format!("{msg}\n"))?;
+    Ok(3)
+}
+
 fn run_watched(a: &RunArgs) -> anyhow::Result<i32> {
     watch_signals();
     run(a)
@@ -449,8 +490,17 @@ fn main() {
         Cmd::Plan(a) => match plan(&a.scenario, a.seed, a.seconds) {
             Ok(p) => {
                 for f in p {
+                    let what = match f.kind {
+                        FaultKind::ClockJump if a.nodes > 1 => format!(
+                            "  node {}: {:+} s",
+                            f.target % a.nodes as u64 + 1,
+                            clock_offset_s(f.target)
+                        ),
+                        FaultKind::ClockJump => format!("  {:+} s", clock_offset_s(f.target)),
+                        _ => String::new(),
+                    };
                     println!(
-                        "{:>7} ms  {:<9} hold {} ms",
+                        "{:>7} ms  {:<9} hold {} ms{what}",
                         f.at_ms,
                         f.kind.name(),
                         f.hold_ms
@@ -586,6 +636,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
                 .into(),
         );
     }
+    if a.unsafe_wall_clock_timers {
+        bail!("--unsafe-wall-clock-timers is a cluster control (--scenario clock --nodes 3)");
+    }
     if a.unsafe_unclean_election {
         bail!("--unsafe-unclean-election is a cluster control (--scenario unclean --nodes 3)");
     }
@@ -598,6 +651,16 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     let mut broker = Broker::new(&broker_bin, &data_dir, &out.join("broker.log"), unsafe_env)?;
     let _ = std::fs::remove_file(out.join("broker.log"));
+    if kinds(&a.scenario)?.contains(&FaultKind::ClockJump) {
+        let Some(lib) = env::libfaketime() else {
+            return skip_no_libfaketime(&a.scenario, &out);
+        };
+        broker.clock = Some(env::Clock::create(&lib, &work.path.join("clock"))?);
+        notes.push(format!(
+            "the broker runs under {} (wall clock shifted by clock-jump faults; monotonic clock real)",
+            lib.display()
+        ));
+    }
     // Network faults: every client connection goes through the proxy, and the broker
     // advertises the proxy so connections opened from Metadata do too.
     let proxy = if needs_proxy {
@@ -673,9 +736,12 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     }
     sleep_until(&rec, a.seconds * 1000)?;
 
-    // Heal everything: no pause, no filler, a running broker.
+    // Heal everything: no pause, no filler, real time, a running broker.
     let heal_t = rec.now_us();
     let _ = broker.resume();
+    if let Some(c) = broker.clock.as_mut() {
+        c.set(0)?;
+    }
     if let Some(p) = &proxy {
         p.set(netproxy::Mode::Pass);
     }
@@ -720,34 +786,10 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         }
         check_interrupted()?;
     }
-    let mut txn_anomalies = Vec::new();
-    if let Some(t) = txn_load {
-        match t.stop() {
-            Ok(ledger) => {
-                let (c, ab, u) = txn::summary(&ledger);
-                notes.push(format!(
-                    "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
-                    ledger.instances, ledger.errors
-                ));
-                txn_anomalies = txn::check_live(&ledger);
-                match txn::check(&bootstrap, &ledger, Duration::from_secs(60)) {
-                    Ok(a) => txn_anomalies.extend(a),
-                    Err(e) => txn_anomalies.push(checker::Anomaly {
-                        class: "txn-final-read",
-                        what: format!("{e:#}"),
-                        ops: Vec::new(),
-                        at_us: None,
-                    }),
-                }
-            }
-            Err(e) => txn_anomalies.push(checker::Anomaly {
-                class: "txn-workload",
-                what: format!("the transactional workload failed: {e:#}"),
-                ops: Vec::new(),
-                at_us: None,
-            }),
-        }
-    }
+    let txn_anomalies = match txn_load {
+        Some(t) => txn::finish(t, &bootstrap, &mut notes),
+        None => Vec::new(),
+    };
     // Liveness: produce and fetch must work within deadlines after healing.
     let probe =
         workload::probe(&bootstrap, &rec, Duration::from_secs(30)).map_err(|e| format!("{e:#}"));
@@ -1002,6 +1044,20 @@ fn inject(
         | FaultKind::PartitionOneWay
         | FaultKind::PartitionClients
         | FaultKind::CorruptNode) => bail!("cluster fault {} on a single broker", k.name()),
+        FaultKind::ClockJump => {
+            let clock = broker
+                .clock
+                .as_mut()
+                .context("a clock jump without libfaketime")?;
+            let offset_s = clock_offset_s(f.target);
+            clock.set(offset_s)?;
+            sleep(hold)?;
+            clock.set(0)?;
+            Ok(format!(
+                "wall clock {offset_s:+} s for {} ms, then back to real time",
+                f.hold_ms
+            ))
+        }
         FaultKind::DiskFull => {
             let disk = disk.context("disk full without a disk image")?;
             let n = disk.fill()?;

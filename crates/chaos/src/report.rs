@@ -45,14 +45,8 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
     );
     let _ = writeln!(
         o,
-        "machine limits: no netem, nft or namespaces (network faults go through the proxy: reset, blackhole, requests held by API key; no packet loss or reordering), no device-mapper (no dm-flakey); power cut = copy of a loop-mounted ext4 image"
+        "machine limits: no netem, nft or iptables (no packet loss, delay or reordering; single-node network faults go through the proxy, cluster partitions are blackhole routes between network namespaces, root only); no device-mapper (no dm-flakey); power cut = copy of a loop-mounted ext4 image"
     );
-    if s.cluster.is_some() {
-        let _ = writeln!(
-            o,
-            "cluster limits: no partitions between brokers (no netns/nft here; per-node proxies or per-node loopback addresses are future work, design 5.2); every node on 127.0.0.1"
-        );
-    }
     for n in &s.notes {
         let _ = writeln!(o, "note: {n}");
     }

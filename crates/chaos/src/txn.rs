@@ -484,6 +484,38 @@ pub fn summary(ledger: &Ledger) -> (usize, usize, usize) {
     s
 }
 
+/// Stops the workload and checks it (single-node and cluster runs alike): the live reader's
+/// anomalies, then the final `read_committed` read's. A summary line goes to `notes`.
+pub fn finish(t: TxnWorkload, bootstrap: &str, notes: &mut Vec<String>) -> Vec<Anomaly> {
+    let ledger = match t.stop() {
+        Ok(l) => l,
+        Err(e) => {
+            return vec![Anomaly {
+                class: "txn-workload",
+                what: format!("the transactional workload failed: {e:#}"),
+                ops: Vec::new(),
+                at_us: None,
+            }]
+        }
+    };
+    let (c, ab, u) = summary(&ledger);
+    notes.push(format!(
+        "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
+        ledger.instances, ledger.errors
+    ));
+    let mut out = check_live(&ledger);
+    match check(bootstrap, &ledger, Duration::from_secs(60)) {
+        Ok(a) => out.extend(a),
+        Err(e) => out.push(Anomaly {
+            class: "txn-final-read",
+            what: format!("{e:#}"),
+            ops: Vec::new(),
+            at_us: None,
+        }),
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ use holdfast_quorum::{AppHandler, Quorum};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{watch, Mutex, OnceCell};
 
-use crate::state::now_ms;
+use crate::state::{now_ms, timer_ms};
 
 /// A topic to create: (name, partitions, replication factor, configs).
 pub(crate) type TopicSpec = (
@@ -256,7 +256,7 @@ impl ControllerService {
         }
         let image = self.image();
         let mut c = Controller::new(self.config.clone(), fastrand::u64(..));
-        c.on_become_active(&image, now_ms());
+        c.on_become_active(&image, timer_ms());
         *active = Some(c);
         tracing::info!(
             node = self.node_id,
@@ -459,7 +459,7 @@ impl ControllerService {
         let Some(controller) = guard.as_mut() else {
             return not_controller;
         };
-        let (records, response) = match controller.handle(&image, request, now_ms()) {
+        let (records, response) = match controller.handle(&image, request, timer_ms()) {
             Ok(x) => x,
             Err(e) => {
                 return Envelope {
@@ -569,7 +569,7 @@ impl ControllerService {
             }
             let image = self.image();
             let Some(c) = guard.as_mut() else { continue };
-            let records = c.tick(&image, now_ms());
+            let records = c.tick(&image, timer_ms());
             if !records.is_empty() {
                 tracing::info!(records = records.len(), "controller tick");
                 if self.propose_all(&q, records).await.is_none() {

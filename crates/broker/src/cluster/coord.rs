@@ -34,7 +34,7 @@ use super::controller::{Answer, Call};
 use super::Cluster;
 use crate::errors as ec;
 use crate::groups::{GroupService, OFFSETS_TOPIC};
-use crate::state::{now_ms, Broker, Partition};
+use crate::state::{timer_ms, Broker, Partition};
 
 /// How often the leadership of the local `__consumer_offsets` partitions is checked (also
 /// woken by every data notification, which HW moves and role changes send).
@@ -463,7 +463,7 @@ async fn reconcile(broker: &Arc<Broker>) -> Result<(), String> {
             txns.drop_pending_offsets(|g| {
                 holdfast_groups::records::partition_for(g, n) == p2.index
             });
-            let now = now_ms();
+            let now = timer_ms();
             let mut count = 0u64;
             let scanned = crate::txn::scan_internal_partition(
                 OFFSETS_TOPIC,

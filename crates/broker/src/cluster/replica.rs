@@ -36,7 +36,7 @@ use super::controller::{Answer, Call};
 use super::throttle::Side;
 use super::Cluster;
 use crate::errors as ec;
-use crate::state::{now_ms, Broker, Partition};
+use crate::state::{now_ms, timer_ms, Broker, Partition};
 
 /// The replication role of a hosted partition.
 #[derive(Debug)]
@@ -86,7 +86,7 @@ pub(crate) fn apply_role(
     leads: bool,
     lag_ms: i64,
 ) -> bool {
-    let now = now_ms();
+    let now = timer_ms();
     let mut st = p.lock();
     if !leads && reg.leader >= 0 && reg.leader != me {
         if let Some(log) = st.log.as_mut() {
@@ -256,7 +256,7 @@ pub(crate) fn leader_read(
     follower_log_start: i64,
     max_bytes: usize,
 ) -> ReplicaRead {
-    let now = now_ms();
+    let now = timer_ms();
     let mut out = ReplicaRead {
         error: ec::NONE,
         high_watermark: -1,
@@ -401,7 +401,7 @@ pub(crate) fn feed_durable(p: &Partition) -> bool {
     let mut repl = p.repl();
     let durable_end = p.durable().durable_end().min(p.log_end_offset());
     if let Some(Repl::Leader(ls)) = repl.as_mut() {
-        if ls.on_local_durable(durable_end, now_ms()).is_some() {
+        if ls.on_local_durable(durable_end, timer_ms()).is_some() {
             p.raise_hw(ls.high_watermark());
             return true;
         }
@@ -462,7 +462,7 @@ pub(crate) async fn manager(
             }
             return;
         }
-        let now = now_ms();
+        let now = timer_ms();
         let shrink = now - last_shrink >= shrink_every;
         if shrink {
             last_shrink = now;
@@ -592,7 +592,7 @@ async fn alter_partition(
         let mut repl = p.repl();
         match repl.as_mut() {
             Some(Repl::Leader(ls)) => {
-                let o = ls.on_alter_partition_response(a.request_id, result.clone(), now_ms());
+                let o = ls.on_alter_partition_response(a.request_id, result.clone(), timer_ms());
                 p.raise_hw(ls.high_watermark());
                 Some(o)
             }
