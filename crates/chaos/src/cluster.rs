@@ -494,6 +494,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let java_cp = if a.java_producers > 0 {
+        match crate::java_classpath(a, &out)? {
+            Some(cp) => Some(cp),
+            None => return Ok(3),
+        }
+    } else {
+        None
+    };
     let broker_bin = match &a.broker_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -625,8 +633,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
             .map_or("cluster default".to_string(), |m| m.to_string())
     ));
     workload::SOCKET_TIMEOUT_MS.store(0, Ordering::Relaxed);
+    let mut java = crate::java_spawn(a, java_cp.as_ref(), &out, &bootstrap, &mut notes)?;
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    if let Some(j) = java.as_mut() {
+        notes.extend(j.start(&rec)?);
+    }
     let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
     // `--groups`: the consumer-group workload (members, commits, a watcher of the committed
     // offsets) against the cluster's group coordinator, which moves with the leadership of
@@ -711,7 +723,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         Err(e) => notes.push(format!("after healing: {e:#}")),
     }
     check_interrupted()?;
+    if let Some(j) = java.as_mut() {
+        j.request_stop();
+    }
     let stop_res = load.stop();
+    let java_err = crate::java_stop(java, &mut notes);
     check_interrupted()?;
     if let Err(e) = &stop_res {
         notes.push(format!("workload thread error: {e:#}"));
@@ -870,6 +886,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, node-*.log",
         out.display()
     );
+    if let Some(e) = java_err {
+        bail!("the run proves nothing about the Java sends: {e}");
+    }
     drop(cl);
     drop(work);
     Ok(if verdict.anomalies.is_empty() { 0 } else { 1 })
