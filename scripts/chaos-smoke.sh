@@ -15,7 +15,8 @@
 # runs beside the same scenario and seed without the control (which must pass).
 # A second client library (issue #7): runs with --java-producers 1 add a producer of Apache
 # Kafka's Java client (kafka-clients) to the same history; a kill run against a broker without
-# producer deduplication must FAIL with duplicates of the Java producer's values.
+# producer deduplication must FAIL with duplicates of the Java producer's values, and an acks=1
+# kill-leader run must lose writes the Java producer saw acknowledged.
 # Two lanes run at once (single-node runs; cluster runs and net-txn); each lane runs one scenario at a
 # time, so a lane's results never depend on the other's network namespaces or ports.
 # Exits 0 only if every expectation holds. About 5 minutes.
@@ -135,6 +136,8 @@ lane_cluster() {
     expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
     expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
     expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
+    # The Java producer honours --acks too: its acknowledged writes must be lost as well.
+    EXPECT_ALSO='^  java: [0-9]+ sent, [0-9]+ acknowledged \([1-9][0-9]* lost' expect_caught cluster-kill-leader-acks-1-java lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1 --java-producers 1
     expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
     # The cluster's negative control (about 80 s, so not in the default smoke): coordinated power
     # cuts of nodes that acknowledge before fsync must lose acknowledged writes.
