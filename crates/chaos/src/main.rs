@@ -946,6 +946,11 @@ fn java_stop(j: Option<java::JavaProducers>, notes: &mut Vec<String>) -> Option<
     match j?.stop() {
         Ok(s) => {
             for (name, st) in s.stats {
+                if st.acked == 0 {
+                    notes.push(format!(
+                        "WARNING: {name} got no send acknowledged: this run says nothing about the Java client"
+                    ));
+                }
                 notes.push(format!(
                     "{name}: {} sends, {} acknowledged, {} failed, {} indefinite; errors by exception {:?}",
                     st.invoked, st.acked, st.failed, st.indefinite, st.errors

@@ -29,7 +29,7 @@ import org.apache.kafka.common.serialization.ByteArraySerializer;
  *
  * <p>Protocol (stdin lines from the harness, stdout lines to it):
  * <ul>
- *   <li>{@code {"e":"ready"}} once the producer is created;
+ *   <li>{@code {"e":"ready"}} once the producer is created and knows the topic's partitions;
  *   <li>stdin {@code sync}: {@code {"e":"sync","t":NANOS}} with {@link System#nanoTime()} (the
  *       harness maps this process's clock onto its own);
  *   <li>stdin {@code go}: sending starts;
@@ -100,6 +100,7 @@ public final class ChaosProducer {
         long sent = 0;
         KafkaProducer<byte[], byte[]> producer = new KafkaProducer<>(p);
         try {
+            awaitMetadata(producer, topic, partitions);
             emit("{\"e\":\"ready\"}");
             control.start();
             GO.await();
@@ -141,6 +142,33 @@ public final class ChaosProducer {
                 + ERRORS.get() + "}");
         OUT.flush();
         System.exit(OUT.checkError() ? 1 : 0);
+    }
+
+    /**
+     * Ready means connected: the topic's partitions known to the client (each attempt blocks at
+     * most max.block.ms), so a slow start (a JVM on a loaded machine) is not taken for a fault.
+     */
+    static void awaitMetadata(KafkaProducer<byte[], byte[]> producer, String topic, int partitions) {
+        long deadline = System.nanoTime() + TimeUnit.SECONDS.toNanos(60);
+        while (true) {
+            try {
+                int n = producer.partitionsFor(topic).size();
+                if (n >= partitions) {
+                    return;
+                }
+                System.err.println("chaos-producer: " + topic + " has " + n + " partitions, want " + partitions);
+            } catch (RuntimeException e) {
+                System.err.println("chaos-producer: no metadata for " + topic + " yet: " + e);
+            }
+            if (System.nanoTime() > deadline) {
+                throw new IllegalStateException("no metadata for " + topic + " within 60 s");
+            }
+            try {
+                Thread.sleep(200); // after a failed attempt (partitionsFor itself waits)
+            } catch (InterruptedException e) {
+                throw new IllegalStateException(e);
+            }
+        }
     }
 
     /** stdin: "sync" answers with this process's clock, "go" starts, "stop" or EOF stops. */
