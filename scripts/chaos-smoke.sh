@@ -19,7 +19,7 @@
 # kill-leader run must lose writes the Java producer saw acknowledged.
 # Two lanes run at once (single-node runs; cluster runs and net-txn); each lane runs one scenario at a
 # time, so a lane's results never depend on the other's network namespaces or ports.
-# Exits 0 only if every expectation holds. About 5 minutes.
+# Exits 0 only if every expectation holds. About 6 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
