@@ -16,9 +16,13 @@
 # lose acknowledged writes, and so must an unclean leader election; a broker reading one
 # offset past the last stable offset must show read_committed readers uncommitted data. Each
 # runs beside the same scenario and seed without the control (which must pass).
+# A second client library (issue #7): runs with --java-producers 1 add a producer of Apache
+# Kafka's Java client (kafka-clients) to the same history; a kill run against a broker without
+# producer deduplication must FAIL with duplicates of the Java producer's values, and an acks=1
+# kill-leader run must lose writes the Java producer saw acknowledged.
 # Two lanes run at once (single-node runs; cluster runs and net-txn); each lane runs one scenario at a
 # time, so a lane's results never depend on the other's network namespaces or ports.
-# Exits 0 only if every expectation holds. About 5 minutes.
+# Exits 0 only if every expectation holds. About 6 minutes.
 #
 #   scripts/chaos-smoke.sh            # CHAOS_OUT=DIR keeps the reports (default: a temp dir)
 #
@@ -32,14 +36,22 @@ BIN="${CARGO_TARGET_DIR:-target}/debug"
 OUT="${CHAOS_OUT:-$(mktemp -d /tmp/chaos-smoke.XXXXXX)}"
 KEEP="${CHAOS_OUT:+1}"
 mkdir -p "$OUT"
+# The Java producer (--java-producers) is compiled with the other Java test programs; without
+# Java or its jars the script says SKIPPED and those runs are skipped (exit 3).
+scripts/setup-java-deps.sh >"$OUT/setup-java-deps.log" 2>&1 || {
+    cat "$OUT/setup-java-deps.log"
+    echo "chaos: scripts/setup-java-deps.sh failed"
+    exit 1
+}
 passed=0
 failed=0
 skipped=0
 
 # expect NAME pass|fail:CLASS ARGS...: run one scenario and compare the verdict; a run
-# expected to fail must fail with anomalies of CLASS.
+# expected to fail must fail with anomalies of CLASS. With EXPECT_ALSO=REGEX in its
+# environment, the report must also have a line matching REGEX (grep -E).
 expect() {
-    local name=$1 want=${2%%:*} class=${2#*:}
+    local name=$1 want=${2%%:*} class=${2#*:} also=${EXPECT_ALSO:-}
     shift 2
     local log="$OUT/$name.txt"
     timeout -k 20 150 "$BIN/holdfast-chaos" run "$@" --out "$OUT/$name" >"$log" 2>&1
@@ -58,12 +70,16 @@ expect() {
     coord=$(grep -m1 '^coordinated power cuts' "$log" | cut -d';' -f1 || true)
     [ -n "$coord" ] && lost="$lost; $coord"
     [ "$want" = fail ] && lost="$lost; $class: $(grep -m1 "^  $class: " "$log" | cut -d: -f2 | tr -d ' ')"
+    local java
+    java=$(grep -m1 '^  java: ' "$log" | sed 's/^  //' || true)
+    [ -n "$java" ] && lost="$lost; $(grep -m1 '^  rdkafka: ' "$log" | sed 's/^  //'); $java"
     if [ "$got" = skipped ]; then
         skipped=$((skipped + 1))
         echo "chaos: $name SKIPPED: $(grep -m1 SKIPPED "$log")"
         return
     fi
-    if [ "$got" = "$want" ] && { [ "$want" = pass ] || grep -q "^  $class: [1-9]" "$log"; }; then
+    if [ "$got" = "$want" ] && { [ "$want" = pass ] || grep -q "^  $class: [1-9]" "$log"; } &&
+        { [ -z "$also" ] || grep -Eq "$also" "$log"; }; then
         passed=$((passed + 1))
         echo "chaos: $name: expected $want, got $got ($lost)"
     else
@@ -72,6 +88,10 @@ expect() {
         grep -v '^      {' "$log" | head -60
     fi
 }
+
+# A run with --java-producers proves something about the Java client only if it acknowledged
+# sends (its JVM may start slowly on a loaded machine).
+JAVA_ACKED='^  java: [0-9]+ sent, [1-9][0-9]* acknowledged'
 
 # A negative control must be caught. A run in which the injected bug happened not to bite
 # (it can: an unsynced ack is lost only if a cut lands before writeback) is retried with the
@@ -100,10 +120,13 @@ lane_single() {
     expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
     expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
     expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
+    EXPECT_ALSO=$JAVA_ACKED expect kill-java pass --scenario kill --seed 1 --seconds 12 --java-producers 1
     expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
     expect clock-groups-txn pass --scenario clock --seed 2 --seconds 15 --groups --txn
     expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync
     expect_caught kill-no-dedup duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup
+    # The Java sends are checked: duplicates of java-0's values (the per-client line).
+    EXPECT_ALSO='^  java: .*, [1-9][0-9]* duplicated\)' expect_caught kill-no-dedup-java duplicate "1 3 5" --scenario kill --seconds 15 --rate 1500 --unsafe-no-dedup --java-producers 1
     expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
     expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
     expect_caught kill-txn-lso-off-by-one txn-uncommitted-read "3 4 5" --scenario kill --seconds 12 --txn --unsafe-lso-off-by-one
@@ -115,12 +138,15 @@ lane_cluster() {
     expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
     expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
     expect cluster-kill-leader pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12
+    EXPECT_ALSO=$JAVA_ACKED expect cluster-kill-leader-java pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12 --java-producers 1
     expect cluster-unclean pass --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seed 1 --seconds 15
     expect cluster-power-cut-all pass --scenario power-cut-all --nodes 3 --replication-factor 3 --seed 1 --seconds 10 --rate 1000
     expect cluster-partitions pass --scenario cluster-partitions --nodes 3 --replication-factor 3 --seed 2 --seconds 25
     expect cluster-corrupt-node pass --scenario corrupt-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
     expect cluster-clock pass --scenario clock --nodes 3 --replication-factor 3 --seed 8 --seconds 20
     expect_caught cluster-kill-leader-acks-1 lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1
+    # The Java producer honours --acks too: its acknowledged writes must be lost as well.
+    EXPECT_ALSO='^  java: [0-9]+ sent, [0-9]+ acknowledged \([1-9][0-9]* lost' expect_caught cluster-kill-leader-acks-1-java lost-acknowledged-write "3 2 4" --scenario kill-leader --nodes 3 --replication-factor 3 --seconds 12 --acks 1 --java-producers 1
     expect_caught cluster-unclean-election lost-acknowledged-write "1 2 3" --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seconds 15 --unsafe-unclean-election
     expect_caught cluster-clock-wall-timers clock-spurious-timeout "8 12 5" --scenario clock --nodes 3 --replication-factor 3 --seconds 20 --unsafe-wall-clock-timers
     # The cluster's negative control (about 80 s, so not in the default smoke): coordinated power

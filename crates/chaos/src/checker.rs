@@ -37,6 +37,21 @@ pub struct Verdict {
     pub info_observed: usize,
     pub info_unseen: usize,
     pub final_records: usize,
+    /// Per client library of the workload's sends (`F::Send`; rdkafka or java): the
+    /// report's per-library figures.
+    pub by_client: BTreeMap<&'static str, ClientFigures>,
+}
+
+/// One client library's sends.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientFigures {
+    pub sent: usize,
+    pub acked: usize,
+    pub lost: usize,
+    /// Values at more than one offset in the final read.
+    pub duplicated: usize,
+    pub failed: usize,
+    pub indefinite: usize,
 }
 
 impl Verdict {
@@ -153,12 +168,23 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
         }
     }
 
+    let by_value: HashMap<&str, &Send> = sends
+        .values()
+        .filter_map(|s| s.invoke.value.as_deref().map(|val| (val, s)))
+        .collect();
+
     // Duplicates: a value at more than one offset in the final read.
     for (val, places) in &final_at {
         let mut distinct = places.clone();
         distinct.sort_unstable();
         distinct.dedup();
         if distinct.len() > 1 {
+            if let Some(s) = by_value.get(val.as_str()).filter(|s| s.invoke.f == F::Send) {
+                v.by_client
+                    .entry(crate::java::client_of(&s.invoke.process))
+                    .or_default()
+                    .duplicated += 1;
+            }
             add(
                 &mut v,
                 "duplicate",
@@ -167,11 +193,6 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
             );
         }
     }
-
-    let by_value: HashMap<&str, &Send> = sends
-        .values()
-        .filter_map(|s| s.invoke.value.as_deref().map(|val| (val, s)))
-        .collect();
     // Values read that nobody sent.
     for val in &observed {
         if !by_value.contains_key(val.as_str()) {
@@ -191,6 +212,22 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
         let found = final_at.get(val).and_then(|o| o.first().copied());
         let mut ops = vec![s.invoke.clone()];
         ops.extend(s.done.clone());
+        if s.invoke.f == F::Send {
+            let c = v
+                .by_client
+                .entry(crate::java::client_of(&s.invoke.process))
+                .or_default();
+            c.sent += 1;
+            match s.outcome() {
+                Kind::Ok if found.is_none() => {
+                    c.acked += 1;
+                    c.lost += 1;
+                }
+                Kind::Ok => c.acked += 1,
+                Kind::Fail => c.failed += 1,
+                Kind::Info | Kind::Invoke => c.indefinite += 1,
+            }
+        }
         match s.outcome() {
             Kind::Ok => {
                 v.acked += 1;
@@ -677,6 +714,46 @@ mod tests {
         read(&mut h, F::FinalRead, "a", 0);
         read(&mut h, F::FinalRead, "b", 1);
         assert!(classes(&h, 2, 2).is_empty());
+    }
+
+    #[test]
+    fn figures_per_client_library() {
+        let mut h = Vec::new();
+        send(&mut h, 1, "a", 10, Kind::Ok, Some(0));
+        for (op, val, kind) in [
+            (2, "java-0-0", Kind::Ok),
+            (3, "java-0-1", Kind::Ok),
+            (4, "java-0-2", Kind::Info),
+        ] {
+            h.push(
+                ev(Kind::Invoke, F::Send, "java-0", op, op * 10)
+                    .value(val)
+                    .partition(0),
+            );
+            h.push(
+                ev(kind, F::Send, "java-0", op, op * 10 + 1)
+                    .value(val)
+                    .partition(0),
+            );
+        }
+        read(&mut h, F::FinalRead, "a", 0);
+        read(&mut h, F::FinalRead, "java-0-0", 1);
+        read(&mut h, F::FinalRead, "java-0-0", 2);
+        let v = check(&h, &[(0, (3, 3))].into_iter().collect());
+        let java = ClientFigures {
+            sent: 3,
+            acked: 2,
+            lost: 1,
+            duplicated: 1,
+            failed: 0,
+            indefinite: 1,
+        };
+        assert_eq!(v.by_client.get("java"), Some(&java), "{:?}", v.by_client);
+        assert_eq!(
+            v.by_client.get("rdkafka").map(|c| (c.acked, c.lost)),
+            Some((1, 0))
+        );
+        assert_eq!(v.acked, 3);
     }
 
     #[test]

@@ -494,6 +494,14 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let java_cp = if a.java_producers > 0 {
+        match crate::java_classpath(a, &out)? {
+            Some(cp) => Some(cp),
+            None => return Ok(3),
+        }
+    } else {
+        None
+    };
     let broker_bin = match &a.broker_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -654,8 +662,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
             Duration::from_secs(30),
         )?;
     }
+    let mut java = crate::java_spawn(a, java_cp.as_ref(), &out, &bootstrap, &mut notes)?;
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    if let Some(j) = java.as_mut() {
+        notes.extend(j.start(&rec)?);
+    }
     let txn_load = a
         .txn
         .then(|| crate::txn::TxnWorkload::start(&bootstrap, a.seed));
@@ -750,7 +762,11 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         Err(e) => notes.push(format!("after healing: {e:#}")),
     }
     check_interrupted()?;
+    if let Some(j) = java.as_mut() {
+        j.request_stop();
+    }
     let stop_res = load.stop();
+    let java_err = crate::java_stop(java, &mut notes);
     check_interrupted()?;
     if let Err(e) = &stop_res {
         notes.push(format!("workload thread error: {e:#}"));
@@ -937,6 +953,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, node-*.log",
         out.display()
     );
+    if let Some(e) = java_err {
+        bail!("the run proves nothing about the Java sends: {e}");
+    }
     drop(cl);
     drop(work);
     Ok(if verdict.anomalies.is_empty() { 0 } else { 1 })

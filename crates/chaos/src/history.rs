@@ -194,7 +194,18 @@ impl Recorder {
         false
     }
 
-    pub fn record(&self, mut e: Event) {
+    pub fn record(&self, e: Event) {
+        self.record_stamped(e, None);
+    }
+
+    /// [`Recorder::record`] with the time the event happened (microseconds since the start)
+    /// when it is known to be earlier than now: a Java producer's invoke, taken by the
+    /// program before `send()` (crates/chaos/src/java.rs). Never later than now.
+    pub fn record_at(&self, e: Event, t_us: u64) {
+        self.record_stamped(e, Some(t_us));
+    }
+
+    fn record_stamped(&self, mut e: Event, at_us: Option<u64>) {
         if e.kind == Kind::Ok && e.f == F::Send {
             self.acks.fetch_add(1, Ordering::SeqCst);
         }
@@ -208,7 +219,8 @@ impl Recorder {
             self.overflow.store(true, Ordering::Relaxed);
             return;
         }
-        e.t_us = self.now_us();
+        let now = self.now_us();
+        e.t_us = at_us.map_or(now, |t| t.min(now));
         match serde_json::to_string(&e) {
             Ok(line) => {
                 if let Err(err) = writeln!(g.out, "{line}") {

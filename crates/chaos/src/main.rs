@@ -10,6 +10,7 @@ mod cluster;
 mod env;
 mod groups;
 mod history;
+mod java;
 mod netns;
 mod netproxy;
 mod report;
@@ -128,6 +129,12 @@ struct RunArgs {
     /// KIP-890's per-transaction epoch bump in version 2).
     #[arg(long, value_delimiter = ',', default_values_t = [0i16, 24, 25, 28])]
     hold_apis: Vec<i16>,
+    /// Also run N producers of the Java client (Apache Kafka's kafka-clients; `java` from
+    /// PATH, classes from `.deps/java` or `HOLDFAST_JAVA_CP`) sending `--rate` values per
+    /// second each, round-robin over the partitions, with the same `--acks`, into the same
+    /// history (process `java-<i>`). Without `java` the run is SKIPPED (exit 3).
+    #[arg(long, default_value_t = 0)]
+    java_producers: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -566,6 +573,14 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    let java_cp = if a.java_producers > 0 {
+        match java_classpath(a, &out)? {
+            Some(cp) => Some(cp),
+            None => return Ok(3),
+        }
+    } else {
+        None
+    };
     let broker_bin = match &a.broker_bin {
         Some(b) => b.clone(),
         None => std::env::current_exe()?
@@ -683,8 +698,12 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         None => broker.bootstrap(),
     };
     workload::create_topic(&bootstrap, Duration::from_secs(30))?;
+    let mut java = java_spawn(a, java_cp.as_ref(), &out, &bootstrap, &mut notes)?;
 
     let rec = Arc::new(Recorder::create(&out.join("history.jsonl"))?);
+    if let Some(j) = java.as_mut() {
+        notes.extend(j.start(&rec)?);
+    }
     let txn_load = if a.txn {
         workload::create_named_topic(&bootstrap, txn::TOPIC, Duration::from_secs(30))?;
         Some(txn::TxnWorkload::start(&bootstrap, a.seed))
@@ -759,7 +778,11 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     notes.push(format!("healed at {:.1} s", heal_t as f64 / 1e6));
 
     check_interrupted()?;
+    if let Some(j) = java.as_mut() {
+        j.request_stop();
+    }
     let stop_res = load.stop();
+    let java_err = java_stop(java, &mut notes);
     check_interrupted()?;
     if let Err(e) = &stop_res {
         notes.push(format!("workload thread error: {e:#}"));
@@ -902,10 +925,87 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         "chaos: wrote {}/report.txt, timeline.svg, history.jsonl, broker.log",
         out.display()
     );
+    if let Some(e) = java_err {
+        bail!("the run proves nothing about the Java sends: {e}");
+    }
     drop(broker);
     drop(disk);
     drop(work);
     Ok(if verdict.anomalies.is_empty() { 0 } else { 1 })
+}
+
+/// `--java-producers`: the class path, or `Ok(None)` after writing a SKIPPED report when this
+/// machine cannot run them (no `java`, no kafka-clients jar). Called before anything starts.
+fn java_classpath(a: &RunArgs, out: &std::path::Path) -> anyhow::Result<Option<java::Classpath>> {
+    let cp = java::Classpath::find();
+    if let Some(why) = java::unavailable(&cp) {
+        let msg = format!("SKIPPED scenario {}: {why}", a.scenario);
+        println!("chaos: {msg}");
+        std::fs::write(out.join("report.txt"), format!("{msg}\n"))?;
+        return Ok(None);
+    }
+    Ok(Some(cp))
+}
+
+/// `--java-producers`: spawns the programs once the topic exists (an error is a harness error).
+fn java_spawn(
+    a: &RunArgs,
+    cp: Option<&java::Classpath>,
+    out: &std::path::Path,
+    bootstrap: &str,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<Option<java::JavaProducers>> {
+    let Some(cp) = cp.filter(|_| a.java_producers > 0) else {
+        return Ok(None);
+    };
+    let t = Instant::now();
+    let j = java::JavaProducers::spawn(
+        a.java_producers,
+        cp,
+        out,
+        bootstrap,
+        workload::TOPIC,
+        workload::PARTITIONS,
+        a.rate,
+        &a.acks,
+    )
+    .context("starting the Java producers")?;
+    notes.push(format!(
+        "{} Java producer(s) (kafka-clients, acks={}, {}idempotent, delivery.timeout.ms=15000, request.timeout.ms=5000), {} sends/s each, ready {} ms after the spawn; logs java-<i>.log",
+        a.java_producers,
+        a.acks,
+        if a.acks == "all" { "" } else { "not " },
+        a.rate,
+        t.elapsed().as_millis()
+    ));
+    Ok(Some(j))
+}
+
+/// `--java-producers`: stops the programs; their figures go to the notes, a failure (a
+/// program died, did not stop, or exited badly) is returned as text for a harness error once
+/// the report is written.
+fn java_stop(j: Option<java::JavaProducers>, notes: &mut Vec<String>) -> Option<String> {
+    match j?.stop() {
+        Ok(s) => {
+            for (name, st) in s.stats {
+                if st.acked == 0 {
+                    notes.push(format!(
+                        "WARNING: {name} got no send acknowledged: this run says nothing about the Java client"
+                    ));
+                }
+                notes.push(format!(
+                    "{name}: {} sends, {} acknowledged, {} failed, {} indefinite; errors by exception {:?}",
+                    st.invoked, st.acked, st.failed, st.indefinite, st.errors
+                ));
+            }
+            None
+        }
+        Err(e) => {
+            let e = format!("{e:#}");
+            notes.push(format!("HARNESS ERROR: {e}"));
+            Some(e)
+        }
+    }
 }
 
 fn sleep_until(rec: &Recorder, ms: u64) -> anyhow::Result<()> {

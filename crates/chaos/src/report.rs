@@ -75,6 +75,27 @@ pub fn text(s: &RunSummary, v: &Verdict) -> String {
         "\nacknowledged sends {}: found in final read {}; indefinite sends observed {} / never observed {}",
         v.acked, v.acked_found, v.info_observed, v.info_unseen
     );
+    if !v.by_client.is_empty() {
+        // librdkafka (the workload's own producers) first, then the Java client.
+        let mut clients: Vec<_> = v.by_client.iter().collect();
+        clients.sort_by_key(|(c, _)| (**c != "rdkafka", **c));
+        let _ = writeln!(
+            o,
+            "acknowledged sends by client: {}",
+            clients
+                .iter()
+                .map(|(c, f)| format!("{c} {}", f.acked))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        for (c, f) in clients {
+            let _ = writeln!(
+                o,
+                "  {c}: {} sent, {} acknowledged ({} lost, {} duplicated), {} failed, {} indefinite",
+                f.sent, f.acked, f.lost, f.duplicated, f.failed, f.indefinite
+            );
+        }
+    }
     let _ = writeln!(o, "final read: {} records", v.final_records);
     for (p, (lo, hi)) in &s.final_bounds {
         let _ = writeln!(
