@@ -166,7 +166,7 @@ run_one() {
     local num="$1" quick= protocol="${TEST_CONSUMER_GROUP_PROTOCOL:-}"
     [[ ${2:-} == quick ]] && quick=-Q
     [[ ${3:-} == consumer ]] && protocol=consumer
-    local log="$LOGS/$num.log" blog="$LOGS/$num.broker.log"
+    local log="$LOGS/$num${protocol:+.$protocol}.log" blog="$LOGS/$num${protocol:+.$protocol}.broker.log"
     start_broker "$blog"
     local conf="$BUILD/test.${WORKER:-0}.conf"
     cat >"$conf" <<EOF
@@ -275,14 +275,18 @@ RESULTS="$BUILD/results"
 rm -rf "$RESULTS"
 mkdir -p "$RESULTS"
 
-# One worker: every JOBS-th test from `first`, one line per test to stdout and to its file.
+# One worker: entries WORKER, WORKER+jobs, ... of the list given, one line per test to stdout
+# and to the worker's results file.
 worker() {
     WORKER=$1
+    local jobs=$2
+    shift 2
+    local list=("$@")
     trap stop_broker EXIT
     trap 'exit 130' INT TERM
     local i entry t line
-    for ((i = WORKER; i < ${#TESTS_LIST[@]}; i += JOBS)); do
-        entry="${TESTS_LIST[$i]}"
+    for ((i = WORKER; i < ${#list[@]}; i += jobs)); do
+        entry="${list[$i]}"
         t="${entry%%:*}"
         run_one "$t" "$([[ $entry == *:quick* ]] && echo quick || true)" \
             "$([[ $entry == *:consumer ]] && echo consumer || true)"
@@ -292,15 +296,37 @@ worker() {
     done
 }
 
-pids=()
-for ((w = 0; w < JOBS; w++)); do
-    worker "$w" &
-    pids+=($!)
+# Runs the entries given with `jobs` workers at once and waits for them.
+run_list() {
+    local jobs=$1
+    shift
+    [[ $# -eq 0 ]] && return
+    pids=()
+    for ((w = 0; w < jobs; w++)); do
+        worker "$w" "$jobs" "$@" &
+        pids+=($!)
+    done
+    trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
+    for pid in "${pids[@]}"; do
+        wait "$pid"
+    done
+}
+
+# Tests of the KIP-848 `consumer` protocol run one at a time after the others: with three
+# tests at once, 0045/consumer (rapid subscription changes) once waited past its 30 s for an
+# assignment (1 CI run, and 1 of 15 local runs three at a time; never when run alone). Left
+# open in docs/compat/librdkafka.md.
+parallel=()
+sequential=()
+for entry in "${TESTS_LIST[@]}"; do
+    if [[ $entry == *:consumer || -n ${TEST_CONSUMER_GROUP_PROTOCOL:-} ]]; then
+        sequential+=("$entry")
+    else
+        parallel+=("$entry")
+    fi
 done
-trap 'kill "${pids[@]}" 2>/dev/null; exit 130' INT TERM
-for pid in "${pids[@]}"; do
-    wait "$pid"
-done
+run_list "$JOBS" "${parallel[@]}"
+run_list 1 "${sequential[@]}"
 while IFS=$'\t' read -r t result secs detail; do
     case $result in
         PASSED) passed=$((passed + 1)) ;;

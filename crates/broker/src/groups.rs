@@ -1412,9 +1412,25 @@ impl Broker {
         };
         let topics = self.topics_view();
         let now = timer_ms();
+        tracing::debug!(
+            group = %req.group_id,
+            member = %req.member_id,
+            epoch = req.member_epoch,
+            topics = ?req.subscribed_topic_names.as_ref().map(Vec::len),
+            regex = ?req.subscribed_topic_regex,
+            owned = ?req.owned.as_ref().map(|o| o.iter().map(|(_, p)| p.len()).sum::<usize>()),
+            "consumer heartbeat"
+        );
         let (out, durable) = self
             .groups()
             .with_durable(|c| c.consumer_heartbeat(req, &topics, now));
+        tracing::debug!(
+            error = out.error,
+            member = ?out.member_id,
+            epoch = out.member_epoch,
+            assigned = ?out.assignment.as_ref().map(|a| a.iter().map(|(_, p)| p.len()).sum::<usize>()),
+            "consumer heartbeat answered"
+        );
         let mut resp = ConsumerGroupHeartbeatResponse::default();
         let persisted = matches!(
             tokio::time::timeout(Duration::from_secs(30), durable).await,
