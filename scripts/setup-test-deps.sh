@@ -29,15 +29,21 @@ print("setup-test-deps: confluent-kafka %s (librdkafka %s), kafka-python %s"
       % (confluent_kafka.version()[0], confluent_kafka.libversion()[0], kafka.__version__))
 PY
 
-if ! command -v kcat >/dev/null 2>&1 && ! command -v kafkacat >/dev/null 2>&1; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
-    echo "setup-test-deps: installing kcat with apt-get"
-    if ! $SUDO apt-get install -y -q kcat >/dev/null 2>&1; then
-        if ! { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q kcat >/dev/null 2>&1; }; then
-            echo "setup-test-deps: WARNING: could not install kcat; kcat tests will be skipped" >&2
+# apt_install PACKAGE WHAT-IS-SKIPPED: installs with apt-get (running `apt-get update` once if
+# the first try fails); a failure is a warning, and the tests that need it are skipped (said).
+apt_install() {
+    local sudo=""
+    if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+    echo "setup-test-deps: installing $1 with apt-get"
+    if ! $sudo apt-get install -y -q "$1" >/dev/null 2>&1; then
+        if ! { $sudo apt-get update -q >/dev/null 2>&1 && $sudo apt-get install -y -q "$1" >/dev/null 2>&1; }; then
+            echo "setup-test-deps: WARNING: could not install $1; $2" >&2
         fi
     fi
+}
+
+if ! command -v kcat >/dev/null 2>&1 && ! command -v kafkacat >/dev/null 2>&1; then
+    apt_install kcat "kcat tests will be skipped"
 fi
 if command -v kcat >/dev/null 2>&1; then
     echo "setup-test-deps: $(kcat -V 2>&1 | head -1)"
@@ -46,12 +52,5 @@ fi
 # libfaketime: the chaos harness's clock-jump fault runs brokers under it (LD_PRELOAD).
 FAKETIME_LIB=$(ls /usr/lib/*/faketime/libfaketimeMT.so.1 /usr/lib/faketime/libfaketimeMT.so.1 2>/dev/null | head -1 || true)
 if [ -z "$FAKETIME_LIB" ]; then
-    SUDO=""
-    if [ "$(id -u)" != 0 ]; then SUDO="sudo -n"; fi
-    echo "setup-test-deps: installing faketime (libfaketime) with apt-get"
-    if ! $SUDO apt-get install -y -q faketime >/dev/null 2>&1; then
-        if ! { $SUDO apt-get update -q >/dev/null 2>&1 && $SUDO apt-get install -y -q faketime >/dev/null 2>&1; }; then
-            echo "setup-test-deps: WARNING: could not install faketime; chaos clock scenarios will be SKIPPED" >&2
-        fi
-    fi
+    apt_install faketime "chaos clock scenarios will be SKIPPED"
 fi

@@ -1261,9 +1261,7 @@ fn inject(
                 .clock
                 .as_mut()
                 .context("a clock jump without libfaketime")?;
-            clock.set(offset_s)?;
-            sleep(hold)?;
-            clock.set(0)?;
+            clock.step_for(offset_s, hold)?;
             Ok(format!(
                 "node {id}: wall clock {offset_s:+} s for {} ms, then back to real time",
                 f.hold_ms

@@ -273,6 +273,14 @@ impl Clock {
         Ok(())
     }
 
+    /// The clock-jump fault: steps to `offset_s`, waits `hold` (interruptibly), steps back to
+    /// real time.
+    pub fn step_for(&mut self, offset_s: i64, hold: Duration) -> anyhow::Result<()> {
+        self.set(offset_s)?;
+        crate::sleep(hold)?;
+        self.set(0)
+    }
+
     fn apply(&self, cmd: &mut Command) {
         cmd.env("LD_PRELOAD", &self.lib)
             .env("FAKETIME_TIMESTAMP_FILE", &self.file)

@@ -1150,9 +1150,7 @@ fn inject(
                 .as_mut()
                 .context("a clock jump without libfaketime")?;
             let offset_s = clock_offset_s(f.target);
-            clock.set(offset_s)?;
-            sleep(hold)?;
-            clock.set(0)?;
+            clock.step_for(offset_s, hold)?;
             Ok(format!(
                 "wall clock {offset_s:+} s for {} ms, then back to real time",
                 f.hold_ms
