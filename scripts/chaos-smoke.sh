@@ -114,7 +114,7 @@ expect_caught() {
 # One lane: its expectations in order, then its counts (read back by the caller).
 lane_single() {
     expect kill pass --scenario kill --seed 1 --seconds 12
-    expect kill-txn pass --scenario kill --seed 3 --seconds 15 --txn
+    expect kill-txn-copy pass --scenario kill --seed 3 --seconds 15 --copy
     expect pause pass --scenario pause --seed 4 --seconds 15
     expect disk-full pass --scenario disk-full --seed 1 --seconds 12
     expect power-cut pass --scenario power-cut --seed 2 --seconds 25 --rate 2000
@@ -130,13 +130,14 @@ lane_single() {
     expect_caught power-cut-groups-offsets-no-fsync group-offset-regressed "7 2 11" --scenario power-cut --seconds 15 --rate 2000 --groups --unsafe-offsets-no-fsync
     expect_caught kill-txn-abort-as-commit txn-aborted-visible "3 4 5" --scenario kill --seconds 12 --txn --unsafe-abort-as-commit
     expect_caught kill-txn-lso-off-by-one txn-uncommitted-read "3 4 5" --scenario kill --seconds 12 --txn --unsafe-lso-off-by-one
+    expect_caught kill-copy-txn-offsets-eager copy-offsets-after-abort "3 4 5" --scenario kill --seconds 12 --copy --unsafe-txn-offsets-eager
     echo "$passed $failed $skipped" >"$OUT/lane-single.counts"
 }
 
 lane_cluster() {
     # A single-node run, here to balance the lanes' durations.
-    expect net-txn pass --scenario net --seed 6 --seconds 24 --txn
-    expect cluster-kill-node pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15
+    expect net-txn-copy pass --scenario net --seed 6 --seconds 24 --copy
+    expect cluster-kill-node-copy pass --scenario kill-node --nodes 3 --replication-factor 3 --seed 1 --seconds 15 --copy
     expect cluster-kill-leader pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12
     EXPECT_ALSO=$JAVA_ACKED expect cluster-kill-leader-java pass --scenario kill-leader --nodes 3 --replication-factor 3 --seed 3 --seconds 12 --java-producers 1
     expect cluster-unclean pass --scenario unclean --nodes 3 --replication-factor 2 --min-insync-replicas 1 --seed 1 --seconds 15

@@ -44,6 +44,23 @@ fn unsafe_abort_as_commit() -> bool {
     })
 }
 
+/// Test-only negative control for the chaos harness: with `HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER=1`
+/// a TxnOffsetCommit's offsets take effect as soon as they are appended, before the
+/// transaction's outcome is known, so an aborted transaction still moves its group's
+/// committed offsets (a consume-transform-produce copier that rewinds to them after an abort
+/// skips input). The copy checker must catch it (`copy-offsets-after-abort`, `copy-lost`).
+/// Read once; off unless exactly `1`.
+fn unsafe_txn_offsets_eager() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        let on = std::env::var("HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER").is_ok_and(|v| v == "1");
+        if on {
+            tracing::error!("HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER=1: transactional offsets take effect before the commit (test-only negative control)");
+        }
+        on
+    })
+}
+
 /// Test hook (`HOLDFAST_TEST_CRASH_AFTER_PREPARE=1`): the process aborts right after a
 /// PrepareCommit/PrepareAbort is durable and before any marker is written, so a test can
 /// prove that recovery finishes the transaction. Read once; off unless exactly `1`.
@@ -865,6 +882,7 @@ impl Broker {
     pub fn spawn_txn_tasks(self: &Arc<Self>, stop: watch::Receiver<bool>) {
         crash_after_prepare();
         unsafe_abort_as_commit();
+        unsafe_txn_offsets_eager();
         tokio::spawn(Arc::clone(self).txn_timer_loop(stop));
     }
 
@@ -1314,6 +1332,14 @@ impl Broker {
                         .or_default()
                         .extend(offsets.iter().cloned());
                     match self.append_internal(&p, data).await {
+                        Ok(()) if unsafe_txn_offsets_eager() => {
+                            let offs = offsets
+                                .iter()
+                                .map(|o| (o.topic.clone(), o.partition, o.value.clone()))
+                                .collect();
+                            self.groups().with(|c| c.apply_commit(&group, offs));
+                            ec::NONE
+                        }
                         Ok(()) => ec::NONE,
                         Err(c) => c,
                     }

@@ -465,7 +465,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         || a.unsafe_offsets_no_fsync
         || a.unsafe_lso_off_by_one
     {
-        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1, --unsafe-unclean-election and --unsafe-wall-clock-timers controls");
+        bail!("cluster mode supports only the --unsafe-ack-before-fsync, --acks 1, --unsafe-unclean-election, --unsafe-wall-clock-timers and --unsafe-txn-offsets-eager controls");
     }
     let ks = kinds(&a.scenario)?;
     if let Some(k) = ks
@@ -530,6 +530,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if a.unsafe_wall_clock_timers {
         unsafe_env.push("HOLDFAST_UNSAFE_WALL_CLOCK_TIMERS");
         notes.push("NEGATIVE CONTROL: every node measures timeouts on the wall clock".into());
+    }
+    if a.unsafe_txn_offsets_eager {
+        unsafe_env.push("HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER");
+        notes.push(
+            "NEGATIVE CONTROL: transactional offsets take effect before the transaction commits"
+                .into(),
+        );
     }
     // As root every node gets its own network namespace, so partitions can be cut between
     // nodes; without it, partition scenarios are skipped (said, not silently).
@@ -652,10 +659,20 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     workload::SOCKET_TIMEOUT_MS.store(0, Ordering::Relaxed);
     // `--txn`: the transactional workload on its own replicated topic, against the cluster's
     // transaction coordinators (leaders of `__transaction_state` partitions).
-    if a.txn {
+    if a.txn || a.copy {
         create_topic(
             &bootstrap,
             crate::txn::TOPIC,
+            a.replication_factor,
+            a.min_insync_replicas,
+            false,
+            Duration::from_secs(30),
+        )?;
+    }
+    if a.copy {
+        create_topic(
+            &bootstrap,
+            crate::copy::TOPIC,
             a.replication_factor,
             a.min_insync_replicas,
             false,
@@ -668,9 +685,13 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if let Some(j) = java.as_mut() {
         notes.extend(j.start(&rec)?);
     }
-    let txn_load = a
-        .txn
-        .then(|| crate::txn::TxnWorkload::start(&bootstrap, a.seed));
+    let txn_load = (a.txn || a.copy).then(|| {
+        (
+            crate::txn::TxnWorkload::start(&bootstrap, a.seed),
+            a.copy
+                .then(|| crate::copy::Copier::start(&bootstrap, a.seed)),
+        )
+    });
     let load = workload::Workload::start(&bootstrap, &rec, a.seed, a.rate);
     // `--groups`: the consumer-group workload (members, commits, a watcher of the committed
     // offsets) against the cluster's group coordinator, which moves with the leadership of
@@ -794,7 +815,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         check_interrupted()?;
     }
     let txn_anomalies = match txn_load {
-        Some(t) => crate::txn::finish(t, &bootstrap, &mut notes),
+        Some((t, c)) => crate::txn::finish(t, c, &bootstrap, &mut notes),
         None => Vec::new(),
     };
     check_interrupted()?;

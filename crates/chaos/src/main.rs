@@ -7,6 +7,8 @@
 
 mod checker;
 mod cluster;
+mod copy;
+mod cycles;
 mod env;
 mod groups;
 mod history;
@@ -113,6 +115,16 @@ struct RunArgs {
     /// Also run the transactional workload (crates/chaos/src/txn.rs) on its own topic.
     #[arg(long)]
     txn: bool,
+    /// Also run the consume-transform-produce copier (crates/chaos/src/copy.rs) over the
+    /// transactional workload's topic: polls, sends and offset commits in one transaction,
+    /// checked for exactly-once after healing. Implies `--txn`.
+    #[arg(long)]
+    copy: bool,
+    /// Negative control for `--copy`: start the broker(s) with
+    /// HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER=1 (transactional offsets take effect before the
+    /// commit, so an aborted transaction still moves the group's offsets).
+    #[arg(long)]
+    unsafe_txn_offsets_eager: bool,
     /// Also run the consumer-group workload (crates/chaos/src/groups.rs): members of one group
     /// subscribed to the `chaos` topic, committing, restarted on a seeded schedule, and a
     /// watcher of the committed offsets. Power cuts then strike right after a commit ack.
@@ -644,6 +656,13 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         unsafe_env.push("HOLDFAST_UNSAFE_ABORT_AS_COMMIT");
         notes.push("NEGATIVE CONTROL: aborted transactions get COMMIT markers".into());
     }
+    if a.unsafe_txn_offsets_eager {
+        unsafe_env.push("HOLDFAST_UNSAFE_TXN_OFFSETS_EAGER");
+        notes.push(
+            "NEGATIVE CONTROL: transactional offsets take effect before the transaction commits"
+                .into(),
+        );
+    }
     if a.unsafe_lso_off_by_one {
         unsafe_env.push("HOLDFAST_UNSAFE_LSO_OFF_BY_ONE");
         notes.push(
@@ -704,9 +723,15 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     if let Some(j) = java.as_mut() {
         notes.extend(j.start(&rec)?);
     }
-    let txn_load = if a.txn {
+    let txn_load = if a.txn || a.copy {
         workload::create_named_topic(&bootstrap, txn::TOPIC, Duration::from_secs(30))?;
-        Some(txn::TxnWorkload::start(&bootstrap, a.seed))
+        let copier = if a.copy {
+            workload::create_named_topic(&bootstrap, copy::TOPIC, Duration::from_secs(30))?;
+            Some(copy::Copier::start(&bootstrap, a.seed))
+        } else {
+            None
+        };
+        Some((txn::TxnWorkload::start(&bootstrap, a.seed), copier))
     } else {
         None
     };
@@ -810,7 +835,7 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         check_interrupted()?;
     }
     let txn_anomalies = match txn_load {
-        Some(t) => txn::finish(t, &bootstrap, &mut notes),
+        Some((t, c)) => txn::finish(t, c, &bootstrap, &mut notes),
         None => Vec::new(),
     };
     // Liveness: produce and fetch must work within deadlines after healing.

@@ -56,12 +56,17 @@ pub struct Ledger {
     pub commit_called: HashMap<String, Instant>,
     /// transaction key -> when the concurrent `read_committed` reader first saw a value of it.
     pub first_seen: HashMap<String, Instant>,
+    /// Last stable offsets sampled during the run (ListOffsets under read_committed), and
+    /// every sample below an earlier one of the same partition.
+    pub lso_samples: usize,
+    pub lso_regressions: Vec<String>,
 }
 
 pub struct TxnWorkload {
     stop: Arc<AtomicBool>,
     thread: JoinHandle<anyhow::Result<()>>,
     reader: JoinHandle<anyhow::Result<()>>,
+    lso_watch: JoinHandle<anyhow::Result<()>>,
     ledger: Arc<Mutex<Ledger>>,
 }
 
@@ -70,7 +75,7 @@ fn lock(l: &Mutex<Ledger>) -> std::sync::MutexGuard<'_, Ledger> {
 }
 
 /// Client logs go to stderr when `CHAOS_TXN_DEBUG` is set (librdkafka debug contexts).
-struct TxnCtx;
+pub(crate) struct TxnCtx;
 
 impl rdkafka::ClientContext for TxnCtx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -124,10 +129,17 @@ impl TxnWorkload {
             Arc::clone(&ledger),
         );
         let reader = std::thread::spawn(move || read_loop(&b, &s, &l));
+        let (b, s, l) = (
+            bootstrap.to_string(),
+            Arc::clone(&stop),
+            Arc::clone(&ledger),
+        );
+        let lso_watch = std::thread::spawn(move || lso_loop(&b, &s, &l));
         TxnWorkload {
             stop,
             thread,
             reader,
+            lso_watch,
             ledger,
         }
     }
@@ -142,7 +154,11 @@ impl TxnWorkload {
             .reader
             .join()
             .map_err(|_| anyhow::anyhow!("transactional reader panicked"))?;
-        let r = r.and(r2);
+        let r3 = self
+            .lso_watch
+            .join()
+            .map_err(|_| anyhow::anyhow!("last stable offset watcher panicked"))?;
+        let r = r.and(r2).and(r3);
         let ledger = std::mem::take(&mut *lock(&self.ledger));
         r.map(|()| ledger)
     }
@@ -307,10 +323,49 @@ fn read_loop(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>) -> anyhow::R
     Ok(())
 }
 
+/// Samples each partition's last stable offset (ListOffsets LATEST under `read_committed`)
+/// every 200 ms and notes every answer below an earlier answer for the same partition: the
+/// last stable offset must never go backwards (reliability.md 7), across leader changes and
+/// restarts too. Errors (no leader, timeouts) are skipped: only answers are compared.
+fn lso_loop(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>) -> anyhow::Result<()> {
+    let c = reader_named(bootstrap, "read_committed", "chaos-txn-lso")?;
+    let mut max: BTreeMap<i32, i64> = BTreeMap::new();
+    while !stop.load(Ordering::SeqCst) {
+        for p in 0..PARTITIONS {
+            if let Ok((_, lso)) = c.fetch_watermarks(TOPIC, p, Duration::from_secs(1)) {
+                let mut g = lock(l);
+                g.lso_samples += 1;
+                let m = max.entry(p).or_insert(lso);
+                if lso < *m {
+                    if g.lso_regressions.len() < 100 {
+                        g.lso_regressions.push(format!(
+                            "{TOPIC}-{p}: last stable offset {lso} after {} was answered",
+                            *m
+                        ));
+                    }
+                } else {
+                    *m = lso;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    Ok(())
+}
+
 /// What the concurrent reader saw that `read_committed` must hide: a transaction seen before
 /// its commit was asked for (or never asked for), or one that ended aborted.
 pub fn check_live(ledger: &Ledger) -> Vec<Anomaly> {
-    let mut out = Vec::new();
+    let mut out: Vec<Anomaly> = ledger
+        .lso_regressions
+        .iter()
+        .map(|w| Anomaly {
+            class: "lso-regressed",
+            what: w.clone(),
+            ops: Vec::new(),
+            at_us: None,
+        })
+        .collect();
     for (key, seen) in &ledger.first_seen {
         let Some((count, outcome)) = ledger.txns.get(key) else {
             continue;
@@ -356,9 +411,20 @@ fn reader_named(bootstrap: &str, isolation: &str, group: &str) -> anyhow::Result
         .create()?)
 }
 
-/// The final `read_committed` read and the checks. Waits (bounded) for the last stable
-/// offsets to reach the high watermarks first.
-pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Result<Vec<Anomaly>> {
+/// A topic read to its end with `read_committed`: the values (partition, offset, value), the
+/// end per partition, and the `txn-lso-stuck` anomalies met on the way.
+pub type CommittedView = (Vec<crate::copy::Input>, BTreeMap<i32, i64>, Vec<Anomaly>);
+
+/// Reads `topic` (every partition of [`PARTITIONS`]) with `read_committed` from its log
+/// start to its end, after waiting (bounded) for each partition's last stable offset to reach
+/// its high watermark. Returns the values read (partition, offset, value), the end read to
+/// per partition, and a `txn-lso-stuck` anomaly for each partition whose last stable offset
+/// stayed below its high watermark.
+pub fn read_committed_all(
+    bootstrap: &str,
+    topic: &str,
+    deadline: Duration,
+) -> anyhow::Result<CommittedView> {
     let t = Instant::now();
     let committed = reader(bootstrap, "read_committed")?;
     let uncommitted = reader(bootstrap, "read_uncommitted")?;
@@ -366,8 +432,8 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
     let mut ends = BTreeMap::new();
     for p in 0..PARTITIONS {
         loop {
-            let lso = committed.fetch_watermarks(TOPIC, p, Duration::from_secs(2));
-            let hw = uncommitted.fetch_watermarks(TOPIC, p, Duration::from_secs(2));
+            let lso = committed.fetch_watermarks(topic, p, Duration::from_secs(2));
+            let hw = uncommitted.fetch_watermarks(topic, p, Duration::from_secs(2));
             match (lso, hw) {
                 (Ok((lo, lso)), Ok((_, hw))) if lso == hw => {
                     ends.insert(p, (lo, lso));
@@ -377,7 +443,7 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
                     anomalies.push(Anomaly {
                         class: "txn-lso-stuck",
                         what: format!(
-                            "{TOPIC}-{p}: last stable offset {lso} below the high watermark {hw} after healing"
+                            "{topic}-{p}: last stable offset {lso} below the high watermark {hw} after healing"
                         ),
                         ops: Vec::new(),
                         at_us: None,
@@ -386,7 +452,7 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
                     break;
                 }
                 (Err(e), _) | (_, Err(e)) if t.elapsed() > deadline / 2 => {
-                    bail!("watermarks of {TOPIC}-{p}: {e}")
+                    bail!("watermarks of {topic}-{p}: {e}")
                 }
                 _ => std::thread::sleep(Duration::from_millis(200)),
             }
@@ -395,12 +461,11 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
     let mut tpl = TopicPartitionList::new();
     let mut reached: BTreeMap<i32, i64> = BTreeMap::new();
     for (&p, &(lo, _)) in &ends {
-        tpl.add_partition_offset(TOPIC, p, Offset::Offset(lo))?;
+        tpl.add_partition_offset(topic, p, Offset::Offset(lo))?;
         reached.insert(p, lo);
     }
     committed.assign(&tpl)?;
-    let mut seen: HashMap<String, usize> = HashMap::new();
-    let mut per_txn: HashMap<String, usize> = HashMap::new();
+    let mut values = Vec::new();
     let done = |r: &BTreeMap<i32, i64>| {
         ends.iter()
             .all(|(p, (_, end))| r.get(p).copied().unwrap_or(0) >= *end)
@@ -414,10 +479,7 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
                     .payload()
                     .map(|b| String::from_utf8_lossy(b).into_owned())
                     .unwrap_or_default();
-                *seen.entry(v.clone()).or_default() += 1;
-                if let Some(txn) = txn_key(&v) {
-                    *per_txn.entry(txn.to_string()).or_default() += 1;
-                }
+                values.push((m.partition(), m.offset(), v));
                 reached.insert(m.partition(), m.offset() + 1);
             }
             _ => {
@@ -433,7 +495,22 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
         }
     }
     if !done(&reached) {
-        bail!("the read_committed final read did not reach the end of {TOPIC} ({reached:?} of {ends:?})");
+        bail!("the read_committed final read did not reach the end of {topic} ({reached:?} of {ends:?})");
+    }
+    let ends = ends.into_iter().map(|(p, (_, e))| (p, e)).collect();
+    Ok((values, ends, anomalies))
+}
+
+/// The transactional checks on the final `read_committed` view of [`TOPIC`].
+pub fn check(ledger: &Ledger, values: &[crate::copy::Input]) -> Vec<Anomaly> {
+    let mut anomalies = Vec::new();
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut per_txn: HashMap<&str, usize> = HashMap::new();
+    for (_, _, v) in values {
+        *seen.entry(v.as_str()).or_default() += 1;
+        if let Some(txn) = txn_key(v) {
+            *per_txn.entry(txn).or_default() += 1;
+        }
     }
     for (v, n) in &seen {
         if *n > 1 {
@@ -446,8 +523,8 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
         }
     }
     for (key, (count, outcome)) in &ledger.txns {
-        let visible = per_txn.get(key).copied().unwrap_or(0).min(*count);
-        let dup_free = per_txn.get(key).copied().unwrap_or(0);
+        let visible = per_txn.get(key.as_str()).copied().unwrap_or(0).min(*count);
+        let dup_free = per_txn.get(key.as_str()).copied().unwrap_or(0);
         let class = if visible != 0 && visible != *count {
             Some("txn-torn")
         } else if *outcome == Outcome::Committed && visible == 0 {
@@ -468,7 +545,7 @@ pub fn check(bootstrap: &str, ledger: &Ledger, deadline: Duration) -> anyhow::Re
             });
         }
     }
-    Ok(anomalies)
+    anomalies
 }
 
 /// Counts for the report: (committed, aborted, unknown) transactions.
@@ -485,8 +562,14 @@ pub fn summary(ledger: &Ledger) -> (usize, usize, usize) {
 }
 
 /// Stops the workload and checks it (single-node and cluster runs alike): the live reader's
-/// anomalies, then the final `read_committed` read's. A summary line goes to `notes`.
-pub fn finish(t: TxnWorkload, bootstrap: &str, notes: &mut Vec<String>) -> Vec<Anomaly> {
+/// anomalies, then the final `read_committed` read's; then, with `--copy`, drains the
+/// copier over the final view and checks it. Summary lines go to `notes`.
+pub fn finish(
+    t: TxnWorkload,
+    copier: Option<crate::copy::Copier>,
+    bootstrap: &str,
+    notes: &mut Vec<String>,
+) -> Vec<Anomaly> {
     let ledger = match t.stop() {
         Ok(l) => l,
         Err(e) => {
@@ -503,15 +586,49 @@ pub fn finish(t: TxnWorkload, bootstrap: &str, notes: &mut Vec<String>) -> Vec<A
         "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
         ledger.instances, ledger.errors
     ));
+    notes.push(format!(
+        "last stable offsets of {TOPIC} sampled {} times during the run, {} regressions",
+        ledger.lso_samples,
+        ledger.lso_regressions.len()
+    ));
     let mut out = check_live(&ledger);
-    match check(bootstrap, &ledger, Duration::from_secs(60)) {
-        Ok(a) => out.extend(a),
-        Err(e) => out.push(Anomaly {
-            class: "txn-final-read",
-            what: format!("{e:#}"),
-            ops: Vec::new(),
-            at_us: None,
-        }),
+    match read_committed_all(bootstrap, TOPIC, Duration::from_secs(60)) {
+        Ok((values, ends, stuck)) => {
+            out.extend(stuck);
+            out.extend(check(&ledger, &values));
+            let copies = match copier {
+                Some(c) => {
+                    let (a, copies) = crate::copy::finish(c, bootstrap, &values, ends, notes);
+                    out.extend(a);
+                    copies
+                }
+                None => Vec::new(),
+            };
+            let g = crate::cycles::build(&values, txn_key, &copies, |v| {
+                crate::copy::parse_copy(v).map(|(k, _, _, input)| (k, input))
+            });
+            let cycles = g.anomalies();
+            notes.push(format!(
+                "dependency graph (ww, wr, process order): {} transactions, {} edges, {} cycles",
+                g.size().0,
+                g.size().1,
+                cycles.len()
+            ));
+            out.extend(cycles);
+        }
+        Err(e) => {
+            if let Some(c) = copier {
+                // Stop it (an empty target counts as reached).
+                c.drain_and_stop(BTreeMap::new(), Duration::from_secs(30))
+                    .ok();
+            }
+            out.push(Anomaly {
+                class: "txn-final-read",
+                what: format!("{e:#}"),
+                ops: Vec::new(),
+                at_us: None,
+            })
+        }
     }
     out
 }
