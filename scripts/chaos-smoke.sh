@@ -121,6 +121,7 @@ lane_single() {
     expect fsync-eio pass --scenario fsync-eio --seed 1 --seconds 15
     expect kill-groups pass --scenario kill --seed 1 --seconds 12 --groups
     EXPECT_ALSO=$JAVA_ACKED expect kill-java pass --scenario kill --seed 1 --seconds 12 --java-producers 1
+    EXPECT_ALSO=$JAVA_ACKED expect pause-client-java pass --scenario pause-client --seed 1 --seconds 15 --java-producers 1
     expect power-cut-groups pass --scenario power-cut --seed 7 --seconds 15 --rate 2000 --groups
     expect clock-groups-txn pass --scenario clock --seed 2 --seconds 15 --groups --txn
     expect_caught power-cut-ack-before-fsync lost-acknowledged-write "2 7 11" --scenario power-cut --seconds 25 --rate 2000 --unsafe-ack-before-fsync

@@ -470,7 +470,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     let ks = kinds(&a.scenario)?;
     if let Some(k) = ks
         .iter()
-        .find(|k| !k.is_cluster() && **k != FaultKind::ClockJump)
+        .find(|k| !k.is_cluster() && **k != FaultKind::ClockJump && **k != FaultKind::PauseClient)
     {
         bail!(
             "scenario {} ({}) is single-node only; cluster scenarios: kill-node, kill-leader, kill-controller, pause-node, power-cut-node, power-cut-all, cluster-mixed, unclean, isolate-node, partition-halves, partition-ring, partition-oneway, partition-clients, cluster-partitions, corrupt-node, cluster-all, none",
@@ -494,6 +494,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if ks.contains(&FaultKind::PauseClient) && a.java_producers == 0 {
+        bail!("the pause-client scenario pauses Java producers: add --java-producers 1 or more");
+    }
     let java_cp = if a.java_producers > 0 {
         match crate::java_classpath(a, &out)? {
             Some(cp) => Some(cp),
@@ -716,7 +719,12 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
         let start_us = rec.now_us();
-        let detail = match inject(f, &mut cl, &rec, corrupt_victim) {
+        let injected = if f.kind == FaultKind::PauseClient {
+            crate::pause_client(java.as_mut(), f)
+        } else {
+            inject(f, &mut cl, &rec, corrupt_victim)
+        };
+        let detail = match injected {
             Ok(d) => d,
             Err(e) => {
                 restart_failures.push(format!("{} at {} ms: {e:#}", f.kind.name(), f.at_ms));
@@ -740,6 +748,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     // Heal: remove every network cut, SIGCONT every node, restart every node that is down,
     // then wait until the cluster is whole (every broker registered, every partition led).
     let heal_t = rec.now_us();
+    if let Some(j) = java.as_mut() {
+        j.resume_all();
+    }
     if let Some(net) = cl.net.as_mut() {
         if let Err(e) = net.heal() {
             restart_failures.push(format!("removing network cuts at heal: {e:#}"));

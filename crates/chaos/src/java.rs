@@ -217,6 +217,8 @@ struct Proc {
     reader: Option<JoinHandle<anyhow::Result<Stats>>>,
     stopping: Arc<AtomicBool>,
     log: PathBuf,
+    /// SIGSTOPped by a `pause-client` fault and not yet continued.
+    paused: bool,
 }
 
 impl Proc {
@@ -279,6 +281,43 @@ pub struct Summary {
 }
 
 impl JavaProducers {
+    pub fn len(&self) -> usize {
+        self.procs.len()
+    }
+
+    /// SIGSTOPs producer `i`; returns its name and pid for the fault's detail.
+    pub fn pause(&mut self, i: usize) -> anyhow::Result<String> {
+        let p = self
+            .procs
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no Java producer {i}"))?;
+        let pid = p.child.id().to_string();
+        crate::env::sh("kill", &["-STOP", &pid])?;
+        p.paused = true;
+        Ok(format!("{} (pid {pid})", p.name))
+    }
+
+    /// SIGCONTs producer `i`.
+    pub fn resume(&mut self, i: usize) -> anyhow::Result<()> {
+        let p = self
+            .procs
+            .get_mut(i)
+            .ok_or_else(|| anyhow!("no Java producer {i}"))?;
+        crate::env::sh("kill", &["-CONT", &p.child.id().to_string()])?;
+        p.paused = false;
+        Ok(())
+    }
+
+    /// SIGCONTs every producer still paused (at heal, whatever a fault left behind).
+    pub fn resume_all(&mut self) {
+        for p in &mut self.procs {
+            if p.paused {
+                let _ = crate::env::sh("kill", &["-CONT", &p.child.id().to_string()]);
+                p.paused = false;
+            }
+        }
+    }
+
     /// Spawns `n` programs (stderr to `<out>/java-<i>.log`) and waits until each has created
     /// its producer. Nothing is sent before [`JavaProducers::start`].
     #[allow(clippy::too_many_arguments)]
@@ -343,6 +382,7 @@ impl JavaProducers {
                 reader: Some(reader),
                 stopping,
                 log,
+                paused: false,
             });
         }
         let t = Instant::now();

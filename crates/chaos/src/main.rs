@@ -203,6 +203,10 @@ pub enum FaultKind {
     /// back to real time after the hold, as an NTP step or a resumed VM does. The monotonic
     /// clock is untouched. Single-node and cluster mode.
     ClockJump,
+    /// One client process (a Java producer, `--java-producers`; seeded choice) SIGSTOPped,
+    /// SIGCONTinued after the hold: a client that stalls (GC pause, suspended VM) with its
+    /// requests in flight. Single-node and cluster mode.
+    PauseClient,
 }
 
 /// The wall-clock step of a `ClockJump` with seeded draw `target`: forward or back by 2-60 s,
@@ -243,6 +247,7 @@ impl FaultKind {
             FaultKind::PartitionClients => "partition-clients",
             FaultKind::CorruptNode => "corrupt-node",
             FaultKind::ClockJump => "clock-jump",
+            FaultKind::PauseClient => "pause-client",
         }
     }
     fn needs_disk(self) -> bool {
@@ -341,6 +346,7 @@ fn kinds(scenario: &str) -> anyhow::Result<Vec<FaultKind>> {
         ],
         "corrupt-node" => vec![FaultKind::CorruptNode],
         "clock" => vec![FaultKind::ClockJump],
+        "pause-client" => vec![FaultKind::PauseClient],
         "isolate-node" => vec![FaultKind::IsolateNode],
         "partition-halves" => vec![FaultKind::PartitionHalves],
         "partition-ring" => vec![FaultKind::PartitionRing],
@@ -416,8 +422,13 @@ fn plan(scenario: &str, seed: u64, seconds: u64) -> anyhow::Result<Vec<Planned>>
             | FaultKind::PartitionClients => rng.u64(1000..6000),
             // Past the 3 s broker session timeout and the cluster's shortest timers.
             FaultKind::ClockJump => rng.u64(1000..6000),
+            // Past the Java producer's request timeout (5 s) some of the time.
+            FaultKind::PauseClient => rng.u64(1000..8000),
         };
-        let target = if kind.is_cluster() || kind == FaultKind::ClockJump {
+        let target = if kind.is_cluster()
+            || kind == FaultKind::ClockJump
+            || kind == FaultKind::PauseClient
+        {
             rng.u64(..)
         } else {
             0
@@ -516,6 +527,11 @@ fn main() {
                             clock_offset_s(f.target)
                         ),
                         FaultKind::ClockJump => format!("  {:+} s", clock_offset_s(f.target)),
+                        // 2520 is divisible by every count 1..=10: the same producer.
+                        FaultKind::PauseClient => format!(
+                            "  java-(draw {} mod --java-producers)",
+                            f.target % 2520
+                        ),
                         _ => String::new(),
                     };
                     println!(
@@ -585,6 +601,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         ))
     });
     std::fs::create_dir_all(&out).with_context(|| format!("creating {}", out.display()))?;
+    if kinds(&a.scenario)?.contains(&FaultKind::PauseClient) && a.java_producers == 0 {
+        bail!("the pause-client scenario pauses Java producers: add --java-producers 1 or more");
+    }
     let java_cp = if a.java_producers > 0 {
         match java_classpath(a, &out)? {
             Some(cp) => Some(cp),
@@ -746,15 +765,20 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         let op = rec.next_op();
         rec.record(Event::new(Kind::Invoke, F::Fault, "nemesis", op).value(f.kind.name()));
         let start_us = rec.now_us();
-        let detail = match inject(
-            f,
-            &mut broker,
-            disk.as_mut(),
-            proxy.as_ref(),
-            &a.hold_apis,
-            &rec,
-            a.groups,
-        ) {
+        let injected = if f.kind == FaultKind::PauseClient {
+            pause_client(java.as_mut(), f)
+        } else {
+            inject(
+                f,
+                &mut broker,
+                disk.as_mut(),
+                proxy.as_ref(),
+                &a.hold_apis,
+                &rec,
+                a.groups,
+            )
+        };
+        let detail = match injected {
             Ok(d) => {
                 if d.contains("BROKER HAD EXITED") {
                     restart_failures.push(format!("{} at {} ms: {d}", f.kind.name(), f.at_ms));
@@ -783,6 +807,9 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
     // Heal everything: no pause, no filler, real time, a running broker.
     let heal_t = rec.now_us();
     let _ = broker.resume();
+    if let Some(j) = java.as_mut() {
+        j.resume_all();
+    }
     if let Some(c) = broker.clock.as_mut() {
         c.set(0)?;
     }
@@ -1057,6 +1084,17 @@ fn release(held: Option<u64>) -> String {
 }
 
 /// Injects one fault, holds it, heals it. Returns a description.
+/// The `pause-client` fault: SIGSTOP one Java producer (seeded), SIGCONT after the hold.
+pub fn pause_client(java: Option<&mut java::JavaProducers>, f: &Planned) -> anyhow::Result<String> {
+    let java = java.context("the pause-client fault needs --java-producers 1 or more")?;
+    let i = (f.target % java.len().max(1) as u64) as usize;
+    let who = java.pause(i)?;
+    let slept = sleep(Duration::from_millis(f.hold_ms));
+    java.resume(i)?;
+    slept?;
+    Ok(format!("{who}: SIGSTOP for {} ms, SIGCONT", f.hold_ms))
+}
+
 fn inject(
     f: &Planned,
     broker: &mut Broker,
@@ -1169,6 +1207,7 @@ fn inject(
         | FaultKind::PartitionOneWay
         | FaultKind::PartitionClients
         | FaultKind::CorruptNode) => bail!("cluster fault {} on a single broker", k.name()),
+        FaultKind::PauseClient => bail!("pause-client is injected by pause_client"),
         FaultKind::ClockJump => {
             let clock = broker
                 .clock
