@@ -272,7 +272,7 @@ fn failover_does_not_fence_healthy_brokers() {
     c.now_ms += 8_000;
     // A new controller takes over: it has never seen a heartbeat.
     c.controller = holdfast_metadata::Controller::new(ControllerConfig::default(), 7);
-    c.controller.on_become_active(&c.image, c.now_ms);
+    c.controller.on_become_active(&c.image, c.now_ms, None);
     c.now_ms += 8_000;
     assert!(c.tick().is_empty());
     c.now_ms += 1_001;
@@ -905,4 +905,44 @@ fn changing_min_isr_clears_the_elr() {
     }
     c.tick();
     assert_eq!(c.image.partition(id, 0).expect("p").leader, -1);
+}
+
+#[test]
+fn a_restarted_combined_node_fences_its_own_dead_incarnation_at_once() {
+    let mut c = Cluster::new(8);
+    c.start_brokers(&[1, 2, 3]);
+    let (_, id) = c.create_topic("t", 3, 3, &[]);
+    let led_by_1: Vec<i32> = (0..3)
+        .filter(|&i| c.image.partition(id, i).expect("p").leader == 1)
+        .collect();
+    assert!(!led_by_1.is_empty());
+    // Node 1 (controller and broker in one process) is killed and restarted at once, and
+    // wins the election again: a new process, a new incarnation.
+    let old = c.image.brokers[&1].incarnation;
+    let new_incarnation = old + 1;
+    c.now_ms += 500;
+    c.controller = holdfast_metadata::Controller::new(ControllerConfig::default(), 9);
+    c.controller
+        .on_become_active(&c.image, c.now_ms, Some((1, new_incarnation)));
+    // Brokers 2 and 3 keep their fresh sessions; the dead incarnation of 1 is fenced by the
+    // first tick and its partitions get other leaders.
+    c.heartbeat(2);
+    c.heartbeat(3);
+    let records = c.tick();
+    assert!(
+        matches!(records.last(), Some(Record::FenceBroker { id: 1, .. })),
+        "{records:?}"
+    );
+    for i in &led_by_1 {
+        let p = c.image.partition(id, *i).expect("p");
+        assert!(p.leader == 2 || p.leader == 3, "{p:?}");
+    }
+    assert!(c.tick().is_empty(), "only the dead incarnation is fenced");
+    // A registration of another node's incarnation is not affected: with the local node
+    // being 2 (its registration current), nobody's session is cut short.
+    let cur2 = c.image.brokers[&2].incarnation;
+    c.controller = holdfast_metadata::Controller::new(ControllerConfig::default(), 10);
+    c.controller
+        .on_become_active(&c.image, c.now_ms, Some((2, cur2)));
+    assert!(c.tick().is_empty());
 }

@@ -130,7 +130,7 @@ impl World {
                 self.c.controller = Controller::new(config(), seed);
                 self.c
                     .controller
-                    .on_become_active(&self.c.image, self.c.now_ms);
+                    .on_become_active(&self.c.image, self.c.now_ms, None);
                 for id in self.c.image.brokers.keys() {
                     self.last_heartbeat_ms.insert(*id, self.c.now_ms);
                 }

@@ -179,6 +179,8 @@ pub(crate) struct Envelope {
 
 pub(crate) struct ControllerService {
     node_id: u64,
+    /// This process's broker registration incarnation (random per start).
+    incarnation: u128,
     cluster_id: String,
     config: ControllerConfig,
     quorum: OnceCell<Weak<Quorum>>,
@@ -204,12 +206,14 @@ async fn propose(q: &Quorum, command: Vec<u8>) -> Result<(u64, Vec<u8>), String>
 impl ControllerService {
     pub(crate) fn new(
         node_id: u64,
+        incarnation: u128,
         cluster_id: String,
         config: ControllerConfig,
         image_rx: watch::Receiver<Arc<MetadataImage>>,
     ) -> ControllerService {
         ControllerService {
             node_id,
+            incarnation,
             cluster_id,
             config,
             quorum: OnceCell::new(),
@@ -256,7 +260,11 @@ impl ControllerService {
         }
         let image = self.image();
         let mut c = Controller::new(self.config.clone(), fastrand::u64(..));
-        c.on_become_active(&image, timer_ms());
+        c.on_become_active(
+            &image,
+            timer_ms(),
+            Some((self.node_id as i32, self.incarnation)),
+        );
         *active = Some(c);
         tracing::info!(
             node = self.node_id,

@@ -169,8 +169,11 @@ impl Cluster {
                 .leader_imbalance_per_broker_percentage,
             ..ControllerConfig::default()
         };
+        // Random per process start: tells this registration from earlier ones.
+        let incarnation = crate::meta::random_uuid().as_u128();
         let svc = Arc::new(ControllerService::new(
             cfg.node_id as u64,
+            incarnation,
             cfg.cluster_id.clone(),
             controller_config,
             image_rx.clone(),
@@ -195,8 +198,6 @@ impl Cluster {
         let (stop_tx, stop_rx) = watch::channel(false);
         let (reconciled_tx, reconciled_rx) = watch::channel(0u64);
         let (fatal_tx, fatal_rx) = watch::channel(None);
-        // Random per process start: tells this registration from earlier ones.
-        let incarnation = crate::meta::random_uuid().as_u128();
         let cluster = Arc::new(Cluster {
             node_id: cfg.node_id,
             cluster_id: cfg.cluster_id.clone(),

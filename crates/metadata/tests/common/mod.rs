@@ -29,7 +29,7 @@ impl Cluster {
             applied: Vec::new(),
         };
         c.apply(Controller::bootstrap_records("test-cluster-id"));
-        c.controller.on_become_active(&c.image, c.now_ms);
+        c.controller.on_become_active(&c.image, c.now_ms, None);
         c
     }
 
