@@ -381,6 +381,7 @@ fn run(
             if abort && !send_failed {
                 // Deliver first, so the aborted copies are in the log and the abort is
                 // what hides them.
+                crate::txn::await_deliveries(&inst.producer, timeout);
                 if let Err(e) = inst.producer.flush(timeout) {
                     note(l, &e);
                 }
@@ -393,6 +394,7 @@ fn run(
                 }
             }
         } else {
+            crate::txn::await_deliveries(&inst.producer, timeout);
             match inst.producer.commit_transaction(timeout) {
                 Ok(()) => Outcome::Committed,
                 Err(e) if txn_requires_abort(&e) => {

@@ -528,10 +528,9 @@ fn main() {
                         ),
                         FaultKind::ClockJump => format!("  {:+} s", clock_offset_s(f.target)),
                         // 2520 is divisible by every count 1..=10: the same producer.
-                        FaultKind::PauseClient => format!(
-                            "  java-(draw {} mod --java-producers)",
-                            f.target % 2520
-                        ),
+                        FaultKind::PauseClient => {
+                            format!("  java-(draw {} mod --java-producers)", f.target % 2520)
+                        }
                         _ => String::new(),
                     };
                     println!(

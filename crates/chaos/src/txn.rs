@@ -51,6 +51,9 @@ pub struct Ledger {
     /// transaction key ("<instance>-<n>") -> (values written, outcome).
     pub txns: BTreeMap<String, (usize, Outcome)>,
     pub errors: BTreeMap<String, usize>,
+    /// The first client errors in full, with when they happened (ms after the start).
+    pub first_errors: Vec<String>,
+    pub started: Option<Instant>,
     pub instances: usize,
     /// transaction key -> when the client called `commit_transaction` for it.
     pub commit_called: HashMap<String, Instant>,
@@ -60,6 +63,10 @@ pub struct Ledger {
     /// every sample below an earlier one of the same partition.
     pub lso_samples: usize,
     pub lso_regressions: Vec<String>,
+    /// Per committed transaction: ms from begin_transaction to the last send queued, and ms
+    /// in commit_transaction (flush, EndTxn, until the coordinator answered).
+    pub send_ms: Vec<u64>,
+    pub commit_ms: Vec<u64>,
 }
 
 pub struct TxnWorkload {
@@ -80,7 +87,9 @@ pub(crate) struct TxnCtx;
 impl rdkafka::ClientContext for TxnCtx {
     fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
         if std::env::var_os("CHAOS_TXN_DEBUG").is_some() {
-            eprintln!("rdkafka {level:?} {fac}: {log_message}");
+            static T0: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+            let ms = T0.get_or_init(Instant::now).elapsed().as_millis();
+            eprintln!("{ms:>8} rdkafka {level:?} {fac}: {log_message}");
         }
     }
 }
@@ -116,7 +125,10 @@ fn producer(bootstrap: &str) -> anyhow::Result<TxnProducer> {
 impl TxnWorkload {
     pub fn start(bootstrap: &str, seed: u64) -> TxnWorkload {
         let stop = Arc::new(AtomicBool::new(false));
-        let ledger = Arc::new(Mutex::new(Ledger::default()));
+        let ledger = Arc::new(Mutex::new(Ledger {
+            started: Some(Instant::now()),
+            ..Ledger::default()
+        }));
         let (b, s, l) = (
             bootstrap.to_string(),
             Arc::clone(&stop),
@@ -169,7 +181,12 @@ fn note(l: &Mutex<Ledger>, e: &rdkafka::error::KafkaError) {
         Some(c) => format!("{c:?}"),
         None => e.to_string(),
     };
-    *lock(l).errors.entry(key).or_default() += 1;
+    let mut g = lock(l);
+    *g.errors.entry(key).or_default() += 1;
+    if g.first_errors.len() < 10 {
+        let at = g.started.map(|t| t.elapsed().as_millis()).unwrap_or(0);
+        g.first_errors.push(format!("{at} ms: {e}"));
+    }
 }
 
 fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyhow::Result<()> {
@@ -200,6 +217,7 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
         let key = format!("{inst}-{n}");
         let count = rng.usize(1..=8);
         let abort = rng.u32(0..5) == 0;
+        let began = Instant::now();
         if let Err(e) = p.begin_transaction() {
             note(l, &e);
             continue; // new instance
@@ -235,6 +253,7 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
             // Deliver first, so the aborted data is in the log (abort alone would purge
             // what is still queued) and the abort is what hides it.
             if abort {
+                await_deliveries(&p, timeout);
                 if let Err(e) = p.flush(timeout) {
                     note(l, &e);
                 }
@@ -249,9 +268,17 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
                 }
             }
         } else {
-            lock(l).commit_called.insert(key.clone(), Instant::now());
+            let asked = Instant::now();
+            lock(l).commit_called.insert(key.clone(), asked);
+            await_deliveries(&p, timeout);
             match p.commit_transaction(timeout) {
-                Ok(()) => Outcome::Committed,
+                Ok(()) => {
+                    let mut g = lock(l);
+                    g.send_ms
+                        .push(asked.duration_since(began).as_millis() as u64);
+                    g.commit_ms.push(asked.elapsed().as_millis() as u64);
+                    Outcome::Committed
+                }
                 Err(e) if e.rdkafka_error_code().is_some() && txn_requires_abort(&e) => {
                     note(l, &e);
                     match p.abort_transaction(timeout) {
@@ -280,6 +307,18 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
         p.flush(Duration::from_secs(5)).ok();
     }
     Ok(())
+}
+
+/// Waits (bounded) until every queued message of `p` was delivered or failed. rust-rdkafka's
+/// `flush` (and `commit_transaction`, which flushes first) polls in whole 100 ms slices while
+/// anything is in flight, so every transaction took at least 100 ms, and 300 ms in a
+/// replicated cluster; the producer's polling thread serves delivery reports as they arrive,
+/// so waiting for the in-flight count to reach zero first leaves `flush` nothing to wait for.
+pub(crate) fn await_deliveries<P: Producer<TxnCtx>>(p: &P, timeout: Duration) {
+    let t = Instant::now();
+    while p.in_flight_count() > 0 && t.elapsed() < timeout {
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 fn txn_requires_abort(e: &rdkafka::error::KafkaError) -> bool {
@@ -585,6 +624,24 @@ pub fn finish(
     notes.push(format!(
         "transactions: {c} committed, {ab} aborted, {u} unknown, {} producer instances; client errors {:?}",
         ledger.instances, ledger.errors
+    ));
+    for e in &ledger.first_errors {
+        notes.push(format!("transactional client error at {e}"));
+    }
+    let pct = |v: &[u64], q: f64| -> u64 {
+        let mut v = v.to_vec();
+        v.sort_unstable();
+        v.get(((v.len() as f64 - 1.0) * q).round() as usize)
+            .copied()
+            .unwrap_or(0)
+    };
+    notes.push(format!(
+        "committed transactions: begin to last send p50 {} / p99 {} ms, commit_transaction p50 {} / p99 {} / max {} ms",
+        pct(&ledger.send_ms, 0.5),
+        pct(&ledger.send_ms, 0.99),
+        pct(&ledger.commit_ms, 0.5),
+        pct(&ledger.commit_ms, 0.99),
+        pct(&ledger.commit_ms, 1.0)
     ));
     notes.push(format!(
         "last stable offsets of {TOPIC} sampled {} times during the run, {} regressions",
