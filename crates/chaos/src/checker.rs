@@ -14,6 +14,9 @@ pub struct Anomaly {
     pub at_us: Option<u64>,
 }
 
+/// Bound on the duplicates whose batches `dups::explain` looks up.
+const MAX_EXPLAINED_DUPLICATES: usize = 10_000;
+
 /// A produce, assembled from its invoke and completion.
 #[derive(Debug, Clone)]
 struct Send {
@@ -40,7 +43,14 @@ pub struct Verdict {
     /// Per client library of the workload's sends (`F::Send`; rdkafka or java): the
     /// report's per-library figures.
     pub by_client: BTreeMap<&'static str, ClientFigures>,
+    /// Each `duplicate` anomaly's index in `anomalies`, value and places (partition, offset),
+    /// for `dups::explain` (bounded).
+    pub duplicates: Vec<Duplicate>,
 }
+
+/// A `duplicate` anomaly's index in [`Verdict::anomalies`], its value and its places
+/// (partition, offset) in the final read.
+pub type Duplicate = (usize, String, Vec<(i32, i64)>);
 
 /// One client library's sends.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -184,6 +194,10 @@ pub fn check(events: &[Event], coverage: &BTreeMap<i32, (i64, i64)>) -> Verdict 
                     .entry(crate::java::client_of(&s.invoke.process))
                     .or_default()
                     .duplicated += 1;
+            }
+            if v.duplicates.len() < MAX_EXPLAINED_DUPLICATES {
+                let index = v.anomalies.len();
+                v.duplicates.push((index, val.clone(), distinct.clone()));
             }
             add(
                 &mut v,

@@ -883,6 +883,9 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
         (0..workload::PARTITIONS).map(|p| (p, (1, 0))).collect()
     };
     let mut verdict = checker::check(&events, &coverage);
+    let dirs: Vec<std::path::PathBuf> =
+        cl.nodes.iter().map(|n| n.broker.data_dir.clone()).collect();
+    notes.extend(crate::dups::explain(&mut verdict, &dirs, workload::TOPIC));
     if a.groups {
         verdict
             .anomalies

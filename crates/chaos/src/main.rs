@@ -9,6 +9,7 @@ mod checker;
 mod cluster;
 mod copy;
 mod cycles;
+mod dups;
 mod env;
 mod groups;
 mod history;
@@ -901,6 +902,11 @@ fn run(a: &RunArgs) -> anyhow::Result<i32> {
         (0..workload::PARTITIONS).map(|p| (p, (1, 0))).collect()
     };
     let mut verdict = checker::check(&events, &coverage);
+    notes.extend(dups::explain(
+        &mut verdict,
+        std::slice::from_ref(&data_dir),
+        workload::TOPIC,
+    ));
     if a.groups {
         let suspects = checker::group_suspects(&events);
         if !suspects.is_empty() {

@@ -6,6 +6,7 @@ mod bench_log;
 mod cluster;
 mod data;
 mod doctor;
+mod dump_log;
 mod group;
 mod ops;
 mod serve;
@@ -44,6 +45,8 @@ enum Command {
     Consume(data::ConsumeArgs),
     /// Read-only durability audit; exits 0 (clean), 1 (warnings) or 2 (critical).
     Doctor(doctor::DoctorArgs),
+    /// Print the batches and records of segment files (as Kafka's kafka-dump-log.sh).
+    DumpLog(dump_log::DumpLogArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +75,7 @@ fn main() -> anyhow::Result<()> {
         Command::Produce(args) => data::produce(args),
         Command::Consume(args) => data::consume(args),
         Command::Doctor(args) => doctor::run(args),
+        Command::DumpLog(args) => dump_log::run(args),
     };
     match code {
         Ok(0) => Ok(()),

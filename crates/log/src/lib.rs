@@ -12,6 +12,7 @@
 pub mod batch;
 pub mod compaction;
 pub mod config;
+pub mod dump;
 pub mod epoch;
 pub mod error;
 pub mod flush;
