@@ -15,7 +15,7 @@ pub struct Anomaly {
 }
 
 /// Bound on the duplicates whose batches `dups::explain` looks up.
-const MAX_EXPLAINED_DUPLICATES: usize = 10_000;
+const MAX_EXPLAINED_DUPLICATES: usize = 200_000;
 
 /// A produce, assembled from its invoke and completion.
 #[derive(Debug, Clone)]

@@ -37,6 +37,12 @@ pub fn explain(v: &mut Verdict, dirs: &[PathBuf], topic: &str) -> Option<String>
     if v.duplicates.is_empty() {
         return None;
     }
+    let not_examined = v
+        .anomalies
+        .iter()
+        .filter(|a| a.class == "duplicate")
+        .count()
+        .saturating_sub(v.duplicates.len());
     let mut wanted: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
     for (_, _, places) in &v.duplicates {
         for (p, o) in places {
@@ -92,6 +98,6 @@ pub fn explain(v: &mut Verdict, dirs: &[PathBuf], topic: &str) -> Option<String>
         }
     }
     Some(format!(
-        "duplicates by the batches behind them: {same} within one producer session (broker), {across} across producer sessions (client re-send), {unknown} not found"
+        "duplicates by the batches behind them: {same} within one producer session (broker), {across} across producer sessions (client re-send), {unknown} not found, {not_examined} not examined (over the bound)"
     ))
 }
