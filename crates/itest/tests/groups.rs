@@ -9,14 +9,14 @@ use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::Message;
 
@@ -24,6 +24,8 @@ struct Broker {
     child: Child,
     addr: String,
     dir: PathBuf,
+    /// The broker's stderr (group coordinator at debug level), for failure messages.
+    log: PathBuf,
 }
 
 impl Broker {
@@ -46,13 +48,22 @@ impl Broker {
             std::process::id()
         ));
         let addr = format!("127.0.0.1:{port}");
+        let log = std::env::temp_dir().join(format!(
+            "holdfast-itest-groups-{}-{port}.log",
+            std::process::id()
+        ));
+        let stderr = std::fs::File::create(&log)?;
         let mut child = Command::new(&bin)
+            .env(
+                "RUST_LOG",
+                "info,holdfast_broker::groups=debug,holdfast_groups=debug",
+            )
             .args(["serve", "--data-dir"])
             .arg(&dir)
             .args(["--listen", &addr])
             .args(["--set", "group.consumer.heartbeat.interval.ms=500"])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::from(stderr))
             .spawn()
             .with_context(|| format!("spawning {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
@@ -68,7 +79,19 @@ impl Broker {
             let _ = child.kill();
             bail!("holdfast did not report listening in 30 s");
         }
-        Ok(Broker { child, addr, dir })
+        Ok(Broker {
+            child,
+            addr,
+            dir,
+            log,
+        })
+    }
+
+    /// The last `n` lines of the broker's log.
+    fn log_tail(&self, n: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
     }
 }
 
@@ -77,8 +100,32 @@ impl Drop for Broker {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+        let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// Keeps a member's librdkafka debug lines (`cgrp`) in memory, bounded, for failure messages.
+#[derive(Clone, Default)]
+struct ClientLog(Arc<Mutex<std::collections::VecDeque<String>>>);
+
+impl ClientLog {
+    fn tail(&self) -> String {
+        let g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        g.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+}
+
+impl rdkafka::ClientContext for ClientLog {
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, msg: &str) {
+        let mut g = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if g.len() >= 200 {
+            g.pop_front();
+        }
+        g.push_back(format!("{level:?} {fac}: {msg}"));
+    }
+}
+
+impl ConsumerContext for ClientLog {}
 
 async fn setup(b: &Broker, topic: &str, partitions: i32, records: usize) -> Result<()> {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -108,9 +155,11 @@ async fn setup(b: &Broker, topic: &str, partitions: i32, records: usize) -> Resu
     Ok(())
 }
 
-fn member(b: &Broker, group: &str, protocol: &str, topic: &str) -> Result<BaseConsumer> {
+fn member(b: &Broker, group: &str, protocol: &str, topic: &str) -> Result<BaseConsumer<ClientLog>> {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &b.addr)
+        .set("debug", "cgrp")
+        .set_log_level(rdkafka::config::RDKafkaLogLevel::Debug)
         .set("group.id", group)
         .set("group.protocol", protocol)
         .set("enable.auto.commit", "false")
@@ -119,7 +168,7 @@ fn member(b: &Broker, group: &str, protocol: &str, topic: &str) -> Result<BaseCo
         cfg.set("session.timeout.ms", "6000")
             .set("heartbeat.interval.ms", "500");
     }
-    let c: BaseConsumer = cfg.create()?;
+    let c: BaseConsumer<ClientLog> = cfg.create_with_context(ClientLog::default())?;
     c.subscribe(&[topic])?;
     Ok(c)
 }
@@ -231,12 +280,17 @@ fn dropping_subscribed_consumers_at_any_join_stage_is_prompt() -> Result<()> {
             for c in [a, c2] {
                 let t = Instant::now();
                 let (tx, rx) = mpsc::channel();
+                let client_log = c.context().clone();
                 std::thread::spawn(move || {
                     drop(c);
                     let _ = tx.send(());
                 });
                 if rx.recv_timeout(Duration::from_secs(15)).is_err() {
-                    bail!("{protocol} polls={polls}: drop did not finish in 15 s");
+                    bail!(
+                        "{protocol} polls={polls}: drop did not finish in 15 s\n--- client (cgrp) ---\n{}\n--- broker ---\n{}",
+                        client_log.tail(),
+                        b.log_tail(120)
+                    );
                 }
                 eprintln!("{protocol} polls={polls}: dropped in {:?}", t.elapsed());
             }
