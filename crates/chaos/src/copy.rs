@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::Producer;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::checker::Anomaly;
@@ -101,7 +101,7 @@ pub fn parse_copy(v: &str) -> Option<(&str, i32, i64, &str)> {
     Some((key, p.parse().ok()?, o.parse().ok()?, it.next()?))
 }
 
-type CopyProducer = ThreadedProducer<TxnCtx>;
+type CopyProducer = crate::txn::TxnProducer;
 
 fn producer(bootstrap: &str) -> anyhow::Result<CopyProducer> {
     Ok(
@@ -308,24 +308,8 @@ fn run(
                 .unwrap_or_default();
             let (p, o) = (m.partition(), m.offset());
             let out = copy_value(&key, p, o, &v);
-            let mut tries = 0;
-            loop {
-                match inst
-                    .producer
-                    .send(BaseRecord::<(), str>::to(TOPIC).partition(p).payload(&out))
-                {
-                    Ok(()) => break,
-                    Err((e, _)) if tries < 100 => {
-                        note(l, &e);
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => {
-                        note(l, &e);
-                        send_failed = true;
-                        break;
-                    }
-                }
+            if !crate::txn::send_bounded(&inst.producer, TOPIC, p, &out, |e| note(l, e)) {
+                send_failed = true;
             }
             inputs.push((p, o, v));
             pos.insert(p, o + 1);

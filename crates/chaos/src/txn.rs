@@ -99,7 +99,7 @@ impl rdkafka::producer::ProducerContext for TxnCtx {
     fn delivery(&self, _: &rdkafka::producer::DeliveryResult<'_>, _: ()) {}
 }
 
-type TxnProducer = ThreadedProducer<TxnCtx>;
+pub(crate) type TxnProducer = ThreadedProducer<TxnCtx>;
 
 fn producer(bootstrap: &str) -> anyhow::Result<TxnProducer> {
     let mut c = ClientConfig::new();
@@ -227,26 +227,8 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
         for i in 0..count {
             let value = format!("{key}-{i}-of-{count}");
             let part = ((n as usize + i) % PARTITIONS as usize) as i32;
-            // Bounded: a full queue is drained by polling, at most 100 tries.
-            let mut tries = 0;
-            loop {
-                match p.send(
-                    BaseRecord::<(), str>::to(TOPIC)
-                        .partition(part)
-                        .payload(&value),
-                ) {
-                    Ok(()) => break,
-                    Err((e, _)) if tries < 100 => {
-                        note(l, &e);
-                        tries += 1;
-                        std::thread::sleep(Duration::from_millis(10));
-                    }
-                    Err((e, _)) => {
-                        note(l, &e);
-                        send_failed = true;
-                        break;
-                    }
-                }
+            if !send_bounded(&p, TOPIC, part, &value, |e| note(l, e)) {
+                send_failed = true;
             }
         }
         let outcome = if abort || send_failed {
@@ -307,6 +289,35 @@ fn run(bootstrap: &str, stop: &AtomicBool, l: &Mutex<Ledger>, seed: u64) -> anyh
         p.flush(Duration::from_secs(5)).ok();
     }
     Ok(())
+}
+
+/// Queues one value, retrying while the local queue is full (the producer's polling thread
+/// drains it): at most 100 tries 10 ms apart. Every refusal goes to `on_error`; false when
+/// the value was never queued.
+pub(crate) fn send_bounded(
+    p: &TxnProducer,
+    topic: &str,
+    partition: i32,
+    value: &str,
+    mut on_error: impl FnMut(&rdkafka::error::KafkaError),
+) -> bool {
+    for tries in 0..=100 {
+        match p.send(
+            BaseRecord::<(), str>::to(topic)
+                .partition(partition)
+                .payload(value),
+        ) {
+            Ok(()) => return true,
+            Err((e, _)) => {
+                on_error(&e);
+                if tries == 100 {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    false
 }
 
 /// Waits (bounded) until every queued message of `p` was delivered or failed. rust-rdkafka's
